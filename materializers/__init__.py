@@ -1,0 +1,5 @@
+"""ZenML materializers for tuneline's artifact types."""
+
+from materializers.directories import DirectoryMaterializer
+
+__all__ = ["DirectoryMaterializer"]

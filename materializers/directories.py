@@ -1,0 +1,74 @@
+"""ZenML materializers for directory handles: adapters, merged models, exports.
+
+The directory is copied into the artifact store once, beside a JSON of the handle. Loading
+returns a handle whose `path` is the stored copy itself when the artifact store is local
+(no copy), or a local download of it when the store is remote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, ClassVar
+
+from zenml.enums import ArtifactType, VisualizationType
+from zenml.io import fileio
+from zenml.materializers.base_materializer import BaseMaterializer
+
+from tuneline.artifacts import AdapterDir, ExportDir, ModelDir
+
+HANDLE = "handle.json"
+FILES = "files"
+
+
+def _copy_tree(src: str, dst: str) -> None:
+    for root, _dirs, files in fileio.walk(src):
+        rel = os.path.relpath(str(root), src)
+        target = dst if rel == "." else os.path.join(dst, rel)
+        fileio.makedirs(target)
+        for name in files:
+            fileio.copy(os.path.join(str(root), str(name)), os.path.join(target, str(name)), overwrite=True)
+
+
+class DirectoryMaterializer(BaseMaterializer):
+    ASSOCIATED_TYPES: ClassVar[tuple] = (AdapterDir, ModelDir, ExportDir)
+    ASSOCIATED_ARTIFACT_TYPE: ClassVar[ArtifactType] = ArtifactType.MODEL
+
+    def save(self, data: Any) -> None:
+        stored = os.path.join(self.uri, FILES)
+        _copy_tree(data.path, stored)
+        with fileio.open(os.path.join(self.uri, HANDLE), "w") as f:
+            f.write(json.dumps({"type": type(data).__name__, **data.model_dump(mode="json")}))
+
+    def load(self, data_type: type) -> Any:
+        with fileio.open(os.path.join(self.uri, HANDLE), "r") as f:
+            fields = json.loads(f.read())
+        fields.pop("type", None)
+        stored = os.path.join(self.uri, FILES)
+        if os.path.isdir(stored):  # local artifact store: use the stored copy in place
+            fields["path"] = stored
+        else:
+            local = tempfile.mkdtemp(prefix="tuneline-")
+            _copy_tree(stored, local)
+            fields["path"] = local
+        return data_type(**fields)
+
+    def extract_metadata(self, data: Any) -> dict:
+        total = 0
+        for root, _dirs, files in os.walk(data.path):
+            total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+        meta = {"size_mb": round(total / 2**20, 2)}
+        if hasattr(data, "base"):
+            meta["base_model"] = data.base.source
+        return meta
+
+    def save_visualizations(self, data: Any) -> dict[str, VisualizationType]:
+        path = os.path.join(self.uri, "summary.md")
+        lines = [f"### {type(data).__name__}", ""]
+        for key, value in data.model_dump(mode="json").items():
+            if key not in ("path",):
+                lines.append(f"- **{key}**: `{json.dumps(value)[:400]}`")
+        with fileio.open(path, "w") as f:
+            f.write("\n".join(lines))
+        return {path: VisualizationType.MARKDOWN}

@@ -1,0 +1,36 @@
+"""The tuneline pipeline: raw data to an evaluated, merged, exported and gated model.
+
+    zenml pipeline run pipelines.finetune.finetune -c configs/default.yaml
+
+Steps: prepare_base -> validate_data -> train_sft -> train_dpo -> evaluate -> merge ->
+export_gguf -> promote. Each step takes its own config section, so changing one section
+re-runs that step and what follows it, and nothing before.
+"""
+
+from zenml import pipeline
+
+from steps.evaluate import evaluate
+from steps.export_gguf import export_gguf
+from steps.merge import merge
+from steps.prepare_base import prepare_base
+from steps.promote import promote
+from steps.train_dpo import train_dpo
+from steps.train_sft import train_sft
+from steps.validate_data import validate_data
+from tuneline.config import TunelineConfig
+
+
+@pipeline(enable_cache=True)
+def finetune(config: TunelineConfig = TunelineConfig()) -> None:
+    base = prepare_base(config.base_model)
+    task_data, preference_data, _rejected, _report = validate_data(base, config.data)
+    sft_adapter, _ = train_sft(base, task_data, config.sft)
+    final = sft_adapter
+    dpo_adapter = None
+    if config.dpo.enabled:
+        dpo_adapter, _ = train_dpo(base, sft_adapter, task_data, preference_data, config.dpo)
+        final = dpo_adapter
+    evaluation, _ = evaluate(base, sft_adapter, dpo_adapter, task_data, config.evaluate)
+    merged = merge(base, final)
+    gguf = export_gguf(merged, task_data, config.export)
+    promote(evaluation, gguf, config.promote)

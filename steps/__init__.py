@@ -1,0 +1,1 @@
+"""ZenML steps: thin wrappers, one per file, each one call into tuneline/."""

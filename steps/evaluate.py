@@ -1,0 +1,28 @@
+"""Step: task accuracy for base/SFT/DPO, lm-eval benchmarks for base and final, paired CIs."""
+
+from typing import Annotated
+
+import pandas as pd
+from zenml import step
+
+from steps._metadata import log
+from zenml.types import HTMLString
+
+from tuneline.artifacts import AdapterDir
+from tuneline.base_model import BaseModelRef
+from tuneline.config import EvaluateConfig
+from tuneline.evaluate import EvalReport
+from tuneline.evaluate import evaluate as run_evaluation
+from tuneline.report import evaluation_html
+
+
+@step
+def evaluate(
+    base: BaseModelRef, sft_adapter: AdapterDir, dpo_adapter: AdapterDir | None, task_data: pd.DataFrame,
+    config: EvaluateConfig,
+) -> tuple[Annotated[EvalReport, "evaluation"], Annotated[HTMLString, "evaluation_report"]]:
+    adapters = {"sft": sft_adapter.path} | ({"dpo": dpo_adapter.path} if dpo_adapter else {})
+    rows = task_data[task_data.split == "eval"].to_dict("records")
+    report = run_evaluation(base.ensure(), adapters, sft_adapter.method, rows, config)
+    log(report.summary())
+    return report, HTMLString(evaluation_html(report))

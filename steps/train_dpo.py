@@ -1,0 +1,34 @@
+"""Step: DPO from the SFT adapter (the SFT model is the reference); outputs the DPO adapter."""
+
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+from zenml import step
+
+from steps._metadata import log
+from zenml.types import HTMLString
+
+from materializers import DirectoryMaterializer
+from tuneline.artifacts import AdapterDir
+from tuneline.base_model import BaseModelRef
+from tuneline.config import DPOConfig
+from tuneline.dpo import train
+from tuneline.training import loss_curve_html
+
+
+@step(output_materializers={"dpo_adapter": DirectoryMaterializer})
+def train_dpo(
+    base: BaseModelRef, sft_adapter: AdapterDir, task_data: pd.DataFrame, preference_data: pd.DataFrame,
+    config: DPOConfig,
+) -> tuple[Annotated[AdapterDir, "dpo_adapter"], Annotated[HTMLString, "dpo_loss_curve"]]:
+    base = base.ensure()
+    out = Path(tempfile.mkdtemp(prefix="dpo-adapter-"))
+    mining = task_data[task_data.split == "mining"].to_dict("records")
+    res = train(base, sft_adapter.path, sft_adapter.method, mining, preference_data.to_dict("records"), config, out,
+                config.mining_max_new_tokens, config.mining_batch_size)
+    log(res.metrics)
+    adapter = AdapterDir(path=str(out), base=base, kind="dpo", method=sft_adapter.method,
+                         parent=sft_adapter.path, metrics=res.metrics)
+    return adapter, HTMLString(loss_curve_html(res.history, "DPO loss"))

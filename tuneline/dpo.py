@@ -1,0 +1,178 @@
+"""Preference alignment with TRL's DPOTrainer, starting from the SFT adapter.
+
+    python -m tuneline.dpo configs/default.yaml /tmp/sft-adapter /tmp/dpo-adapter
+
+Lineage: the SFT adapter is loaded trainable as "default"; TRL copies it to a frozen "ref"
+adapter, so the reference is exactly the SFT model and the base weights exist once in memory.
+The saved DPO adapter is the trained "default" only (same shape as its SFT parent).
+
+Pairs come from two sources:
+- mined: the SFT model answers unused training rows; each wrong answer becomes a pair
+  (chosen = the gold label, rejected = what the model said): on-policy negatives;
+- user pairs (HH-RLHF shape) from the validated preference data.
+An SFT (NLL) term on the chosen answer (`sft_weight`) keeps DPO from lowering both
+log-probabilities, the known way plain DPO wrecks a small model.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from peft import PeftModel
+from pydantic import BaseModel
+from trl import DPOConfig as TRLDPOConfig
+from trl import DPOTrainer
+
+from tuneline.base_model import BaseModelRef, load_model, load_tokenizer
+from tuneline.config import DPOConfig
+from tuneline.data import messages
+from tuneline.generate import generate
+from tuneline.scoring import exact_match
+from tuneline.sft import TrainResult, _first, _last
+from tuneline.training import checkpoint_dir, common_args, last_checkpoint, peak_memory_mb, run_key, trainable_parameters
+
+
+class Pair(BaseModel):
+    prompt: list[dict]
+    chosen: str
+    rejected: str
+    origin: str
+
+
+def mine_pairs(model, tokenizer, records: list[dict], max_new_tokens: int, batch_size: int) -> list[Pair]:
+    preds = generate(model, tokenizer, [messages(r, with_answer=False) for r in records], max_new_tokens, batch_size)
+    return [
+        Pair(prompt=messages(r, with_answer=False), chosen=r["assistant"], rejected=p.strip(), origin=r["id"])
+        for r, p in zip(records, preds)
+        if not exact_match(p, r["assistant"])  # an empty answer is a mistake too
+    ]
+
+
+def user_pairs(rows: list[dict]) -> list[Pair]:
+    return [Pair(prompt=json.loads(r["prompt"]), chosen=r["chosen"], rejected=r["rejected"], origin=r["id"]) for r in rows]
+
+
+def to_dataset(pairs: list[Pair]) -> Dataset:
+    return Dataset.from_list([
+        {"prompt": p.prompt, "chosen": [{"role": "assistant", "content": p.chosen}],
+         "rejected": [{"role": "assistant", "content": p.rejected}]}
+        for p in pairs
+    ])
+
+
+@torch.no_grad()
+def preference_accuracy(model, tokenizer, pairs: list[Pair]) -> dict:
+    """Share of pairs where the mean per-token log-likelihood of chosen beats rejected, and the mean margin.
+
+    TRL's rewards/accuracies is 0 before training by construction (policy == reference); this
+    length-normalized comparison means the same thing before and after.
+    """
+    if not pairs:
+        return {"accuracy": None, "margin": None, "n": 0}
+    was_training = model.training
+    model.eval()
+    wins, margins = 0, []
+    for p in pairs:
+        c, r = (_mean_logprob(model, tokenizer, p.prompt, ans) for ans in (p.chosen, p.rejected))
+        wins += c > r
+        margins.append(c - r)
+    model.train(was_training)
+    return {"accuracy": wins / len(pairs), "margin": sum(margins) / len(margins), "n": len(pairs)}
+
+
+def _mean_logprob(model, tokenizer, prompt: list[dict], answer: str) -> float:
+    head = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": answer}], tokenize=False)
+    n_head = len(tokenizer(head, add_special_tokens=False).input_ids)
+    ids = tokenizer(full, add_special_tokens=False, return_tensors="pt").input_ids.to(model.device)
+    logits = model(ids, use_cache=False).logits[0, :-1].float()
+    logp = torch.log_softmax(logits, -1).gather(-1, ids[0, 1:, None])[:, 0]
+    return logp[n_head - 1 :].mean().item()
+
+
+def trl_args(cfg: DPOConfig, out: Path) -> TRLDPOConfig:
+    losses, weights = [cfg.loss_type], [1.0]
+    if cfg.sft_weight > 0:
+        losses.append("sft")
+        weights.append(cfg.sft_weight)
+    return TRLDPOConfig(
+        **common_args(out, cfg.seed, logging_steps=5),
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.1,
+        beta=cfg.beta,
+        loss_type=losses,
+        loss_weights=weights,
+        max_length=cfg.max_length,
+    )
+
+
+def load_sft(ref: BaseModelRef, sft_dir: str, method: str, trainable: bool):
+    model = load_model(ref, quantize_4bit=method == "qlora")
+    model.config.use_cache = False
+    return PeftModel.from_pretrained(model, sft_dir, is_trainable=trainable)
+
+
+def train(ref: BaseModelRef, sft_dir: str, sft_method: str, mining_records: list[dict], pref_rows: list[dict],
+          cfg: DPOConfig, out_dir: Path, max_new_tokens: int = 12, batch_size: int = 32) -> TrainResult:
+    tok = load_tokenizer(ref)
+    model = load_sft(ref, sft_dir, sft_method, trainable=True)
+    t0 = time.perf_counter()
+    mined = mine_pairs(model, tok, mining_records, max_new_tokens, batch_size) if cfg.mine_mistakes else []
+    mining_seconds = time.perf_counter() - t0
+    pairs = mined + user_pairs(pref_rows)
+    if len(pairs) < 2:
+        raise ValueError(
+            f"DPO needs preference pairs but got {len(pairs)} (mined {len(mined)} mistakes from {len(mining_records)} rows). "
+            "Raise data.mining_rows or data.preference_rows, or set dpo.enabled: false."
+        )
+    random.Random(cfg.seed).shuffle(pairs)
+    held = pairs[: max(1, len(pairs) // 5)]
+    train_pairs = pairs[len(held):]
+    before = preference_accuracy(model, tok, held)
+    key = run_key(ref.sha256, cfg.model_dump_json(), *(p.model_dump_json() for p in train_pairs))
+    ckpt = checkpoint_dir("dpo", key)
+    trainer = DPOTrainer(model=model, args=trl_args(cfg, ckpt), train_dataset=to_dataset(train_pairs), processing_class=tok)
+    trainable, total = trainable_parameters(trainer.model)
+    t1 = time.perf_counter()
+    resume = last_checkpoint(ckpt)
+    trainer.train(resume_from_checkpoint=resume)
+    seconds = time.perf_counter() - t1
+    trainer.model.set_adapter("default")
+    after = preference_accuracy(trainer.model, tok, held)
+    trainer.model.save_pretrained(out_dir, selected_adapters=["default"])
+    tok.save_pretrained(out_dir)
+    history = trainer.state.log_history
+    metrics = {
+        "pairs_mined": len(mined), "pairs_user": len(pref_rows), "pairs_train": len(train_pairs),
+        "pairs_heldout": len(held), "mining_seconds": round(mining_seconds, 1), "train_seconds": round(seconds, 1),
+        "heldout_pref_accuracy_before": before["accuracy"], "heldout_pref_accuracy_after": after["accuracy"],
+        "heldout_margin_before": before["margin"], "heldout_margin_after": after["margin"],
+        "trainable_params": trainable, "total_params": total, "peak_memory_mb": round(peak_memory_mb(), 1),
+        "first_loss": _first(history, "loss"), "final_loss": _last(history, "loss"), "resumed_from": resume,
+        "steps": trainer.state.global_step,
+    }
+    return TrainResult(adapter_dir=str(out_dir), history=history, metrics=metrics)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from tuneline.base_model import prepare
+    from tuneline.config import load
+    from tuneline.data import validate
+
+    cfg = load(sys.argv[1])
+    ref = prepare(cfg.base_model)
+    v = validate(cfg.data, load_tokenizer(ref))
+    mining = v.task[v.task.split == "mining"].to_dict("records")
+    res = train(ref, sys.argv[2], cfg.sft.method, mining, v.preferences.to_dict("records"), cfg.dpo, Path(sys.argv[3]))
+    print(json.dumps(res.metrics, indent=2))

@@ -1,0 +1,128 @@
+"""Supervised fine-tuning with TRL's SFTTrainer and a PEFT LoRA (or QLoRA) adapter.
+
+    python -m tuneline.sft configs/default.yaml /tmp/sft-adapter
+
+Completion-only loss: records become conversational prompt/completion pairs, so TRL masks the
+prompt and trains on the assistant turn (its label and the closing <|im_end|>) only.
+Padding-free batches (rows concatenated, positions restarting per row) avoid computing pad
+tokens; transformers isolates the rows by their position ids when the KV cache is off.
+A killed run resumes from its last checkpoint when re-run with the same inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+from datasets import Dataset
+from peft import LoraConfig, prepare_model_for_kbit_training
+from pydantic import BaseModel
+from trl import SFTConfig as TRLSFTConfig
+from trl import SFTTrainer
+
+from tuneline.base_model import BaseModelRef, load_model, load_tokenizer
+from tuneline.config import SFTConfig
+from tuneline.data import messages
+from tuneline.training import checkpoint_dir, common_args, last_checkpoint, peak_memory_mb, run_key, trainable_parameters
+
+ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+class TrainResult(BaseModel):
+    adapter_dir: str
+    history: list[dict]
+    metrics: dict
+
+
+def to_dataset(records: list[dict]) -> Dataset:
+    rows = [{"prompt": messages(r, with_answer=False), "completion": [{"role": "assistant", "content": r["assistant"]}]}
+            for r in records]
+    return Dataset.from_list(rows)
+
+
+def lora_config(cfg: SFTConfig, num_layers: int) -> LoraConfig:
+    targets = ATTENTION if cfg.target_modules == "attention" else cfg.target_modules
+    if targets == "all-linear" and cfg.top_layers:
+        targets = ATTENTION + ["gate_proj", "up_proj", "down_proj"]  # PEFT needs names when layers are restricted
+    layers = list(range(max(num_layers - cfg.top_layers, 0), num_layers)) if cfg.top_layers else None
+    return LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
+                      layers_to_transform=layers, task_type="CAUSAL_LM")
+
+
+def trl_args(cfg: SFTConfig, out: Path) -> TRLSFTConfig:
+    return TRLSFTConfig(
+        **common_args(out, cfg.seed, cfg.logging_steps),
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        padding_free=cfg.padding_free,
+        completion_only_loss=True,
+        max_length=None if cfg.padding_free else 512,
+        dataset_num_proc=None,
+    )
+
+
+def train(ref: BaseModelRef, records: list[dict], cfg: SFTConfig, out_dir: Path) -> TrainResult:
+    """Train an adapter on `records` (task rows) and save it (adapter only) to out_dir."""
+    tok = load_tokenizer(ref)
+    model = load_model(ref, quantize_4bit=cfg.method == "qlora")
+    model.config.use_cache = False  # the cache defeats padding-free row isolation and costs memory
+    if cfg.method == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    data_hash = run_key(*(json.dumps(r, sort_keys=True, default=str) for r in records))
+    ckpt = checkpoint_dir("sft", run_key(ref.sha256, cfg.model_dump_json(), data_hash))
+    trainer = SFTTrainer(model=model, args=trl_args(cfg, ckpt), train_dataset=to_dataset(records),
+                         processing_class=tok, peft_config=lora_config(cfg, model.config.num_hidden_layers))
+    trainable, total = trainable_parameters(trainer.model)
+    t0 = time.perf_counter()
+    resume = last_checkpoint(ckpt)
+    trainer.train(resume_from_checkpoint=resume)
+    seconds = time.perf_counter() - t0
+    trainer.model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    history = trainer.state.log_history
+    tokens = trainer.state.num_input_tokens_seen or _tokens_from_history(history)
+    metrics = {
+        "method": cfg.method, "trainable_params": trainable, "total_params": total,
+        "train_seconds": round(seconds, 1), "train_tokens": int(tokens),
+        "tokens_per_second": round(tokens / seconds, 1) if seconds else None,
+        "peak_memory_mb": round(peak_memory_mb(), 1), "final_loss": _last(history, "loss"),
+        "first_loss": _first(history, "loss"), "resumed_from": resume, "data_hash": data_hash,
+        "steps": trainer.state.global_step,
+    }
+    return TrainResult(adapter_dir=str(out_dir), history=history, metrics=metrics)
+
+
+def _tokens_from_history(history: list[dict]) -> int:
+    return int(max((h.get("num_tokens", 0) for h in history), default=0))
+
+
+def _last(history: list[dict], key: str):
+    vals = [h[key] for h in history if key in h]
+    return vals[-1] if vals else None
+
+
+def _first(history: list[dict], key: str):
+    vals = [h[key] for h in history if key in h]
+    return vals[0] if vals else None
+
+
+if __name__ == "__main__":
+    import sys
+
+    from tuneline.base_model import prepare
+    from tuneline.config import load
+    from tuneline.data import validate
+
+    cfg = load(sys.argv[1])
+    ref = prepare(cfg.base_model)
+    task = validate(cfg.data, load_tokenizer(ref)).task
+    res = train(ref, task[task.split == "train"].to_dict("records"), cfg.sft, Path(sys.argv[2]))
+    print(json.dumps(res.metrics, indent=2))
