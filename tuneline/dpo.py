@@ -101,7 +101,7 @@ def trl_args(cfg: DPOConfig, out: Path) -> TRLDPOConfig:
         losses.append("sft")
         weights.append(cfg.sft_weight)
     return TRLDPOConfig(
-        **common_args(out, cfg.seed, logging_steps=5),
+        **common_args(out, cfg.seed, logging_steps=2, bf16=cfg.bf16),
         learning_rate=cfg.learning_rate,
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,

@@ -53,7 +53,7 @@ def lora_config(cfg: SFTConfig, num_layers: int) -> LoraConfig:
 
 def trl_args(cfg: SFTConfig, out: Path) -> TRLSFTConfig:
     return TRLSFTConfig(
-        **common_args(out, cfg.seed, cfg.logging_steps),
+        **common_args(out, cfg.seed, cfg.logging_steps, cfg.bf16),
         learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler,
         warmup_steps=cfg.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio

@@ -8,11 +8,9 @@ import io
 import os
 import platform
 import resource
-import time
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
 
 CHECKPOINT_ROOT = Path(os.environ.get("TUNELINE_CHECKPOINTS", "~/.cache/tuneline/checkpoints")).expanduser()
 
@@ -31,8 +29,26 @@ def last_checkpoint(out: Path) -> str | None:
     return str(ckpts[-1]) if ckpts else None
 
 
-def common_args(out: Path, seed: int, logging_steps: int) -> dict:
-    """Arguments every tuneline trainer uses: CPU-safe precision, run-keyed checkpoints, no hub, no wandb."""
+def cpu_has_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 autocast then runs matmuls about 2x faster than fp32 on CPU."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def use_bf16(setting: str) -> bool:
+    if setting != "auto":
+        return setting == "true"
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return cpu_has_bf16()
+
+
+def common_args(out: Path, seed: int, logging_steps: int, bf16: str = "auto") -> dict:
+    """Arguments every tuneline trainer uses: bf16 autocast where the hardware has it, run-keyed
+    checkpoints, no hub, no wandb. Trainable (LoRA) weights stay fp32 under autocast."""
     cuda = torch.cuda.is_available()
     return dict(
         output_dir=str(out),
@@ -43,23 +59,12 @@ def common_args(out: Path, seed: int, logging_steps: int) -> dict:
         save_steps=50,
         save_total_limit=1,
         report_to=[],
-        bf16=cuda and torch.cuda.is_bf16_supported(),
+        bf16=use_bf16(bf16),
         use_cpu=not cuda,
         dataloader_num_workers=0,
         disable_tqdm=False,
         remove_unused_columns=True,
     )
-
-
-class Throughput(TrainerCallback):
-    """Counts non-padding tokens seen, so tokens/s means real tokens, not pad."""
-
-    def __init__(self) -> None:
-        self.tokens = 0
-        self.t0 = time.perf_counter()
-
-    def on_train_begin(self, args, state, control, **kw):
-        self.t0 = time.perf_counter()
 
 
 def peak_memory_mb() -> float:

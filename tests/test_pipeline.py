@@ -1,0 +1,94 @@
+"""The real ZenML pipeline on the tiny model: every step runs, a re-run is cached, and a DPO-only
+config change re-runs DPO and what follows it, nothing before.
+
+Runs `zenml pipeline run` exactly as a user does, against a fresh local SQLite store.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tuneline.paths import PROJECT_ROOT
+
+ZENML = str(Path(sys.executable).parent / "zenml")
+STEPS = ["prepare_base", "validate_data", "train_sft", "train_dpo", "evaluate", "merge", "export_gguf", "promote"]
+
+QUERY = """
+import json
+from zenml.client import Client
+run = Client().list_pipeline_runs(sort_by="desc:created", size=1, hydrate=True)[0]
+out = {"status": str(run.status), "steps": {n: str(s.status) for n, s in run.steps.items()}}
+sft = run.steps["train_sft"].outputs["sft_adapter"][0]
+out["sft_adapter_mb"] = sft.run_metadata.get("size_mb")
+out["rejected_rows"] = run.steps["validate_data"].outputs["rejected_rows"][0].load().shape[0]
+out["decision"] = run.steps["promote"].outputs["promotion"][0].load().model_dump()
+out["visualizations"] = sorted(n for s in run.steps.values() for n, a in s.outputs.items() if a[0].visualizations)
+print("JSON" + json.dumps(out))
+"""
+
+
+def _zenml(*args, cwd=PROJECT_ROOT):
+    return subprocess.run([ZENML, *args], cwd=cwd, env=os.environ.copy(), capture_output=True, text=True, timeout=900)
+
+
+def _last_run() -> dict:
+    p = subprocess.run([sys.executable, "-c", QUERY], cwd=PROJECT_ROOT, env=os.environ.copy(), capture_output=True,
+                       text=True, timeout=300)
+    line = [x for x in p.stdout.splitlines() if x.startswith("JSON")]
+    assert line, p.stdout[-3000:] + p.stderr[-3000:]
+    return json.loads(line[0][4:])
+
+
+def _run(config: Path) -> tuple[str, dict]:
+    p = _zenml("pipeline", "run", "pipelines.finetune.finetune", "-c", str(config))
+    assert p.returncode == 0, (p.stdout + p.stderr)[-6000:]
+    return p.stdout + p.stderr, _last_run()
+
+
+@pytest.fixture(scope="module")
+def first_run():
+    return _run(PROJECT_ROOT / "configs" / "tiny.yaml")
+
+
+def test_every_step_runs_and_the_gate_explains_itself(first_run):
+    out, run = first_run
+    assert set(run["steps"]) == set(STEPS) and all(s == "completed" for s in run["steps"].values()), run
+    assert "tuneline run summary" in out and "task accuracy" in out
+    # The tiny model learns nothing: the run must end with a reason, not an exception.
+    assert run["decision"]["promote"] is False and "not promoted because" in out
+    assert run["sft_adapter_mb"] < 5, "the adapter artifact must not carry the base model"
+    assert {"data_report", "sft_loss_curve", "dpo_loss_curve", "evaluation_report", "final_report"} <= set(run["visualizations"])
+
+
+def test_rerun_is_cached(first_run):
+    _, run = _run(PROJECT_ROOT / "configs" / "tiny.yaml")
+    assert {n: s for n, s in run["steps"].items() if n != "promote"} == {n: "cached" for n in STEPS if n != "promote"}
+    assert run["steps"]["promote"] == "completed", "the promotion decision is never cached"
+
+
+def test_dpo_change_reruns_dpo_and_downstream_only(first_run, tmp_path):
+    raw = yaml.safe_load((PROJECT_ROOT / "configs" / "tiny.yaml").read_text())
+    raw["parameters"]["config"]["dpo"]["beta"] = 0.2
+    changed = tmp_path / "tiny-dpo.yaml"
+    changed.write_text(yaml.safe_dump(raw))
+    _, run = _run(changed)
+    before, after = STEPS[:3], STEPS[3:]
+    assert all(run["steps"][s] == "cached" for s in before), run["steps"]
+    assert all(run["steps"][s] == "completed" for s in after), run["steps"]
+
+
+def test_bad_config_fails_before_any_step(tmp_path):
+    raw = yaml.safe_load((PROJECT_ROOT / "configs" / "tiny.yaml").read_text())
+    raw["parameters"]["config"]["sft"]["lerning_rate"] = 0.1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    p = _zenml("pipeline", "run", "pipelines.finetune.finetune", "-c", str(bad))
+    assert p.returncode != 0
+    out = " ".join((p.stdout + p.stderr).split())  # the CLI wraps long lines
+    assert "lerning_rate" in out and "did you mean 'learning_rate'" in out
+    assert "Step prepare_base has started" not in out

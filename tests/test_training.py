@@ -1,0 +1,85 @@
+"""SFT and DPO on the tiny model with the real TRL trainers: loss falls, base stays frozen, adapters reload."""
+
+import torch
+from peft import PeftModel
+
+from tuneline.base_model import load_model
+from tuneline.config import DPOConfig, SFTConfig
+from tuneline.dpo import preference_accuracy, user_pairs
+from tuneline.dpo import train as train_dpo
+from tuneline.sft import lora_config
+from tuneline.sft import train as train_sft
+from tuneline.training import last_checkpoint
+
+SFT = SFTConfig(epochs=4, batch_size=8, learning_rate=5e-3, logging_steps=2)
+
+
+def _records(tiny_data, split):
+    return tiny_data.task[tiny_data.task.split == split].to_dict("records")
+
+
+def test_padding_free_rows_do_not_see_each_other(tiny_ref):
+    """Padding-free batches rely on transformers isolating rows by position ids (cache off)."""
+    model = load_model(tiny_ref).eval()
+    a, b = torch.randint(10, 1000, (1, 7)), torch.randint(10, 1000, (1, 5))
+    with torch.no_grad():
+        alone = [model(x, use_cache=False).logits for x in (a, b)]
+        pos = torch.cat([torch.arange(7), torch.arange(5)])[None]
+        packed = model(torch.cat([a, b], 1), position_ids=pos, use_cache=False).logits
+    torch.testing.assert_close(packed[:, :7], alone[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(packed[:, 7:], alone[1], rtol=1e-4, atol=1e-4)
+
+
+def test_top_layers_restricts_lora_to_the_upper_layers():
+    cfg = lora_config(SFTConfig(top_layers=2), num_layers=30)
+    assert cfg.layers_to_transform == [28, 29] and "down_proj" in cfg.target_modules
+
+
+def test_sft_learns_keeps_base_frozen_and_reloads(tiny_ref, tiny_data, tmp_path, isolated_checkpoints):
+    before = {k: v.clone() for k, v in load_model(tiny_ref).state_dict().items()}
+    res = train_sft(tiny_ref, _records(tiny_data, "train"), SFT, tmp_path / "sft")
+    assert res.metrics["final_loss"] < res.metrics["first_loss"]
+    assert res.metrics["tokens_per_second"] > 0 and res.metrics["trainable_params"] < res.metrics["total_params"] / 5
+    # The adapter is small: no copy of the base model in it.
+    size = sum(p.stat().st_size for p in (tmp_path / "sft").rglob("*.safetensors"))
+    assert size < 0.5 * sum(v.numel() * 4 for v in before.values())
+    model = PeftModel.from_pretrained(load_model(tiny_ref), tmp_path / "sft")
+    for name, tensor in model.get_base_model().state_dict().items():
+        key = name.replace(".base_layer", "")
+        if "lora_" not in name and key in before:
+            assert torch.equal(tensor, before[key]), f"{name} changed"
+    ids = torch.tensor([[1, 20, 30, 40]])
+    again = PeftModel.from_pretrained(load_model(tiny_ref), tmp_path / "sft")
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, again(ids).logits)
+        assert not torch.allclose(model(ids).logits, load_model(tiny_ref)(ids).logits)
+    assert last_checkpoint(next(isolated_checkpoints.glob("sft-*"))) is not None
+
+
+def test_sft_rerun_resumes_from_checkpoint(tiny_ref, tiny_data, tmp_path, isolated_checkpoints):
+    rows = _records(tiny_data, "train")
+    first = train_sft(tiny_ref, rows, SFT, tmp_path / "a")
+    second = train_sft(tiny_ref, rows, SFT, tmp_path / "b")
+    assert first.metrics["resumed_from"] is None and second.metrics["resumed_from"].endswith(f"checkpoint-{first.metrics['steps']}")
+
+
+def test_dpo_starts_from_sft_and_saves_one_adapter(tiny_ref, tiny_data, tmp_path, isolated_checkpoints):
+    train_sft(tiny_ref, _records(tiny_data, "train"), SFT, tmp_path / "sft")
+    cfg = DPOConfig(batch_size=4, max_length=96, learning_rate=1e-3)
+    res = train_dpo(tiny_ref, str(tmp_path / "sft"), "lora", _records(tiny_data, "mining"),
+                    tiny_data.preferences.to_dict("records"), cfg, tmp_path / "dpo", max_new_tokens=4)
+    assert res.metrics["pairs_mined"] > 0 and res.metrics["pairs_user"] == len(tiny_data.preferences)
+    assert not (tmp_path / "dpo" / "ref").exists(), "the frozen reference copy must not be saved"
+    sft = PeftModel.from_pretrained(load_model(tiny_ref), tmp_path / "sft")
+    dpo = PeftModel.from_pretrained(load_model(tiny_ref), tmp_path / "dpo")
+    ids = torch.tensor([[1, 20, 30, 40]])
+    with torch.no_grad():
+        assert not torch.allclose(sft(ids).logits, dpo(ids).logits), "DPO changed nothing"
+
+
+def test_preference_accuracy_prefers_likelier_answer(tiny_ref, tiny_tok, tiny_data):
+    model = load_model(tiny_ref)
+    pairs = user_pairs(tiny_data.preferences.to_dict("records"))
+    swapped = [p.model_copy(update={"chosen": p.rejected, "rejected": p.chosen}) for p in pairs]
+    a, b = preference_accuracy(model, tiny_tok, pairs), preference_accuracy(model, tiny_tok, swapped)
+    assert a["accuracy"] + b["accuracy"] == 1.0 and abs(a["margin"] + b["margin"]) < 1e-5
