@@ -83,3 +83,14 @@ def test_preference_accuracy_prefers_likelier_answer(tiny_ref, tiny_tok, tiny_da
     swapped = [p.model_copy(update={"chosen": p.rejected, "rejected": p.chosen}) for p in pairs]
     a, b = preference_accuracy(model, tiny_tok, pairs), preference_accuracy(model, tiny_tok, swapped)
     assert a["accuracy"] + b["accuracy"] == 1.0 and abs(a["margin"] + b["margin"]) < 1e-5
+
+
+def test_qlora_switch_trains_on_a_4bit_base(tiny_ref, tiny_data, tmp_path, isolated_checkpoints):
+    """method: qlora loads the base in bitsandbytes NF4 (double quantization) and trains LoRA on top."""
+    cfg = SFTConfig(method="qlora", max_steps=3, batch_size=8, learning_rate=5e-3, logging_steps=1)
+    res = train_sft(tiny_ref, _records(tiny_data, "train"), cfg, tmp_path / "qlora")
+    assert res.metrics["method"] == "qlora" and res.metrics["steps"] == 3
+    assert (tmp_path / "qlora" / "adapter_model.safetensors").exists()
+    model = load_model(tiny_ref, quantize_4bit=True)
+    assert model.config.quantization_config.bnb_4bit_quant_type == "nf4"
+    assert model.config.quantization_config.bnb_4bit_use_double_quant

@@ -347,7 +347,7 @@ def run_benchmarks(model, tokenizer, cfg: EvaluateConfig) -> dict[str, Benchmark
     was_training = model.training
     model.eval()
     try:
-        lm = _lm(model, tokenizer, cfg.batch_size)
+        lm = _lm(model, tokenizer, cfg.benchmark_batch_size)
         if cfg.mmlu is not None:
             results["mmlu"] = run_mmlu(lm, cfg.mmlu, cfg.seed)
         if cfg.gsm8k is not None:
