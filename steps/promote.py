@@ -3,10 +3,10 @@
 from typing import Annotated
 
 from zenml import get_step_context, step
-
-from steps._metadata import log
+from zenml.client import Client
 from zenml.types import HTMLString
 
+from steps._metadata import log
 from tuneline.artifacts import ExportDir
 from tuneline.config import PromoteConfig
 from tuneline.evaluate import EvalReport
@@ -14,15 +14,28 @@ from tuneline.promote import Decision, decide
 from tuneline.report import evaluation_html, run_summary
 
 
+def current_evaluation(model_name: str, stage: str, this_version_id) -> EvalReport | None:
+    """The evaluation of the model version now in `stage`, if any (not this run's own version)."""
+    try:
+        current = Client().get_model_version(model_name, stage)
+    except KeyError:
+        return None
+    if current.id == this_version_id:
+        return None
+    artifact = current.get_artifact("evaluation")
+    return artifact.load() if artifact is not None else None
+
+
 @step(enable_cache=False)
 def promote(
     evaluation: EvalReport, gguf_export: ExportDir, config: PromoteConfig
 ) -> tuple[Annotated[Decision, "promotion"], Annotated[HTMLString, "final_report"]]:
-    decision = decide(evaluation, gguf_export.files, config)
     model = get_step_context().model
+    current = current_evaluation(model.name, config.stage, model.id) if model is not None else None
+    decision = decide(evaluation, gguf_export.files, config, current)
     if decision.promote and model is not None:
         model.set_stage(decision.stage, force=True)
     log({"promoted": decision.promote, "stage": decision.stage or "none", "reasons": decision.reasons},
-                 infer_model=True)
+        infer_model=True)
     print(run_summary(evaluation, gguf_export.files, decision.sentence(), model.name if model else None))
     return decision, HTMLString(evaluation_html(evaluation, decision.sentence(), gguf_export.files))

@@ -13,7 +13,7 @@ def _write(tmp_path, config: dict):
     return p
 
 
-@pytest.mark.parametrize("name", ["default.yaml", "tiny.yaml"])
+@pytest.mark.parametrize("name", ["default.yaml", "tiny.yaml", "full.yaml"])
 def test_shipped_configs_load(name):
     cfg = load(PROJECT_ROOT / "configs" / name)
     assert isinstance(cfg, TunelineConfig)
@@ -49,3 +49,8 @@ def test_prompt_template_needs_text_slot(tmp_path):
 def test_default_yaml_mirrors_model_defaults_for_every_section():
     raw = yaml.safe_load((PROJECT_ROOT / "configs" / "default.yaml").read_text())["parameters"]["config"]
     assert set(raw) == set(TunelineConfig.model_fields)
+
+
+def test_default_yaml_equals_the_model_defaults():
+    """configs/full.yaml overrides only evaluation: the rest must be what default.yaml says."""
+    assert load(PROJECT_ROOT / "configs" / "default.yaml") == TunelineConfig()

@@ -50,6 +50,14 @@ def _run(config: Path) -> tuple[str, dict]:
     return p.stdout + p.stderr, _last_run()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def zenml_repository():
+    """ZenML finds step sources from the repository root: `zenml init` it on a fresh clone."""
+    if not (PROJECT_ROOT / ".zen").exists():
+        p = _zenml("init")
+        assert p.returncode == 0, p.stdout + p.stderr
+
+
 @pytest.fixture(scope="module")
 def first_run():
     return _run(PROJECT_ROOT / "configs" / "tiny.yaml")

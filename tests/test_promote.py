@@ -58,3 +58,22 @@ def test_no_passing_export_blocks_promotion():
     d = decide(_report(np.zeros(N), np.ones(N), BASE, BASE), [{"qtype": "Q4_K_M", "passed": False, "reason": "gibberish"}],
                PromoteConfig())
     assert not d.promote and "Q4_K_M: gibberish" in d.sentence()
+
+
+def test_significant_perplexity_rise_blocks_promotion():
+    base_nll = rng.normal(2.0, 0.3, N)
+    rep = _report(np.zeros(N), np.ones(N), BASE, BASE)
+    rep.nll_vs_base = paired_bootstrap(base_nll + 0.5, base_nll)  # exp(0.5) - 1 = +65 %
+    d = decide(rep, EXPORTS, PromoteConfig())
+    assert not d.promote and "perplexity rose" in d.sentence()
+    rep.nll_vs_base = paired_bootstrap(base_nll + rng.normal(0, 0.05, N), base_nll)  # noise
+    assert decide(rep, EXPORTS, PromoteConfig()).promote
+
+
+def test_worse_than_the_current_version_is_not_promoted():
+    current = _report(np.zeros(N), np.ones(N), BASE, BASE)
+    worse = _report(np.zeros(N), np.r_[np.ones(120), np.zeros(80)], BASE, BASE)
+    d = decide(worse, EXPORTS, PromoteConfig(), current=current)
+    assert not d.promote and "significantly worse than the version it would replace" in d.sentence()
+    assert decide(worse, EXPORTS, PromoteConfig(compare_to_current=False), current=current).promote
+    assert decide(current, EXPORTS, PromoteConfig(), current=worse).promote

@@ -74,7 +74,7 @@ class DataConfig(Section):
     # Held-out rows from test_file used by every evaluation (stratified, fixed seed).
     eval_rows: int = Field(200, ge=1)
     # Unused training rows the DPO step may mine for the SFT model's mistakes.
-    mining_rows: int = Field(400, ge=0)
+    mining_rows: int = Field(300, ge=0)
     # A short user turn keeps the sequences short: fewer tokens, faster CPU training.
     prompt_template: str = "Classify the banking intent: {text}"
     # "" sends an empty system turn (the embedded template otherwise adds a 16-token default).
@@ -146,21 +146,36 @@ class MMLUConfig(Section):
 
 
 class GSM8KConfig(Section):
-    limit: int | None = Field(20, ge=1)
-    num_fewshot: int = Field(5, ge=0, le=8)
+    limit: int | None = Field(10, ge=1)
+    num_fewshot: int = Field(3, ge=0, le=8)
     # Few-shot examples come from the first `fewshot_pool` test items, which are never scored.
     fewshot_pool: int = Field(20, ge=0)
-    max_new_tokens: int = Field(256, ge=8)
+    max_new_tokens: int = Field(160, ge=8)
+
+
+class PerplexityConfig(Section):
+    """Perplexity on held-out general text: a forgetting signal that moves even for small models."""
+
+    # HH-RLHF helpful answers (MIT): taken from the end of the file, away from the shortest
+    # pairs that DPO's user-pair slice uses.
+    file: str = "data/hh_rlhf/helpful-base_test.prompt_chosen_rejected.jsonl"
+    field: str = "chosen"
+    rows: int = Field(100, ge=2)
+    min_words: int = Field(20, ge=1)
+    batch_size: int = Field(8, ge=1)
 
 
 class EvaluateConfig(Section):
+    # Task metric on the held-out rows: exact_match (labels), token_f1, rouge1, rouge2, rougeL.
+    metric: Literal["exact_match", "token_f1", "rouge1", "rouge2", "rougeL"] = "exact_match"
     max_new_tokens: int = Field(12, ge=1)
     # Task generation batch (short prompts: large batches pay off).
     batch_size: int = Field(32, ge=1)
     # lm-eval batch: 4-8 on CPU; 32 is 4-8x slower there (long MMLU passages x full-vocab logits).
-    benchmark_batch_size: int = Field(8, ge=1)
+    benchmark_batch_size: int = Field(4, ge=1)
     mmlu: MMLUConfig | None = MMLUConfig()
     gsm8k: GSM8KConfig | None = GSM8KConfig()
+    perplexity: PerplexityConfig | None = PerplexityConfig()
     bootstrap_resamples: int = Field(2000, ge=100)
     seed: int = 0
 
@@ -193,6 +208,10 @@ class PromoteConfig(Section):
     min_task_gain: float = Field(0.05, ge=0)
     # A benchmark fails when its drop is significant (CI of final - base below 0) and larger than this.
     max_benchmark_drop: float = Field(0.05, ge=0)
+    # Perplexity on general text fails when its rise is significant and larger than this (relative).
+    max_perplexity_increase: float = Field(0.25, ge=0)
+    # A new version must not be significantly worse on the task than the version now in `stage`.
+    compare_to_current: bool = True
 
 
 class TunelineConfig(Section):

@@ -276,3 +276,19 @@ if __name__ == "__main__":
     cfg = load(sys.argv[1])
     v = validate(cfg.data, load_tokenizer(prepare(cfg.base_model)))
     print(json.dumps(v.counts, indent=2))
+
+
+def read_general_texts(path: Path, field: str, rows: int, min_words: int) -> list[str]:
+    """The last `rows` texts of a JSONL file with at least `min_words` words (held-out general text)."""
+    texts = []
+    with _open_text(path) as f:
+        for line_no, line in enumerate(f, 1):
+            try:
+                text = str(json.loads(line).get(field) or "").strip()
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{line_no}: not valid JSON ({e})") from None
+            if len(text.split()) >= min_words:
+                texts.append(text)
+    if len(texts) < 2:
+        raise DataError(f"{path}: fewer than 2 '{field}' texts with {min_words}+ words; set evaluate.perplexity.file/field")
+    return texts[-rows:]

@@ -16,8 +16,9 @@ from peft import PeftModel
 from pydantic import BaseModel
 
 from tuneline.base_model import BaseModelRef, load_model, load_tokenizer
-from tuneline.benchmarks import BenchmarkResult, run_benchmarks
-from tuneline.config import EvaluateConfig
+from tuneline.benchmarks import BenchmarkResult, PerplexityResult, perplexity, run_benchmarks
+from tuneline.config import EvaluateConfig, resolve
+from tuneline.data import read_general_texts
 from tuneline.generate import TaskResult, task_accuracy
 from tuneline.stats import PairedDiff, paired_bootstrap
 
@@ -27,6 +28,8 @@ class EvalReport(BaseModel):
     task_vs_base: dict[str, PairedDiff]  # candidate -> paired diff vs base
     benchmarks: dict[str, dict[str, BenchmarkResult]]  # candidate ("base"/final) -> benchmark -> result
     benchmarks_vs_base: dict[str, PairedDiff]  # benchmark -> final vs base
+    perplexity: dict[str, PerplexityResult] = {}  # "base"/final -> general-text perplexity
+    nll_vs_base: PairedDiff | None = None  # per-text mean NLL, final - base (positive = forgot)
     final: str
     seconds: float
 
@@ -39,11 +42,17 @@ class EvalReport(BaseModel):
             out[f"task_gain/{k}"] = f"{d.diff:+.3f} [{d.ci_low:+.3f}, {d.ci_high:+.3f}]"
         for k, d in self.benchmarks_vs_base.items():
             out[f"{k}_change"] = f"{d.diff:+.3f} [{d.ci_low:+.3f}, {d.ci_high:+.3f}]"
+        out.update({f"perplexity/{k}": round(v.ppl, 3) for k, v in self.perplexity.items()})
         return out
 
 
 def _paired(a, b, cfg: EvaluateConfig) -> PairedDiff:
     return paired_bootstrap(a, b, resamples=cfg.bootstrap_resamples, seed=cfg.seed)
+
+
+def _general_texts(cfg: EvaluateConfig) -> list[str]:
+    p = cfg.perplexity
+    return read_general_texts(resolve(p.file), p.field, p.rows, p.min_words) if p else []
 
 
 def evaluate(ref: BaseModelRef, adapters: dict[str, str], sft_method: str, records: list[dict],
@@ -59,20 +68,28 @@ def evaluate(ref: BaseModelRef, adapters: dict[str, str], sft_method: str, recor
     model.eval()
 
     task: dict[str, TaskResult] = {}
+    texts = _general_texts(cfg)
+    ppl: dict[str, PerplexityResult] = {}
     with model.disable_adapter():
-        task["base"] = task_accuracy(model, tok, records, cfg.max_new_tokens, cfg.batch_size)
+        task["base"] = task_accuracy(model, tok, records, cfg.max_new_tokens, cfg.batch_size, cfg.metric)
         bench_base = run_benchmarks(model, tok, cfg)
+        if texts:
+            ppl["base"] = perplexity(model, tok, texts, cfg.perplexity.batch_size)
     for name in names:
         model.set_adapter(name)
-        task[name] = task_accuracy(model, tok, records, cfg.max_new_tokens, cfg.batch_size)
+        task[name] = task_accuracy(model, tok, records, cfg.max_new_tokens, cfg.batch_size, cfg.metric)
     final = names[-1]
     bench_final = run_benchmarks(model, tok, cfg)  # the final adapter is active
+    if texts:
+        ppl[final] = perplexity(model, tok, texts, cfg.perplexity.batch_size)
 
     return EvalReport(
         task=task,
         task_vs_base={n: _paired(task[n].per_item, task["base"].per_item, cfg) for n in names},
         benchmarks={"base": bench_base, final: bench_final},
         benchmarks_vs_base={b: _paired(bench_final[b].per_item, bench_base[b].per_item, cfg) for b in bench_base},
+        perplexity=ppl,
+        nll_vs_base=_paired(ppl[final].per_item, ppl["base"].per_item, cfg) if texts else None,
         final=final,
         seconds=time.perf_counter() - t0,
     )

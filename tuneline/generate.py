@@ -1,6 +1,7 @@
 """Batched greedy generation and task accuracy for chat records.
 
-    python -m tuneline.generate configs/default.yaml   # base-model accuracy on the eval rows
+    python -m tuneline.generate configs/default.yaml            # base-model exact match on the eval rows
+    python -m tuneline.generate configs/default.yaml token_f1   # or any tuneline.scoring.METRICS name
 
 Prompts are left-padded and sorted by length so a batch wastes few pad tokens; results come
 back in the input order.
@@ -14,16 +15,18 @@ import torch
 from pydantic import BaseModel
 
 from tuneline.data import messages
-from tuneline.scoring import exact_match
+from tuneline.scoring import check_metric, score_items
 
 
 class TaskResult(BaseModel):
+    # Mean of per_item under `metric` (named accuracy for the callers that predate other metrics).
     accuracy: float
     n: int
     per_item: list[float]
     item_ids: list[str]
     predictions: list[str]
     seconds: float
+    metric: str = "exact_match"
 
 
 @torch.no_grad()
@@ -54,14 +57,18 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
     return out
 
 
-def task_accuracy(model, tokenizer, records: list[dict], max_new_tokens: int, batch_size: int) -> TaskResult:
-    """Exact match of the generated label on task records (dicts with user/assistant/system)."""
+def task_accuracy(
+    model, tokenizer, records: list[dict], max_new_tokens: int, batch_size: int, metric: str = "exact_match"
+) -> TaskResult:
+    """Score generated answers on task records (dicts with user/assistant/system) with a
+    tuneline.scoring metric; `accuracy` is the mean of the per-item scores."""
+    check_metric(metric)  # fail before generating, not after
     t0 = time.perf_counter()
     preds = generate(model, tokenizer, [messages(r, with_answer=False) for r in records], max_new_tokens, batch_size)
-    scores = [exact_match(p, r["assistant"]) for p, r in zip(preds, records)]
+    scores = score_items(preds, [r["assistant"] for r in records], metric)
     return TaskResult(
         accuracy=sum(scores) / max(len(scores), 1), n=len(scores), per_item=scores,
-        item_ids=[r["id"] for r in records], predictions=preds, seconds=time.perf_counter() - t0,
+        item_ids=[r["id"] for r in records], predictions=preds, seconds=time.perf_counter() - t0, metric=metric,
     )
 
 
@@ -77,5 +84,6 @@ if __name__ == "__main__":
     tok = load_tokenizer(ref)
     task = validate(cfg.data, tok).task
     rows = task[task.split == "eval"].to_dict("records")
-    r = task_accuracy(load_model(ref), tok, rows, cfg.evaluate.max_new_tokens, cfg.evaluate.batch_size)
-    print(f"accuracy {r.accuracy:.3f} on {r.n} rows in {r.seconds:.1f}s; e.g. {r.predictions[:5]}")
+    metric = sys.argv[2] if len(sys.argv) > 2 else "exact_match"
+    r = task_accuracy(load_model(ref), tok, rows, cfg.evaluate.max_new_tokens, cfg.evaluate.batch_size, metric)
+    print(f"{r.metric} {r.accuracy:.3f} on {r.n} rows in {r.seconds:.1f}s; e.g. {r.predictions[:5]}")

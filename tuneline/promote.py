@@ -5,15 +5,22 @@ Rules (config `promote`):
   and at least `min_task_gain`;
 - forgetting: a benchmark fails when its drop is significant (CI entirely below 0) and larger
   than `max_benchmark_drop`; noise on a small set cannot fail it, a real large drop does;
+- perplexity on held-out general text: fails when the rise is significant and larger than
+  `max_perplexity_increase` (relative);
+- the version now in the target stage: the new final model must not be significantly worse
+  on the task, paired on the eval items both were scored on;
 - exports: at least one exported file must have passed its own check.
 """
 
 from __future__ import annotations
 
+import math
+
 from pydantic import BaseModel
 
 from tuneline.config import PromoteConfig
 from tuneline.evaluate import EvalReport
+from tuneline.stats import paired_bootstrap
 
 
 class Decision(BaseModel):
@@ -26,7 +33,21 @@ class Decision(BaseModel):
         return f"{head} because " + "; ".join(self.reasons)
 
 
-def decide(report: EvalReport, exports: list[dict], cfg: PromoteConfig) -> Decision:
+def versus_current(new: EvalReport, current: EvalReport) -> tuple[bool, str]:
+    """Paired comparison of the two final models on the eval items both were scored on."""
+    a, b = new.task[new.final], current.task[current.final]
+    mine, theirs = dict(zip(a.item_ids, a.per_item)), dict(zip(b.item_ids, b.per_item))
+    common = sorted(set(mine) & set(theirs))
+    if len(common) < 10:
+        return True, f"only {len(common)} eval items in common with the current version: not compared"
+    d = paired_bootstrap([mine[i] for i in common], [theirs[i] for i in common])
+    text = f"vs the current version: {d.mean_base:.3f} -> {d.mean_candidate:.3f} on {d.n} common items (CI {d.ci_low:+.3f}..{d.ci_high:+.3f})"
+    if d.ci_high < 0:
+        return False, text + ": significantly worse than the version it would replace"
+    return True, text
+
+
+def decide(report: EvalReport, exports: list[dict], cfg: PromoteConfig, current: EvalReport | None = None) -> Decision:
     ok, reasons = True, []
     d = report.task_vs_base[report.final]
     if d.ci_low <= 0 or d.diff < cfg.min_task_gain:
@@ -46,6 +67,20 @@ def decide(report: EvalReport, exports: list[dict], cfg: PromoteConfig) -> Decis
             )
         else:
             reasons.append(f"{name} {b.mean_base:.3f} -> {b.mean_candidate:.3f} (no significant drop beyond {cfg.max_benchmark_drop})")
+    if report.nll_vs_base is not None:
+        d = report.nll_vs_base
+        rise = math.exp(d.diff) - 1
+        base_ppl, final_ppl = math.exp(d.mean_base), math.exp(d.mean_candidate)
+        if d.ci_low > 0 and rise > cfg.max_perplexity_increase:
+            ok = False
+            reasons.append(f"general-text perplexity rose {rise:+.1%} ({base_ppl:.2f} -> {final_ppl:.2f}, significant), beyond "
+                           f"promote.max_perplexity_increase={cfg.max_perplexity_increase}: the model forgot")
+        else:
+            reasons.append(f"general-text perplexity {base_ppl:.2f} -> {final_ppl:.2f} ({rise:+.1%}, within {cfg.max_perplexity_increase:.0%})")
+    if current is not None and cfg.compare_to_current:
+        fine, text = versus_current(report, current)
+        ok = ok and fine
+        reasons.append(text)
     passed = [e for e in exports if e.get("passed")]
     if exports and not passed:
         ok = False

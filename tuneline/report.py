@@ -45,6 +45,12 @@ def evaluation_html(report: EvalReport, decision_text: str | None = None, export
     for name, d in report.benchmarks_vs_base.items():
         base = report.benchmarks["base"][name]
         bench_rows += f"<tr><td>{name}</td><td>{base.score:.1%}</td><td>{d.mean_candidate:.1%}</td><td>{base.n}</td><td>{_diff(d)}</td></tr>"
+    if report.nll_vs_base is not None:
+        d = report.nll_vs_base
+        verdict = "significant rise" if d.ci_low > 0 else ("significant fall" if d.ci_high < 0 else "no significant change")
+        bench_rows += (f"<tr><td>general-text perplexity (lower is better)</td><td>{report.perplexity['base'].ppl:.2f}</td>"
+                       f"<td>{report.perplexity[report.final].ppl:.2f}</td><td>{d.n}</td>"
+                       f"<td>NLL {d.diff:+.3f} [{d.ci_low:+.3f}, {d.ci_high:+.3f}] ({verdict})</td></tr>")
     export_rows = "".join(
         f"<tr><td>{e['qtype']}</td><td>{e['size_bytes'] / 2**20:.1f} MB</td><td>{e['accuracy']:.1%}</td>"
         f"<td>{'pass' if e['passed'] else 'REJECTED'}</td><td>{html.escape(e.get('reason', ''))}</td></tr>"
@@ -84,6 +90,8 @@ def run_summary(report: EvalReport, exports: list[dict], decision: str, model_na
     for name, d in report.benchmarks_vs_base.items():
         lines.append(f"{name}: base {d.mean_base:.1%} -> {report.final} {d.mean_candidate:.1%} "
                      f"(change {d.diff:+.1%}, 95% CI {d.ci_low:+.1%}..{d.ci_high:+.1%}, n={d.n})")
+    for name, p in report.perplexity.items():
+        lines.append(f"general-text perplexity ({name}): {p.ppl:.2f}")
     for e in exports:
         lines.append(f"export {e['path']}: {e['size_bytes'] / 2**20:.1f} MB, accuracy {e['accuracy']:.1%}, "
                      f"{'passed' if e['passed'] else 'REJECTED: ' + e['reason']}")
