@@ -74,7 +74,8 @@ def decide(report: EvalReport, exports: list[dict], cfg: PromoteConfig, current:
         if d.ci_low > 0 and rise > cfg.max_perplexity_increase:
             ok = False
             reasons.append(f"general-text perplexity rose {rise:+.1%} ({base_ppl:.2f} -> {final_ppl:.2f}, significant), beyond "
-                           f"promote.max_perplexity_increase={cfg.max_perplexity_increase}: the model forgot")
+                           f"promote.max_perplexity_increase={cfg.max_perplexity_increase}: the model forgot (mix general data "
+                           "into training, lower the learning rate, or raise the limit if the task allows)")
         else:
             reasons.append(f"general-text perplexity {base_ppl:.2f} -> {final_ppl:.2f} ({rise:+.1%}, within {cfg.max_perplexity_increase:.0%})")
     if current is not None and cfg.compare_to_current:
