@@ -7,9 +7,8 @@ from typing import Annotated
 import pandas as pd
 from zenml import step
 
-from steps._metadata import log
-
 from materializers import DirectoryMaterializer
+from steps._metadata import log
 from tuneline.artifacts import ExportDir, ModelDir
 from tuneline.config import ExportConfig
 from tuneline.exports import export_gguf as run_export

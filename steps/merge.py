@@ -6,9 +6,8 @@ from typing import Annotated
 
 from zenml import step
 
-from steps._metadata import log
-
 from materializers import DirectoryMaterializer
+from steps._metadata import log
 from tuneline.artifacts import AdapterDir, ModelDir
 from tuneline.base_model import BaseModelRef
 from tuneline.merge import merge as merge_adapter

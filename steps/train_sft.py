@@ -6,11 +6,10 @@ from typing import Annotated
 
 import pandas as pd
 from zenml import step
-
-from steps._metadata import log
 from zenml.types import HTMLString
 
 from materializers import DirectoryMaterializer
+from steps._metadata import log
 from tuneline.artifacts import AdapterDir
 from tuneline.base_model import BaseModelRef
 from tuneline.config import SFTConfig

@@ -4,10 +4,9 @@ from typing import Annotated
 
 import pandas as pd
 from zenml import step
-
-from steps._metadata import log
 from zenml.types import HTMLString
 
+from steps._metadata import log
 from tuneline.base_model import BaseModelRef, load_tokenizer
 from tuneline.config import DataConfig
 from tuneline.data import validate

@@ -91,7 +91,7 @@ def test_lm_eval_builds_the_same_prompt_from_the_csv(fmt):
 
 @pytest.fixture(scope="module")
 def tiny():
-    from tuneline.base_model import load_model, load_tokenizer, prepare
+    from tuneline.base_model import load_tokenizer, prepare
 
     ref = prepare(BaseModelConfig(source="tiny"))
     return ref, load_tokenizer(ref)

@@ -7,10 +7,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import llama_cpp  # noqa: E402  (no skip: the GGUF export is a core step; `make setup` installs it)
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-
-import llama_cpp  # noqa: E402  (no skip: the GGUF export is a core step; `make setup` installs it)
 
 from tuneline import export_gguf  # noqa: E402
 from tuneline.base_model import prepare, sha256_file  # noqa: E402

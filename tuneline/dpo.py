@@ -34,7 +34,14 @@ from tuneline.data import messages
 from tuneline.generate import generate
 from tuneline.scoring import exact_match
 from tuneline.sft import TrainResult, _first, _last
-from tuneline.training import checkpoint_dir, common_args, last_checkpoint, peak_memory_mb, run_key, trainable_parameters
+from tuneline.training import (
+    checkpoint_dir,
+    common_args,
+    last_checkpoint,
+    peak_memory_mb,
+    run_key,
+    trainable_parameters,
+)
 
 
 class Pair(BaseModel):

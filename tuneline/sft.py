@@ -15,7 +15,6 @@ import json
 import time
 from pathlib import Path
 
-import pandas as pd
 from datasets import Dataset
 from peft import LoraConfig, prepare_model_for_kbit_training
 from pydantic import BaseModel
@@ -25,7 +24,14 @@ from trl import SFTTrainer
 from tuneline.base_model import BaseModelRef, load_model, load_tokenizer
 from tuneline.config import SFTConfig
 from tuneline.data import messages
-from tuneline.training import checkpoint_dir, common_args, last_checkpoint, peak_memory_mb, run_key, trainable_parameters
+from tuneline.training import (
+    checkpoint_dir,
+    common_args,
+    last_checkpoint,
+    peak_memory_mb,
+    run_key,
+    trainable_parameters,
+)
 
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 

@@ -19,9 +19,8 @@ there: it must not use relative imports.
 """
 
 import datasets
-from rouge_score import rouge_scorer
-
 import evaluate
+from rouge_score import rouge_scorer
 
 _CITATION = """\
 @inproceedings{lin-2004-rouge,
