@@ -33,11 +33,12 @@ from tuneline.config import DPOConfig
 from tuneline.data import messages
 from tuneline.generate import generate
 from tuneline.scoring import exact_match
-from tuneline.sft import TrainResult, _first, _last
 from tuneline.training import (
+    TrainResult,
     checkpoint_dir,
     common_args,
     last_checkpoint,
+    loss_span,
     peak_memory_mb,
     run_key,
     trainable_parameters,
@@ -164,7 +165,7 @@ def train(ref: BaseModelRef, sft_dir: str, sft_method: str, mining_records: list
         "heldout_pref_accuracy_before": before["accuracy"], "heldout_pref_accuracy_after": after["accuracy"],
         "heldout_margin_before": before["margin"], "heldout_margin_after": after["margin"],
         "trainable_params": trainable, "total_params": total, "peak_memory_mb": round(peak_memory_mb(), 1),
-        "first_loss": _first(history, "loss"), "final_loss": _last(history, "loss"), "resumed_from": resume,
+        "first_loss": loss_span(history)[0], "final_loss": loss_span(history)[1], "resumed_from": resume,
         "steps": trainer.state.global_step,
     }
     return TrainResult(adapter_dir=str(out_dir), history=history, metrics=metrics)

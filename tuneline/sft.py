@@ -17,7 +17,6 @@ from pathlib import Path
 
 from datasets import Dataset
 from peft import LoraConfig, prepare_model_for_kbit_training
-from pydantic import BaseModel
 from trl import SFTConfig as TRLSFTConfig
 from trl import SFTTrainer
 
@@ -25,21 +24,17 @@ from tuneline.base_model import BaseModelRef, load_model, load_tokenizer
 from tuneline.config import SFTConfig
 from tuneline.data import messages
 from tuneline.training import (
+    TrainResult,
     checkpoint_dir,
     common_args,
     last_checkpoint,
+    loss_span,
     peak_memory_mb,
     run_key,
     trainable_parameters,
 )
 
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
-
-
-class TrainResult(BaseModel):
-    adapter_dir: str
-    history: list[dict]
-    metrics: dict
 
 
 def to_dataset(records: list[dict]) -> Dataset:
@@ -99,8 +94,8 @@ def train(ref: BaseModelRef, records: list[dict], cfg: SFTConfig, out_dir: Path)
         "method": cfg.method, "trainable_params": trainable, "total_params": total,
         "train_seconds": round(seconds, 1), "train_tokens": int(tokens),
         "tokens_per_second": round(tokens / seconds, 1) if seconds else None,
-        "peak_memory_mb": round(peak_memory_mb(), 1), "final_loss": _last(history, "loss"),
-        "first_loss": _first(history, "loss"), "resumed_from": resume, "data_hash": data_hash,
+        "peak_memory_mb": round(peak_memory_mb(), 1), "final_loss": loss_span(history)[1],
+        "first_loss": loss_span(history)[0], "resumed_from": resume, "data_hash": data_hash,
         "steps": trainer.state.global_step,
     }
     return TrainResult(adapter_dir=str(out_dir), history=history, metrics=metrics)
@@ -108,16 +103,6 @@ def train(ref: BaseModelRef, records: list[dict], cfg: SFTConfig, out_dir: Path)
 
 def _tokens_from_history(history: list[dict]) -> int:
     return int(max((h.get("num_tokens", 0) for h in history), default=0))
-
-
-def _last(history: list[dict], key: str):
-    vals = [h[key] for h in history if key in h]
-    return vals[-1] if vals else None
-
-
-def _first(history: list[dict], key: str):
-    vals = [h[key] for h in history if key in h]
-    return vals[0] if vals else None
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import resource
 from pathlib import Path
 
 import torch
+from pydantic import BaseModel
 
 CHECKPOINT_ROOT = Path(os.environ.get("TUNELINE_CHECKPOINTS", "~/.cache/tuneline/checkpoints")).expanduser()
 
@@ -107,3 +108,17 @@ def loss_curve_html(history: list[dict], title: str) -> str:
         f"<html><body style='font-family:sans-serif'><h3>{title}</h3><img src='data:image/png;base64,{img}'/>"
         f"<details><summary>values</summary><table><tr><th>step</th><th>loss</th></tr>{rows}</table></details></body></html>"
     )
+
+
+class TrainResult(BaseModel):
+    """What a tuneline trainer returns: where the adapter is, the log history, flat metrics."""
+
+    adapter_dir: str
+    history: list[dict]
+    metrics: dict
+
+
+def loss_span(history: list[dict], key: str = "loss") -> tuple[float | None, float | None]:
+    """First and last logged value of `key` (None when it was never logged)."""
+    vals = [h[key] for h in history if key in h]
+    return (vals[0], vals[-1]) if vals else (None, None)
