@@ -2,13 +2,14 @@
 
     zenml pipeline run pipelines.finetune.finetune -c configs/default.yaml
 
-Steps: prepare_base -> validate_data -> train_sft -> train_dpo -> evaluate -> merge ->
+Steps: prepare_base -> validate_data -> data_gate -> train_sft -> train_dpo -> evaluate -> merge ->
 export_gguf -> promote. Each step takes its own config section, so changing one section
 re-runs that step and what follows it, and nothing before.
 """
 
 from zenml import pipeline
 
+from steps.data_gate import data_gate
 from steps.evaluate import evaluate
 from steps.export_gguf import export_gguf
 from steps.merge import merge
@@ -23,8 +24,10 @@ from tuneline.config import TunelineConfig
 @pipeline(enable_cache=True)
 def finetune(config: TunelineConfig = TunelineConfig()) -> None:
     base = prepare_base(config.base_model)
-    task_data, preference_data, _rejected, _report = validate_data(base, config.data)
-    sft_adapter, _ = train_sft(base, task_data, config.sft)
+    mmlu = config.evaluate.mmlu.subjects if config.evaluate.mmlu else None  # contamination checks these
+    task_data, preference_data, _rejected, validation, _report = validate_data(base, config.data, mmlu)
+    data_gate(validation)
+    sft_adapter, _ = train_sft(base, task_data, config.sft, after="data_gate")
     final = sft_adapter
     dpo_adapter = None
     if config.dpo.enabled:
@@ -32,5 +35,5 @@ def finetune(config: TunelineConfig = TunelineConfig()) -> None:
         final = dpo_adapter
     evaluation, _ = evaluate(base, sft_adapter, dpo_adapter, task_data, config.evaluate)
     merged = merge(base, final)
-    gguf = export_gguf(merged, task_data, config.export)
+    gguf = export_gguf(merged, task_data, config.export, config.evaluate.metric)
     promote(evaluation, gguf, config.promote)

@@ -15,14 +15,16 @@ from tuneline.exports import export_gguf as run_export
 
 
 @step(output_materializers={"gguf_export": DirectoryMaterializer})
-def export_gguf(merged: ModelDir, task_data: pd.DataFrame, config: ExportConfig) -> Annotated[ExportDir, "gguf_export"]:
+def export_gguf(merged: ModelDir, task_data: pd.DataFrame, config: ExportConfig,
+                metric: str = "exact_match") -> Annotated[ExportDir, "gguf_export"]:
     out = Path(tempfile.mkdtemp(prefix="gguf-"))
     rows = task_data[task_data.split == "eval"].to_dict("records")
-    res = run_export(merged.path, out, rows, config)
+    res = run_export(merged.path, out, rows, config, metric)
     log({
         "reference_accuracy": res.reference_accuracy,
         **{f"{f.qtype}": {"size_mb": round(f.size_bytes / 2**20, 1), "sha256": f.sha256, "accuracy": f.accuracy,
                           "passed": f.passed, "reason": f.reason} for f in res.files},
     })
-    files = [f.model_dump(exclude={"samples"}) | {"path": Path(f.path).name} for f in res.files]
-    return ExportDir(path=str(out), format="gguf", files=files)
+    files = [f.model_dump(exclude={"samples"}) | {"path": Path(f.path).name, "format": "gguf",
+                                                  "predictions": [s.predicted for s in f.samples]} for f in res.files]
+    return ExportDir(path=str(out), format="gguf", files=files, reference=res.reference.model_dump())

@@ -9,7 +9,8 @@ from zenml.types import HTMLString
 from steps._metadata import log
 from tuneline.artifacts import ExportDir
 from tuneline.config import PromoteConfig
-from tuneline.evaluate import EvalReport
+from tuneline.evaluate import EvalReport, with_exports
+from tuneline.generate import TaskResult
 from tuneline.promote import Decision, decide
 from tuneline.report import evaluation_html, run_summary
 
@@ -29,7 +30,10 @@ def current_evaluation(model_name: str, stage: str, this_version_id) -> EvalRepo
 @step(enable_cache=False)
 def promote(
     evaluation: EvalReport, gguf_export: ExportDir, config: PromoteConfig
-) -> tuple[Annotated[Decision, "promotion"], Annotated[HTMLString, "final_report"]]:
+) -> tuple[Annotated[Decision, "promotion"], Annotated[EvalReport, "final_evaluation"],
+           Annotated[HTMLString, "final_report"]]:
+    if gguf_export.reference:  # the merged model and each export join the candidates, paired with base
+        evaluation = with_exports(evaluation, TaskResult(**gguf_export.reference), gguf_export.files)
     model = get_step_context().model
     current = current_evaluation(model.name, config.stage, model.id) if model is not None else None
     decision = decide(evaluation, gguf_export.files, config, current)
@@ -38,4 +42,4 @@ def promote(
     log({"promoted": decision.promote, "stage": decision.stage or "none", "reasons": decision.reasons},
         infer_model=True)
     print(run_summary(evaluation, gguf_export.files, decision.sentence(), model.name if model else None))
-    return decision, HTMLString(evaluation_html(evaluation, decision.sentence(), gguf_export.files))
+    return decision, evaluation, HTMLString(evaluation_html(evaluation, decision.sentence(), gguf_export.files))

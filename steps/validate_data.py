@@ -1,4 +1,8 @@
-"""Step: load, check and split the data; rejected rows are kept as an artifact."""
+"""Step: load, check and split the data; rejected rows and the validation report are kept as artifacts.
+
+The gate verdict is an output too; `data_gate` stops the run on it, after these artifacts are stored,
+so a failed run still shows why in the dashboard.
+"""
 
 from typing import Annotated
 
@@ -15,14 +19,18 @@ from tuneline.report import data_html
 
 @step
 def validate_data(
-    base: BaseModelRef, config: DataConfig
+    base: BaseModelRef, config: DataConfig, mmlu_subjects: list[str] | None = None
 ) -> tuple[
     Annotated[pd.DataFrame, "task_data"],
     Annotated[pd.DataFrame, "preference_data"],
     Annotated[pd.DataFrame, "rejected_rows"],
+    Annotated[dict, "data_validation"],
     Annotated[HTMLString, "data_report"],
 ]:
-    v = validate(config, load_tokenizer(base.ensure()))
-    log({"counts": v.counts})
-    preview = v.rejected.head(50).to_dict("records")
-    return v.task, v.preferences, v.rejected, HTMLString(data_html(v.counts, preview))
+    v = validate(config, load_tokenizer(base.ensure()), mmlu_subjects)
+    summary = {"counts": v.counts, "checks": v.checks, "balance": v.balance, "gate_failures": v.gate_failures,
+               "expectations": [{"source": g["source"], "shape": g["shape"], "success": g["result"].success,
+                                 "statistics": g["result"].statistics, "result": g["result"].raw} for g in v.gx]}
+    log({"counts": v.counts, "checks": v.checks, "gate": "failed" if v.gate_failures else "passed",
+         "balance": {k: x for k, x in (v.balance.get("train") or {}).items() if k != "counts"}})
+    return v.task, v.preferences, v.rejected, summary, HTMLString(data_html(v))

@@ -16,7 +16,7 @@ import yaml
 from tuneline.paths import PROJECT_ROOT
 
 ZENML = str(Path(sys.executable).parent / "zenml")
-STEPS = ["prepare_base", "validate_data", "train_sft", "train_dpo", "evaluate", "merge", "export_gguf", "promote"]
+STEPS = ["prepare_base", "validate_data", "data_gate", "train_sft", "train_dpo", "evaluate", "merge", "export_gguf", "promote"]
 
 QUERY = """
 import json
@@ -26,6 +26,8 @@ out = {"status": str(run.status), "steps": {n: str(s.status) for n, s in run.ste
 sft = run.steps["train_sft"].outputs["sft_adapter"][0]
 out["sft_adapter_mb"] = sft.run_metadata.get("size_mb")
 out["rejected_rows"] = run.steps["validate_data"].outputs["rejected_rows"][0].load().shape[0]
+out["data_validation"] = run.steps["validate_data"].outputs["data_validation"][0].load()
+out["task_candidates"] = list(run.steps["promote"].outputs["final_evaluation"][0].load().task)
 out["decision"] = run.steps["promote"].outputs["promotion"][0].load().model_dump()
 out["visualizations"] = sorted(n for s in run.steps.values() for n, a in s.outputs.items() if a[0].visualizations)
 print("JSON" + json.dumps(out))
@@ -66,10 +68,12 @@ def first_run():
 def test_every_step_runs_and_the_gate_explains_itself(first_run):
     out, run = first_run
     assert set(run["steps"]) == set(STEPS) and all(s == "completed" for s in run["steps"].values()), run
-    assert "tuneline run summary" in out and "task accuracy" in out
+    assert "tuneline run summary" in out and "task exact_match" in out
+    assert run["task_candidates"] == ["base", "sft", "dpo", "merged", "gguf-F16", "gguf-Q8_0"]
     # The tiny model learns nothing: the run must end with a reason, not an exception.
     assert run["decision"]["promote"] is False and "not promoted because" in out
     assert run["sft_adapter_mb"] < 5, "the adapter artifact must not carry the base model"
+    assert run["rejected_rows"] > 0 and run["data_validation"]["gate_failures"] == []
     assert {"data_report", "sft_loss_curve", "dpo_loss_curve", "evaluation_report", "final_report"} <= set(run["visualizations"])
 
 
@@ -85,9 +89,28 @@ def test_dpo_change_reruns_dpo_and_downstream_only(first_run, tmp_path):
     changed = tmp_path / "tiny-dpo.yaml"
     changed.write_text(yaml.safe_dump(raw))
     _, run = _run(changed)
-    before, after = STEPS[:3], STEPS[3:]
+    before, after = STEPS[:4], STEPS[4:]
     assert all(run["steps"][s] == "cached" for s in before), run["steps"]
     assert all(run["steps"][s] == "completed" for s in after), run["steps"]
+
+
+def test_failing_data_gate_stops_before_training_and_keeps_the_report(first_run, tmp_path):
+    raw = yaml.safe_load((PROJECT_ROOT / "configs" / "tiny.yaml").read_text())
+    raw["parameters"]["config"]["data"]["gate"] = {"max_rejected_fraction": 0.001}
+    strict = tmp_path / "tiny-strict.yaml"
+    strict.write_text(yaml.safe_dump(raw))
+    p = _zenml("pipeline", "run", "pipelines.finetune.finetune", "-c", str(strict))
+    out = " ".join((p.stdout + p.stderr).split())
+    assert p.returncode != 0 and "data validation gate failed" in out and "data.gate.max_rejected_fraction=0.001" in out
+    run = _last_run_steps()
+    assert run["validate_data"] == "completed" and "train_sft" not in run, run
+
+
+def _last_run_steps() -> dict:
+    code = ("import json; from zenml.client import Client; r = Client().list_pipeline_runs(sort_by='desc:created', size=1, "
+            "hydrate=True)[0]; print('JSON' + json.dumps({n: str(s.status) for n, s in r.steps.items()}))")
+    p = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, env=os.environ.copy(), capture_output=True, text=True)
+    return json.loads([x for x in p.stdout.splitlines() if x.startswith("JSON")][0][4:])
 
 
 def test_bad_config_fails_before_any_step(tmp_path):

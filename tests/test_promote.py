@@ -1,9 +1,10 @@
 """The promotion gate on constructed reports: a real gain passes, a real drop fails, noise passes."""
 
 import numpy as np
+import pytest
 
 from tuneline.config import PromoteConfig
-from tuneline.evaluate import EvalReport
+from tuneline.evaluate import EvalReport, with_exports
 from tuneline.generate import TaskResult
 from tuneline.promote import decide
 from tuneline.stats import paired_bootstrap
@@ -77,3 +78,36 @@ def test_worse_than_the_current_version_is_not_promoted():
     assert not d.promote and "significantly worse than the version it would replace" in d.sentence()
     assert decide(worse, EXPORTS, PromoteConfig(compare_to_current=False), current=current).promote
     assert decide(current, EXPORTS, PromoteConfig(), current=worse).promote
+
+
+def _export(qtype, scores):
+    return {"qtype": qtype, "format": "gguf", "passed": True, "reason": "ok", "accuracy": float(np.mean(scores)),
+            "per_item": list(map(float, scores)), "predictions": ["x"] * len(scores)}
+
+
+def test_merged_and_exports_join_the_candidates_paired_with_base():
+    rep = _report(np.zeros(N), np.ones(N), BASE, BASE)
+    half = np.r_[np.ones(N // 2), np.zeros(N // 2)]
+    full = with_exports(rep, _task(np.ones(N)), [_export("F16", np.ones(N)), _export("Q4_K_M", half)])
+    assert list(full.task) == ["base", "sft", "merged", "gguf-F16", "gguf-Q4_K_M"]
+    assert full.task_vs_base["gguf-Q4_K_M"].diff == 0.5 and full.task_vs_base["gguf-Q4_K_M"].n == N
+    assert full.task_vs_base["merged"].ci_low > 0.9
+    assert "gguf-Q4_K_M" not in rep.task  # the evaluation artifact itself is not changed
+
+
+def test_exports_scored_on_other_rows_are_refused():
+    rep = _report(np.zeros(N), np.ones(N), BASE, BASE)
+    stranger = _task(np.ones(4)).model_copy(update={"item_ids": ["a", "b", "c", "d"]})
+    with pytest.raises(ValueError, match="rows the base was not"):
+        with_exports(rep, stranger, [])
+
+
+def test_merge_that_lost_accuracy_blocks_promotion():
+    rep = _report(np.zeros(N), np.ones(N), BASE, BASE)
+    rep.task["sft"].predictions = ["right"] * N
+    lossy = _task(np.r_[np.ones(N // 2), np.zeros(N // 2)])
+    d = decide(with_exports(rep, lossy, []), EXPORTS, PromoteConfig())
+    assert not d.promote and "merging lost accuracy" in d.sentence()
+    same = _task(np.ones(N)).model_copy(update={"predictions": ["right"] * N})
+    d = decide(with_exports(rep, same, []), EXPORTS, PromoteConfig())
+    assert d.promote and f"{N}/{N} identical answers" in d.sentence()

@@ -40,4 +40,5 @@ class ExportDir(BaseModel):
 
     path: str
     format: str
-    files: list[dict] = []
+    files: list[dict] = []  # one per file: qtype, size, sha256, per-row scores and predictions, verdict
+    reference: dict = {}  # the merged model's TaskResult on the same rows (what each file is judged against)

@@ -63,23 +63,78 @@ class BaseModelConfig(Section):
     cache_dir: str = "~/.cache/tuneline/models"
 
 
+Policy = Literal["report", "drop", "fail"]
+
+
+class DataChecks(Section):
+    """What each check does with the rows it flags: report (keep, count), drop (quarantine), fail (stop)."""
+
+    expectations: Policy = "drop"  # the Great Expectations suite of the shape (fields, types, roles, labels)
+    hygiene: Policy = "drop"  # control characters, answer == prompt
+    length: Literal["drop", "truncate", "fail"] = "drop"  # over data.max_tokens after the chat template
+    duplicate: Policy = "drop"  # exact (normalized) duplicates within the training data
+    near_duplicate: Policy = "drop"  # MinHash-LSH near-duplicates within the training data
+    leakage: Policy = "drop"  # training rows (near-)duplicating an eval row
+    contamination: Policy = "drop"  # training rows sharing an n-gram with a benchmark or the eval split
+    near_duplicate_threshold: float = Field(0.8, gt=0, le=1)  # MinHash Jaccard of char 4-grams (bench/dedup_shingles.py)
+    contamination_ngram: int = Field(13, ge=4)  # words per n-gram, as in the GPT-3 / Llama contamination studies
+    contamination_benchmarks: list[Literal["mmlu", "gsm8k", "eval"]] = ["mmlu", "gsm8k", "eval"]
+
+
+class Balance(Section):
+    """Label balance of the training split (classification) or of `category` where rows have one."""
+
+    policy: Literal["report", "cap", "upsample"] = "report"
+    cap: int | None = Field(None, ge=1)  # policy cap: at most this many rows per class
+    floor: int | None = Field(None, ge=1)  # policy upsample: repeat rows of small classes up to this
+
+
+class DataGate(Section):
+    """Stops the run before training; each limit names itself in the failure message."""
+
+    max_rejected_fraction: float = Field(0.5, ge=0, le=1)
+    fail_on_contamination: bool = False  # contaminated rows are dropped by default; True stops the run
+    min_rows_per_class: int = Field(1, ge=0)
+
+
+class GeneralMix(Section):
+    """General instruction data mixed into SFT against forgetting (the guides suggest 10-20 %)."""
+
+    file: str
+    fraction: float = Field(0.1, gt=0, lt=1)  # share of the final training set
+    shape: str = "auto"
+    columns: dict[str, str] = {}
+
+
 class DataConfig(Section):
+    # A file (.jsonl/.json/.csv/.parquet, optionally .gz), a directory of them, or a hub dataset id.
     train_file: str = "data/banking77/train.csv"
-    test_file: str = "data/banking77/test.csv"
-    labels_file: str = "data/banking77/categories.json"
-    text_column: str = "text"
-    label_column: str = "category"
-    # Class-stratified: this many training rows per label.
-    rows_per_label: int = Field(16, ge=1)
-    # Held-out rows from test_file used by every evaluation (stratified, fixed seed).
+    # Where the held-out eval rows come from (the same kinds); null: split them off train_file.
+    test_file: str | None = "data/banking77/test.csv"
+    # auto detects from the columns: alpaca, messages, prompt_completion, preference, hh_preference,
+    # classification (text/label). Set it when detection reports an ambiguity.
+    shape: Literal["auto", "alpaca", "messages", "prompt_completion", "preference", "hh_preference",
+                   "classification"] = "auto"
+    # Renames source columns before detection, e.g. {question: instruction, response: output}.
+    columns: dict[str, str] = {}
+    # Classification: the allowed labels (JSON list); rows with other labels are quarantined.
+    labels_file: str | None = "data/banking77/categories.json"
+    # Classification: this many training rows per label (stratified); null keeps all of them.
+    rows_per_label: int | None = Field(16, ge=1)
+    # Non-classification shapes without test_file: this many rows of train_file are held out.
     eval_rows: int = Field(200, ge=1)
     # Unused training rows the DPO step may mine for the SFT model's mistakes.
     mining_rows: int = Field(300, ge=0)
-    # A short user turn keeps the sequences short: fewer tokens, faster CPU training.
+    # Classification: the user turn. A short one keeps sequences short: faster CPU training.
     prompt_template: str = "Classify the banking intent: {text}"
     # "" sends an empty system turn (the embedded template otherwise adds a 16-token default).
     system_prompt: str | None = ""
     max_tokens: int = Field(96, ge=8)
+    min_tokens: int = Field(1, ge=1)  # whole chat incl. template; catches rows with nothing in them
+    checks: DataChecks = DataChecks()
+    balance: Balance = Balance()
+    gate: DataGate = DataGate()
+    general_mix: GeneralMix | None = None
     preference_file: str = "data/hh_rlhf/helpful-base_test.prompt_chosen_rejected.jsonl"
     # Shortest user pairs kept for DPO (0 disables user pairs).
     preference_rows: int = Field(0, ge=0)
@@ -89,7 +144,7 @@ class DataConfig(Section):
     @classmethod
     def _has_text(cls, v: str) -> str:
         if "{text}" not in v:
-            raise ValueError(f"prompt_template {v!r} must contain '{{text}}' where the customer message goes")
+            raise ValueError(f"prompt_template {v!r} must contain '{{text}}' where the input text goes")
         return v
 
 
@@ -173,6 +228,9 @@ class EvaluateConfig(Section):
     batch_size: int = Field(32, ge=1)
     # lm-eval batch: 4-8 on CPU; 32 is 4-8x slower there (long MMLU passages x full-vocab logits).
     benchmark_batch_size: int = Field(4, ge=1)
+    # Which adapters get the forgetting checks: "all" shows whether SFT or DPO forgot
+    # (about 1.5 min more per candidate on the default CPU run); "final" checks only what ships.
+    benchmark_candidates: Literal["all", "final"] = "all"
     mmlu: MMLUConfig | None = MMLUConfig()
     gsm8k: GSM8KConfig | None = GSM8KConfig()
     perplexity: PerplexityConfig | None = PerplexityConfig()
@@ -183,9 +241,9 @@ class EvaluateConfig(Section):
 class ExportConfig(Section):
     # llama.cpp types: the first is converted from the HF dir, the rest are quantized from it.
     gguf_types: list[str] = ["f16", "Q8_0"]
-    # Each exported file must answer at least this share of held-out rows correctly,
-    # and at most this many points below the merged model (quantization may not break it).
-    check_rows: int = Field(40, ge=1)
+    # Each exported file is scored on the eval rows (null: all of them, so every file is a paired
+    # candidate in the report) and may score at most max_accuracy_drop below the merged model.
+    check_rows: int | None = Field(None, ge=1)
     max_accuracy_drop: float = Field(0.05, ge=0, le=1)
     max_new_tokens: int = Field(16, ge=1)
 

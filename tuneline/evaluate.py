@@ -1,4 +1,4 @@
-"""Evaluate base, SFT and DPO on the same held-out rows; benchmarks for base and final.
+"""Evaluate base, SFT and DPO on the same held-out rows: task metric, benchmarks, perplexity.
 
     python -m tuneline.evaluate configs/default.yaml /tmp/sft-adapter /tmp/dpo-adapter
 
@@ -26,10 +26,13 @@ from tuneline.stats import PairedDiff, paired_bootstrap
 class EvalReport(BaseModel):
     task: dict[str, TaskResult]  # candidate -> result on the eval rows
     task_vs_base: dict[str, PairedDiff]  # candidate -> paired diff vs base
-    benchmarks: dict[str, dict[str, BenchmarkResult]]  # candidate ("base"/final) -> benchmark -> result
-    benchmarks_vs_base: dict[str, PairedDiff]  # benchmark -> final vs base
-    perplexity: dict[str, PerplexityResult] = {}  # "base"/final -> general-text perplexity
+    benchmarks: dict[str, dict[str, BenchmarkResult]]  # candidate -> benchmark -> result
+    benchmarks_vs_base: dict[str, PairedDiff]  # benchmark -> final vs base (what the gate reads)
+    perplexity: dict[str, PerplexityResult] = {}  # candidate -> general-text perplexity
     nll_vs_base: PairedDiff | None = None  # per-text mean NLL, final - base (positive = forgot)
+    # Every benchmarked candidate vs base, so the report shows which stage forgot (SFT or DPO).
+    benchmark_changes: dict[str, dict[str, PairedDiff]] = {}
+    nll_changes: dict[str, PairedDiff] = {}
     final: str
     seconds: float
 
@@ -75,24 +78,57 @@ def evaluate(ref: BaseModelRef, adapters: dict[str, str], sft_method: str, recor
         bench_base = run_benchmarks(model, tok, cfg)
         if texts:
             ppl["base"] = perplexity(model, tok, texts, cfg.perplexity.batch_size)
+    final = names[-1]
+    bench = {"base": bench_base}
     for name in names:
         model.set_adapter(name)
         task[name] = task_accuracy(model, tok, records, cfg.max_new_tokens, cfg.batch_size, cfg.metric)
-    final = names[-1]
-    bench_final = run_benchmarks(model, tok, cfg)  # the final adapter is active
-    if texts:
-        ppl[final] = perplexity(model, tok, texts, cfg.perplexity.batch_size)
+        if name == final or cfg.benchmark_candidates == "all":
+            bench[name] = run_benchmarks(model, tok, cfg)
+            if texts:
+                ppl[name] = perplexity(model, tok, texts, cfg.perplexity.batch_size)
 
+    changes = {n: {b: _paired(bench[n][b].per_item, bench_base[b].per_item, cfg) for b in bench_base}
+               for n in bench if n != "base"}
+    nll = {n: _paired(ppl[n].per_item, ppl["base"].per_item, cfg) for n in ppl if n != "base"}
     return EvalReport(
         task=task,
         task_vs_base={n: _paired(task[n].per_item, task["base"].per_item, cfg) for n in names},
-        benchmarks={"base": bench_base, final: bench_final},
-        benchmarks_vs_base={b: _paired(bench_final[b].per_item, bench_base[b].per_item, cfg) for b in bench_base},
+        benchmarks=bench,
+        benchmarks_vs_base=changes[final],
         perplexity=ppl,
-        nll_vs_base=_paired(ppl[final].per_item, ppl["base"].per_item, cfg) if texts else None,
+        nll_vs_base=nll.get(final),
+        benchmark_changes=changes,
+        nll_changes=nll,
         final=final,
         seconds=time.perf_counter() - t0,
     )
+
+
+def with_exports(report: EvalReport, reference: TaskResult, exports: list[dict], resamples: int = 2000,
+                 seed: int = 0) -> EvalReport:
+    """`report` plus the merged model and every exported file as task candidates, paired with base.
+
+    The exports were scored on the same eval rows (`reference.item_ids`, the merged model's run),
+    so each gets a paired CI against the base like the adapters do.
+    """
+    task, diffs = dict(report.task), dict(report.task_vs_base)
+    base = dict(zip(report.task["base"].item_ids, report.task["base"].per_item))
+    candidates = {"merged": reference}
+    for e in exports:
+        if e.get("per_item"):
+            n = len(e["per_item"])
+            candidates[f"{e.get('format', 'gguf')}-{e['qtype']}"] = TaskResult(
+                accuracy=e["accuracy"], n=n, per_item=e["per_item"], item_ids=reference.item_ids[:n],
+                predictions=e.get("predictions", []), seconds=e.get("seconds", 0.0), metric=reference.metric)
+    for name, res in candidates.items():
+        ids = [i for i in res.item_ids if i in base]
+        if len(ids) != len(res.item_ids):
+            raise ValueError(f"{name} was scored on {len(res.item_ids) - len(ids)} rows the base was not: "
+                             "exports must be checked on the evaluation rows")
+        task[name] = res
+        diffs[name] = paired_bootstrap(res.per_item, [base[i] for i in ids], resamples=resamples, seed=seed)
+    return report.model_copy(update={"task": task, "task_vs_base": diffs})
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from pydantic import BaseModel
 
 from tuneline.base_model import sha256_file
 from tuneline.gguf_types import GGUF_FTYPES
-from tuneline.scoring import exact_match
+from tuneline.scoring import score_items
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ class GGUFCheck(BaseModel):
     accuracy: float
     eos_share: float
     samples: list[GGUFSample]
+    per_item: list[float] = []
 
 
 class GGUFFile(BaseModel):
@@ -63,6 +64,7 @@ class GGUFFile(BaseModel):
     reason: str = ""
     seconds: float = 0.0  # making this file plus checking it
     samples: list[GGUFSample] = []
+    per_item: list[float] = []  # task metric per checked row, in row order (paired with other candidates)
     modelfile: str = ""  # Ollama Modelfile beside a passed file
 
 
@@ -205,8 +207,8 @@ def _last_user(messages: list[dict]) -> str:
 
 
 def check(path: str | Path, conversations: list[list[dict]], answers: list[str], max_tokens: int,
-          n_ctx: int = 2048) -> GGUFCheck:
-    """Greedy answers from llama.cpp through the GGUF's own chat template, scored by exact match."""
+          n_ctx: int = 2048, metric: str = "exact_match") -> GGUFCheck:
+    """Greedy answers from llama.cpp through the GGUF's own chat template, scored by the task metric."""
     import llama_cpp
 
     if len(conversations) != len(answers) or not conversations:
@@ -220,10 +222,12 @@ def check(path: str | Path, conversations: list[list[dict]], answers: list[str],
     finally:
         llm.close()  # frees the llama.cpp model and context now, not whenever GC runs
     n = len(samples)
+    scores = score_items([s.predicted for s in samples], [s.expected for s in samples], metric)
     return GGUFCheck(
-        accuracy=sum(exact_match(s.predicted, s.expected) for s in samples) / n,
+        accuracy=sum(scores) / n,
         eos_share=sum(s.finish_reason == "stop" for s in samples) / n,
         samples=samples,
+        per_item=scores,
     )
 
 
@@ -285,14 +289,15 @@ def _verdict(result: GGUFCheck, reference_accuracy: float, max_accuracy_drop: fl
 
 
 def _make_and_check(entry: GGUFFile, make, conversations, answers, max_tokens,
-                    reference_accuracy, max_accuracy_drop, min_eos_share) -> GGUFFile:
+                    reference_accuracy, max_accuracy_drop, min_eos_share, metric) -> GGUFFile:
     """Make one file and check it; any failure becomes passed=False with the error as reason."""
     start = time.monotonic()
     try:
         path = make()
         entry.size_bytes, entry.sha256 = path.stat().st_size, sha256_file(path)
-        result = check(path, conversations, answers, max_tokens)
+        result = check(path, conversations, answers, max_tokens, metric=metric)
         entry.accuracy, entry.eos_share, entry.samples = result.accuracy, result.eos_share, result.samples
+        entry.per_item = result.per_item
         entry.passed, entry.reason = _verdict(result, reference_accuracy, max_accuracy_drop, min_eos_share)
         if entry.passed:
             entry.modelfile = str(write_modelfile(path, read_metadata(path)))
@@ -318,7 +323,7 @@ def _validate_types(types: list[str]) -> list[str]:
 
 def export(model_dir: str | Path, out_dir: str | Path, types: list[str], conversations: list[list[dict]],
            answers: list[str], reference_accuracy: float, max_accuracy_drop: float, max_tokens: int,
-           name: str = "model", min_eos_share: float = MIN_EOS_SHARE) -> list[GGUFFile]:
+           name: str = "model", min_eos_share: float = MIN_EOS_SHARE, metric: str = "exact_match") -> list[GGUFFile]:
     """Convert to types[0], quantize to the rest, check every file; one GGUFFile per type, in order."""
     names = _validate_types(types)
     out_dir = Path(out_dir)
@@ -327,7 +332,7 @@ def export(model_dir: str | Path, out_dir: str | Path, types: list[str], convers
     # Without the converted file there is nothing to quantize from: a convert failure raises.
     start = time.monotonic()
     convert(model_dir, base, names[0])
-    args = (conversations, answers, max_tokens, reference_accuracy, max_accuracy_drop, min_eos_share)
+    args = (conversations, answers, max_tokens, reference_accuracy, max_accuracy_drop, min_eos_share, metric)
     results = [_make_and_check(GGUFFile(qtype=names[0], path=str(base)), lambda: base, *args)]
     results[0].seconds = round(time.monotonic() - start, 3)  # the conversion counts as making it
     for qtype in names[1:]:

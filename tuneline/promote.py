@@ -9,6 +9,8 @@ Rules (config `promote`):
   `max_perplexity_increase` (relative);
 - the version now in the target stage: the new final model must not be significantly worse
   on the task, paired on the eval items both were scored on;
+- merge: the merged model may not be significantly worse than the adapter it was merged from
+  (same rows, paired);
 - exports: at least one exported file must have passed its own check.
 """
 
@@ -47,6 +49,20 @@ def versus_current(new: EvalReport, current: EvalReport) -> tuple[bool, str]:
     return True, text
 
 
+def merged_vs_final(report: EvalReport) -> tuple[bool, str]:
+    """The merged weights are the final adapter's: the same answers, up to float rounding."""
+    m, f = report.task["merged"], report.task[report.final]
+    final = dict(zip(f.item_ids, zip(f.per_item, f.predictions)))
+    pairs = [(s, p, *final[i]) for i, s, p in zip(m.item_ids, m.per_item, m.predictions) if i in final]
+    same = sum(p == fp for _, p, _, fp in pairs)
+    d = paired_bootstrap([s for s, *_ in pairs], [fs for *_, fs, _ in pairs])
+    text = (f"merged model {d.mean_candidate:.3f} vs {report.final} adapter {d.mean_base:.3f} "
+            f"({same}/{len(pairs)} identical answers)")
+    if d.ci_high < 0:
+        return False, text + ": merging lost accuracy (check the merge dtype and the saved tokenizer/template)"
+    return True, text
+
+
 def decide(report: EvalReport, exports: list[dict], cfg: PromoteConfig, current: EvalReport | None = None) -> Decision:
     ok, reasons = True, []
     d = report.task_vs_base[report.final]
@@ -80,6 +96,10 @@ def decide(report: EvalReport, exports: list[dict], cfg: PromoteConfig, current:
             reasons.append(f"general-text perplexity {base_ppl:.2f} -> {final_ppl:.2f} ({rise:+.1%}, within {cfg.max_perplexity_increase:.0%})")
     if current is not None and cfg.compare_to_current:
         fine, text = versus_current(report, current)
+        ok = ok and fine
+        reasons.append(text)
+    if "merged" in report.task:
+        fine, text = merged_vs_final(report)
         ok = ok and fine
         reasons.append(text)
     passed = [e for e in exports if e.get("passed")]

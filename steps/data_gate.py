@@ -1,0 +1,19 @@
+"""Step: stop the run before training when the data validation gate failed.
+
+Cached like any step: the verdict is a pure function of the validation summary it reads.
+"""
+
+from zenml import step
+
+from tuneline.data import DataError
+
+
+@step
+def data_gate(data_validation: dict) -> None:
+    failures = data_validation["gate_failures"]
+    if failures:
+        raise DataError(
+            "data validation gate failed, so nothing was trained:\n  - " + "\n  - ".join(failures)
+            + "\nThe full report is the data_report artifact of this run's validate_data step (dashboard, or "
+            "`zenml artifact version list --name data_report`); quarantined rows are in rejected_rows."
+        )
