@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--dup-rate", type=float, default=0.2, help="share of rows that are planted near-dups")
-    parser.add_argument("--threshold", type=float, default=0.85)
+    parser.add_argument("--threshold", type=float, default=0.8)
     parser.add_argument("--num-perm", type=int, default=128)
     parser.add_argument("--shingle", type=int, default=4, help="characters (UTF-8 bytes) per shingle")
     parser.add_argument("--seed", type=int, default=0)

@@ -202,3 +202,47 @@ def test_hygiene_control_chars_and_answer_repeating_prompt(tmp_path, tiny_tok):
                      eval_rows=1, mining_rows=0, checks={"contamination_benchmarks": []})
     rej = validate(cfg, tiny_tok).rejected.set_index("line")
     assert rej.loc[3, "reason"] == "control_chars" and rej.loc[6, "reason"] == "answer_is_prompt"
+
+
+def _words(i, n=10):
+    return " ".join(random.Random(1000 + i).sample(WORDS, n))
+
+
+def test_row_level_corpus_each_row_ends_with_its_reason(tmp_path, tiny_tok):
+    """The data-level bad rows: each is quarantined with the right reason, the good rows survive."""
+    gsm = json.loads(open("data/gsm8k/test.jsonl").readline())["question"]
+    eval_prompt = _words(0)
+    good = [{"prompt": _words(i), "completion": f"answer {i}"} for i in range(1, 9)]
+    bad = [
+        ({"prompt": good[0]["prompt"].upper() + " ", "completion": "x"}, "duplicate"),
+        ({"prompt": good[1]["prompt"].replace(" ", " ", 1) + " please", "completion": "y"}, "near_duplicate"),
+        ({"prompt": eval_prompt, "completion": "z"}, "eval_leak"),
+        ({"prompt": f"Solve this: {gsm}", "completion": "18"}, "contamination"),
+        ({"prompt": "say something \x1b[31m red", "completion": "ok"}, "control_chars"),
+        ({"prompt": "repeat after me", "completion": "Repeat after me."}, "answer_is_prompt"),
+        ({"prompt": _words(50, 24) * 6, "completion": "long"}, "too_long"),
+        ({"prompt": "   ", "completion": "blank prompt"}, "empty_field"),
+        ({"prompt": "nan answer", "completion": float("nan")}, "nan"),
+        ({"prompt": ["not", "messages"], "completion": "a"}, "bad_messages"),
+    ]
+    train = _jsonl(tmp_path / "train.jsonl", good + [row for row, _ in bad])
+    test = _jsonl(tmp_path / "test.jsonl", [{"prompt": eval_prompt, "completion": "e"}])
+    cfg = DataConfig(train_file=str(train), test_file=str(test), labels_file=None, eval_rows=1, mining_rows=0,
+                     max_tokens=128, checks={"contamination_benchmarks": ["gsm8k", "eval"]})
+    v = validate(cfg, tiny_tok)
+    got = dict(zip(v.rejected.line, v.rejected.reason))
+    assert got == {len(good) + 1 + i: reason for i, (_, reason) in enumerate(bad)}, v.rejected[["line", "reason", "detail"]]
+    assert v.counts["split_train"] == len(good)
+
+
+def test_classification_template_is_not_part_of_the_dedup_key(tmp_path, tiny_tok):
+    """Every row shares the prompt template: with it in the key, short messages would all look alike."""
+    texts = ["card not here", "lost my card", "stolen card now", "where is card", "card went missing", "card is late"]
+    labels = tmp_path / "l.json"
+    labels.write_text(json.dumps(["a"]))
+    cfg = DataConfig(train_file=str(_csv(tmp_path / "t.csv", [f"{t},a" for t in texts])), test_file=None,
+                     labels_file=str(labels), eval_rows=1, mining_rows=0, rows_per_label=None,
+                     prompt_template="Please classify the intent of this banking customer message: {text}",
+                     checks={"contamination_benchmarks": []})
+    v = validate(cfg, tiny_tok)
+    assert v.counts["dropped"] == 0 and v.counts["split_train"] == 5

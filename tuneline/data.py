@@ -87,8 +87,18 @@ def messages(record: dict, with_answer: bool = True) -> list[dict]:
 
 
 def key_text(rec: dict) -> str:
-    """The text that makes a row itself: its user/assistant prompt turns (not the shared system turn)."""
+    """The text that makes a row itself: its user/assistant prompt turns, without the shared system turn
+    or the classification template (text every row shares would make all rows look alike)."""
+    if "key" in rec:
+        return rec["key"]
     return "\n".join(m["content"] for m in rec["prompt"] if m["role"] != "system")
+
+
+def strip_template(text: str, template: str) -> str:
+    head, _, tail = template.partition("{text}")
+    if text.startswith(head) and text.endswith(tail):
+        return text[len(head) : len(text) - len(tail)]
+    return text
 
 
 # --- reading --------------------------------------------------------------------------------------
@@ -109,6 +119,8 @@ def load_records(source: str, cfg: DataConfig, labels: list[str] | None, shape: 
                      system_prompt=cfg.system_prompt, rejected=dropped)
     for r, original in zip(recs, _originals(raw, recs)):
         r["raw"] = original
+        if shape == "classification":
+            r["key"] = strip_template(r["prompt"][-1]["content"], cfg.prompt_template)
     return recs, shape, len(raw) + read_rejects
 
 

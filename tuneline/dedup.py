@@ -2,7 +2,7 @@
 
     from tuneline.dedup import exact_duplicates, near_duplicates, cross_duplicates
     exact_duplicates(texts)                      # {row: first earlier row with the same normalized text}
-    near_duplicates(texts, threshold=0.85)       # {row: (earlier kept row, estimated Jaccard)}
+    near_duplicates(texts, threshold=0.8)       # {row: (earlier kept row, estimated Jaccard)}
     cross_duplicates(train_texts, eval_texts)    # {train row: (eval row, similarity)}: split leakage
 
     python bench/dedup.py --rows 20000           # speed against datasketch's plain per-row usage
@@ -194,7 +194,7 @@ def lsh_params(threshold: float, num_perm: int, recall: float = 0.99) -> tuple[i
 
 
 def near_duplicates(
-    texts: list[str], threshold: float = 0.85, num_perm: int = 128, shingle: int = 4, seed: int = 0
+    texts: list[str], threshold: float = 0.8, num_perm: int = 128, shingle: int = 4, seed: int = 0
 ) -> dict[int, tuple[int, float]]:
     """Row -> (earlier kept row it near-duplicates, estimated Jaccard), in input order.
 
@@ -222,7 +222,7 @@ def near_duplicates(
 def cross_duplicates(
     train_texts: list[str],
     other_texts: list[str],
-    threshold: float = 0.85,
+    threshold: float = 0.8,
     num_perm: int = 128,
     shingle: int = 4,
     seed: int = 0,
