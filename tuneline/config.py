@@ -148,14 +148,40 @@ class DataConfig(Section):
         return v
 
 
+# How each sft.method trains (tuneline/peft_methods.py has the details):
+# PEFT adapters (saved as a small adapter dir) and full-weight methods (saved as a full model dir).
+LORA_FAMILY = ("lora", "qlora", "dora", "rslora", "adalora")  # layers_to_transform (top_layers) works for these
+PROMPT_METHODS = ("prefix_tuning", "prompt_tuning")  # virtual tokens, not weights: nothing to merge
+FULL_WEIGHT_METHODS = ("full", "bitfit", "galore")  # no adapter: the output is the whole model
+# Why DPO cannot start from these SFT results (TunelineConfig refuses dpo.enabled with them).
+NO_DPO_METHODS = {
+    "prefix_tuning": "PEFT loads prompt-learning adapters frozen only (is_trainable=True is refused)",
+    "prompt_tuning": "PEFT loads prompt-learning adapters frozen only (is_trainable=True is refused)",
+    "adalora": "TRL's frozen reference would be a second AdaLoRA adapter, and PEFT allows only one that trains",
+    "xlora": "TRL's frozen reference is made with add_adapter, which PEFT's X-LoRA model does not support",
+}
+SFTMethod = Literal["lora", "qlora", "dora", "rslora", "adalora", "ia3", "prefix_tuning", "prompt_tuning", "xlora",
+                    "full", "bitfit", "galore"]
+
+
 class SFTConfig(Section):
-    method: Literal["lora", "qlora"] = "lora"
+    # lora | qlora (LoRA on an NF4 4-bit base) | dora | rslora | adalora | ia3 | prefix_tuning | prompt_tuning
+    # | xlora (a learned per-token mix of the LoRA adapters in xlora_experts) | full | bitfit (biases only)
+    # | galore (every weight, Adam on rank-r projected gradients).
+    method: SFTMethod = "lora"
+    # LoRA family: rank (adalora: the final average rank), alpha, dropout. galore: the projection rank.
     r: int = Field(16, ge=1)
     alpha: int = Field(32, ge=1)
     dropout: float = Field(0.0, ge=0, lt=1)
+    # Which linear layers the LoRA family, ia3 and galore adapt: a preset or module names (e.g. [q_proj, v_proj]).
     target_modules: list[str] | Literal["all-linear", "attention"] = "all-linear"
-    # Adapt only the top N transformer layers: backward stops there, so each step is cheaper.
+    # Adapt only the top N transformer layers: backward stops there, so each step is cheaper (LoRA family only).
     top_layers: int | None = Field(None, ge=1)
+    # prefix_tuning / prompt_tuning: trained virtual tokens (per layer for prefix tuning).
+    num_virtual_tokens: int = Field(16, ge=1)
+    # xlora: the trained LoRA adapter dirs it mixes (at least two); they stay frozen, only the gate trains.
+    xlora_experts: list[str] = []
+    # LoRA-style methods want ~1e-3; full and galore want ~1e-5 to 5e-5 on real models.
     learning_rate: float = Field(1e-3, gt=0)
     lr_scheduler: str = "cosine"
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
@@ -170,6 +196,28 @@ class SFTConfig(Section):
     max_steps: int = -1
     seed: int = 0
     logging_steps: int = Field(5, ge=1)
+
+    @model_validator(mode="after")
+    def _method_fits(self) -> "SFTConfig":
+        m = self.method
+        if m in PROMPT_METHODS and self.padding_free:
+            # Packed rows are kept apart by their position ids, and only without a KV cache: PEFT drops the
+            # position ids for prompt tuning, and prefix tuning passes its prefix as a cache.
+            raise ValueError(f"method {m} cannot train on padding-free (packed) batches: set sft.padding_free: false")
+        if self.top_layers and m not in LORA_FAMILY:
+            raise ValueError(f"top_layers works for the LoRA family ({', '.join(LORA_FAMILY)}), not {m}: "
+                             "set sft.top_layers: null")
+        if m == "xlora" and len(self.xlora_experts) < 2:
+            raise ValueError(f"method xlora mixes trained LoRA adapters: list at least two adapter dirs in "
+                             f"sft.xlora_experts (got {self.xlora_experts})")
+        if self.gradient_checkpointing and m in ("prefix_tuning", "xlora"):
+            # Measured: the recomputed forward differs from the first one (prefix tuning's KV cache grows
+            # in place; X-LoRA's gate pass hooks the layers), and torch.utils.checkpoint fails.
+            raise ValueError(f"method {m} does not train with gradient checkpointing: set "
+                             "sft.gradient_checkpointing: false")
+        if m != "xlora" and self.xlora_experts:
+            raise ValueError(f"sft.xlora_experts is only used by method xlora (method is {m}): remove it")
+        return self
 
 
 class DPOConfig(Section):
@@ -280,6 +328,14 @@ class TunelineConfig(Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     export: ExportConfig = ExportConfig()
     promote: PromoteConfig = PromoteConfig()
+
+    @model_validator(mode="after")
+    def _dpo_can_continue_sft(self) -> "TunelineConfig":
+        m = self.sft.method
+        if self.dpo.enabled and m in NO_DPO_METHODS:
+            raise ValueError(f"dpo.enabled needs an SFT result DPO can train further, and {m} is not one: "
+                             f"{NO_DPO_METHODS[m]}. Set dpo.enabled: false or pick another sft.method")
+        return self
 
 
 def explain(err: ValidationError, source: str) -> str:

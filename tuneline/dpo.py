@@ -5,6 +5,9 @@
 Lineage: the SFT adapter is loaded trainable as "default"; TRL copies it to a frozen "ref"
 adapter, so the reference is exactly the SFT model and the base weights exist once in memory.
 The saved DPO adapter is the trained "default" only (same shape as its SFT parent).
+A full-weight SFT model (sft.method full, bitfit, galore) is trained in full (bitfit: its biases; galore:
+with plain AdamW) and saved as a full model dir; TRL loads the reference from the SFT dir (a second copy).
+Prompt-based and X-LoRA adapters cannot be re-trained by DPO (config.py refuses dpo.enabled with them).
 
 Pairs come from two sources:
 - mined: the SFT model answers unused training rows; each wrong answer becomes a pair
@@ -32,6 +35,7 @@ from tuneline.base_model import BaseModelRef, load_model, load_tokenizer
 from tuneline.config import DPOConfig
 from tuneline.data import messages
 from tuneline.generate import generate
+from tuneline.peft_methods import is_adapter_dir, load_adapter, load_full
 from tuneline.scoring import exact_match
 from tuneline.training import (
     TrainResult,
@@ -124,9 +128,28 @@ def trl_args(cfg: DPOConfig, out: Path) -> TRLDPOConfig:
 
 
 def load_sft(ref: BaseModelRef, sft_dir: str, method: str, trainable: bool):
+    if not is_adapter_dir(sft_dir):
+        return load_full(sft_dir, method, trainable)
     model = load_model(ref, quantize_4bit=method == "qlora")
     model.config.use_cache = False
-    return PeftModel.from_pretrained(model, sft_dir, is_trainable=trainable)
+    return load_adapter(model, sft_dir, trainable=trainable)
+
+
+def copy_to_ref_adapter(model) -> None:
+    """Make TRL's frozen "ref" adapter an exact copy of "default" (the SFT adapter).
+
+    TRL 1.16 copies only parameters whose name contains ".default.", which misses adapters stored in
+    ParameterDicts (IA3's ia3_l.default, AdaLoRA's lora_A/B/E.default): their reference would silently be
+    the freshly initialised adapter, i.e. the base model, not the SFT model.
+    """
+    if not isinstance(model, PeftModel) or "ref" not in model.peft_config:
+        return
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, param in params.items():
+            ref = name.replace(".default.", ".ref.") if ".default." in name else name.removesuffix(".default") + ".ref"
+            if ref != name and ref in params:
+                params[ref].copy_(param)
 
 
 def train(ref: BaseModelRef, sft_dir: str, sft_method: str, mining_records: list[dict], pref_rows: list[dict],
@@ -149,14 +172,20 @@ def train(ref: BaseModelRef, sft_dir: str, sft_method: str, mining_records: list
     key = run_key(ref.sha256, cfg.model_dump_json(), *(p.model_dump_json() for p in train_pairs))
     ckpt = checkpoint_dir("dpo", key)
     trainer = DPOTrainer(model=model, args=trl_args(cfg, ckpt), train_dataset=to_dataset(train_pairs), processing_class=tok)
+    copy_to_ref_adapter(trainer.model)
     trainable, total = trainable_parameters(trainer.model)
     t1 = time.perf_counter()
     resume = last_checkpoint(ckpt)
     trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - t1
-    trainer.model.set_adapter("default")
+    if isinstance(trainer.model, PeftModel):
+        trainer.model.set_adapter("default")
     after = preference_accuracy(trainer.model, tok, held)
-    trainer.model.save_pretrained(out_dir, selected_adapters=["default"])
+    if isinstance(trainer.model, PeftModel):
+        trainer.model.save_pretrained(out_dir, selected_adapters=["default"])
+    else:
+        trainer.model.config.use_cache = True
+        trainer.model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
     history = trainer.state.log_history
     metrics = {

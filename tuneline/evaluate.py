@@ -2,8 +2,9 @@
 
     python -m tuneline.evaluate configs/default.yaml /tmp/sft-adapter /tmp/dpo-adapter
 
-One copy of the base weights serves every candidate: the adapters are loaded side by side
-into one PeftModel and switched; the base is the model with adapters disabled.
+One copy of the base weights serves every adapter candidate: the base is scored first, then the
+adapters are loaded side by side into one PeftModel and switched. A full-weight candidate (sft.method
+full, bitfit or galore: a model dir, not an adapter) is loaded as its own model.
 Every comparison is paired (same items) with a bootstrap CI, so promotion can tell a real
 change from noise.
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import time
 
-from peft import PeftModel
 from pydantic import BaseModel
 
 from tuneline.base_model import BaseModelRef, load_model, load_tokenizer
@@ -20,6 +20,7 @@ from tuneline.benchmarks import BenchmarkResult, PerplexityResult, perplexity, r
 from tuneline.config import EvaluateConfig, resolve
 from tuneline.data import read_general_texts
 from tuneline.generate import TaskResult, task_accuracy
+from tuneline.peft_methods import align_logits, is_adapter_dir, load_adapter, load_full
 from tuneline.stats import PairedDiff, paired_bootstrap
 
 
@@ -63,30 +64,33 @@ def evaluate(ref: BaseModelRef, adapters: dict[str, str], sft_method: str, recor
     """`adapters` maps candidate name -> adapter dir, in training order; the last one is the final model."""
     t0 = time.perf_counter()
     tok = load_tokenizer(ref)
-    model = load_model(ref, quantize_4bit=sft_method == "qlora")
+    model = load_model(ref, quantize_4bit=sft_method == "qlora").eval()
     names = list(adapters)
-    model = PeftModel.from_pretrained(model, adapters[names[0]], adapter_name=names[0])
-    for name in names[1:]:
-        model.load_adapter(adapters[name], adapter_name=name)
-    model.eval()
 
     task: dict[str, TaskResult] = {}
     texts = _general_texts(cfg)
     ppl: dict[str, PerplexityResult] = {}
-    with model.disable_adapter():
-        task["base"] = task_accuracy(model, tok, records, cfg.max_new_tokens, cfg.batch_size, cfg.metric)
-        bench_base = run_benchmarks(model, tok, cfg)
-        if texts:
-            ppl["base"] = perplexity(model, tok, texts, cfg.perplexity.batch_size)
+    # The base is scored before any adapter goes into it (PEFT wraps the model in place).
+    task["base"] = task_accuracy(model, tok, records, cfg.max_new_tokens, cfg.batch_size, cfg.metric)
+    bench_base = run_benchmarks(model, tok, cfg)
+    if texts:
+        ppl["base"] = perplexity(model, tok, texts, cfg.perplexity.batch_size)
     final = names[-1]
     bench = {"base": bench_base}
+    peft = None
     for name in names:
-        model.set_adapter(name)
-        task[name] = task_accuracy(model, tok, records, cfg.max_new_tokens, cfg.batch_size, cfg.metric)
+        if is_adapter_dir(adapters[name]):
+            peft = align_logits(load_adapter(peft or model, adapters[name], adapter_name=name))
+            if peft.active_adapter != name:  # X-LoRA: set_adapter would switch its experts off
+                peft.set_adapter(name)
+            candidate = peft.eval()
+        else:
+            candidate = load_full(adapters[name]).eval()
+        task[name] = task_accuracy(candidate, tok, records, cfg.max_new_tokens, cfg.batch_size, cfg.metric)
         if name == final or cfg.benchmark_candidates == "all":
-            bench[name] = run_benchmarks(model, tok, cfg)
+            bench[name] = run_benchmarks(candidate, tok, cfg)
             if texts:
-                ppl[name] = perplexity(model, tok, texts, cfg.perplexity.batch_size)
+                ppl[name] = perplexity(candidate, tok, texts, cfg.perplexity.batch_size)
 
     changes = {n: {b: _paired(bench[n][b].per_item, bench_base[b].per_item, cfg) for b in bench_base}
                for n in bench if n != "base"}

@@ -3,7 +3,12 @@
     python -m tuneline.merge configs/default.yaml /tmp/dpo-adapter /tmp/merged
 
 The base is always loaded unquantized (a QLoRA adapter is merged into the dequantized base,
-never into 4-bit weights).
+never into 4-bit weights). What merges, by sft.method:
+- LoRA family (lora, qlora, dora, rslora, adalora) and ia3: folded into the weights (merge_and_unload);
+- full, bitfit, galore: the trained dir already is a full model; it is re-saved in `dtype` with the card;
+- prefix_tuning, prompt_tuning, xlora: refused with an error. Virtual tokens are inputs, not weights, and
+  X-LoRA picks its expert mix per token at run time, so no single set of weights equals the adapter;
+  serve those as PEFT adapters (tuneline.peft_methods.load_adapter) instead of a merged model.
 """
 
 from __future__ import annotations
@@ -12,14 +17,17 @@ import json
 from pathlib import Path
 
 import torch
-from peft import PeftModel
+from peft import PeftConfig
 
 from tuneline.base_model import BaseModelRef, load_model, load_tokenizer
+from tuneline.peft_methods import is_adapter_dir, load_adapter, load_full
+
+UNMERGEABLE = {"PREFIX_TUNING": "prefix_tuning", "PROMPT_TUNING": "prompt_tuning", "XLORA": "xlora"}
 
 
 def merge(ref: BaseModelRef, adapter_dir: str, out_dir: Path, dtype: str = "float16", card: dict | None = None) -> Path:
     tok = load_tokenizer(ref)
-    model = PeftModel.from_pretrained(load_model(ref), adapter_dir).merge_and_unload()
+    model = _merged(ref, adapter_dir)
     model = model.to(getattr(torch, dtype))
     model.config.use_cache = True
     model.generation_config.eos_token_id = tok.eos_token_id
@@ -28,6 +36,20 @@ def merge(ref: BaseModelRef, adapter_dir: str, out_dir: Path, dtype: str = "floa
     tok.save_pretrained(out_dir)
     (out_dir / "README.md").write_text(model_card(ref, adapter_dir, card or {}))
     return out_dir
+
+
+def _merged(ref: BaseModelRef, adapter_dir: str):
+    if not is_adapter_dir(adapter_dir):
+        return load_full(adapter_dir)  # full / bitfit / galore: nothing to fold in
+    peft_type = str(PeftConfig.from_pretrained(adapter_dir).peft_type.value)
+    if peft_type in UNMERGEABLE:
+        raise ValueError(
+            f"{adapter_dir}: a {UNMERGEABLE[peft_type]} adapter cannot be merged into the base weights "
+            "(virtual tokens / a per-token expert mix are not weights). Serve it as an adapter on the base "
+            "(tuneline.peft_methods.load_adapter), or train a mergeable method (lora, dora, ia3, full, ...) "
+            "to get a merged model and GGUF exports."
+        )
+    return load_adapter(load_model(ref), adapter_dir).merge_and_unload()
 
 
 def model_card(ref: BaseModelRef, adapter_dir: str, card: dict) -> str:

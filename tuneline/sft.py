@@ -1,11 +1,15 @@
-"""Supervised fine-tuning with TRL's SFTTrainer and a PEFT LoRA (or QLoRA) adapter.
+"""Supervised fine-tuning with TRL's SFTTrainer: a PEFT adapter or full weights, per `sft.method`.
 
     python -m tuneline.sft configs/default.yaml /tmp/sft-adapter
+
+`sft.method` picks what trains (tuneline/peft_methods.py): a LoRA-family, IA3, prefix/prompt tuning or
+X-LoRA adapter (saved as an adapter dir), or full / bitfit / galore (saved as a full model dir).
 
 Completion-only loss: records become conversational prompt/completion pairs, so TRL masks the
 prompt and trains on the assistant turn (its label and the closing <|im_end|>) only.
 Padding-free batches (rows concatenated, positions restarting per row) avoid computing pad
-tokens; transformers isolates the rows by their position ids when the KV cache is off.
+tokens; transformers isolates the rows by their position ids when the KV cache is off (so prefix and
+prompt tuning, which bring a cache or drop the position ids, need padding_free: false; config.py says so).
 A killed run resumes from its last checkpoint when re-run with the same inputs.
 """
 
@@ -16,13 +20,23 @@ import time
 from pathlib import Path
 
 from datasets import Dataset
-from peft import LoraConfig, prepare_model_for_kbit_training
+from peft import prepare_model_for_kbit_training
 from trl import SFTConfig as TRLSFTConfig
-from trl import SFTTrainer
 
 from tuneline.base_model import BaseModelRef, load_model, load_tokenizer
 from tuneline.config import SFTConfig
 from tuneline.data import messages
+from tuneline.peft_methods import (
+    callbacks,
+    can_resume,
+    optimizer_args,
+    peft_config,
+    save,
+    set_trainable,
+    total_steps,
+    trainer_class,
+)
+from tuneline.peft_methods import lora_config  # noqa: F401  (its old home: tests import it from here)
 from tuneline.training import (
     TrainResult,
     checkpoint_dir,
@@ -34,27 +48,18 @@ from tuneline.training import (
     trainable_parameters,
 )
 
-ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
-
-
 def to_dataset(records: list[dict]) -> Dataset:
     rows = [{"prompt": messages(r, with_answer=False), "completion": [{"role": "assistant", "content": r["assistant"]}]}
             for r in records]
     return Dataset.from_list(rows)
 
 
-def lora_config(cfg: SFTConfig, num_layers: int) -> LoraConfig:
-    targets = ATTENTION if cfg.target_modules == "attention" else cfg.target_modules
-    if targets == "all-linear" and cfg.top_layers:
-        targets = ATTENTION + ["gate_proj", "up_proj", "down_proj"]  # PEFT needs names when layers are restricted
-    layers = list(range(max(num_layers - cfg.top_layers, 0), num_layers)) if cfg.top_layers else None
-    return LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
-                      layers_to_transform=layers, task_type="CAUSAL_LM")
-
-
 def trl_args(cfg: SFTConfig, out: Path) -> TRLSFTConfig:
+    common = common_args(out, cfg.seed, cfg.logging_steps, cfg.bf16)
+    if not can_resume(cfg):
+        common["save_strategy"] = "no"  # checkpoints a re-run could not resume from (adalora, xlora)
     return TRLSFTConfig(
-        **common_args(out, cfg.seed, cfg.logging_steps, cfg.bf16),
+        **common,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler,
         warmup_steps=cfg.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio
@@ -67,26 +72,30 @@ def trl_args(cfg: SFTConfig, out: Path) -> TRLSFTConfig:
         completion_only_loss=True,
         max_length=None if cfg.padding_free else 512,
         dataset_num_proc=None,
+        **optimizer_args(cfg),
     )
 
 
 def train(ref: BaseModelRef, records: list[dict], cfg: SFTConfig, out_dir: Path) -> TrainResult:
-    """Train an adapter on `records` (task rows) and save it (adapter only) to out_dir."""
+    """Train `cfg.method` on `records` (task rows); save the adapter (or, full-weight methods, the model) to out_dir."""
     tok = load_tokenizer(ref)
     model = load_model(ref, quantize_4bit=cfg.method == "qlora")
-    model.config.use_cache = False  # the cache defeats padding-free row isolation and costs memory
+    model.config.use_cache = False  # the cache defeats padding-free row isolation, costs memory; xlora requires it off
     if cfg.method == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    peft = peft_config(cfg, model.config.num_hidden_layers, model.config.hidden_size, total_steps(len(records), cfg))
+    if peft is None:
+        set_trainable(model, cfg.method)
     data_hash = run_key(*(json.dumps(r, sort_keys=True, default=str) for r in records))
     ckpt = checkpoint_dir("sft", run_key(ref.sha256, cfg.model_dump_json(), data_hash))
-    trainer = SFTTrainer(model=model, args=trl_args(cfg, ckpt), train_dataset=to_dataset(records),
-                         processing_class=tok, peft_config=lora_config(cfg, model.config.num_hidden_layers))
+    trainer = trainer_class(cfg)(model=model, args=trl_args(cfg, ckpt), train_dataset=to_dataset(records),
+                                 processing_class=tok, peft_config=peft, callbacks=callbacks(cfg))
     trainable, total = trainable_parameters(trainer.model)
     t0 = time.perf_counter()
-    resume = last_checkpoint(ckpt)
+    resume = last_checkpoint(ckpt) if can_resume(cfg) else None
     trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - t0
-    trainer.model.save_pretrained(out_dir)
+    save(trainer.model, out_dir, cfg)
     tok.save_pretrained(out_dir)
     history = trainer.state.log_history
     tokens = trainer.state.num_input_tokens_seen or _tokens_from_history(history)

@@ -5,15 +5,23 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import json
 import os
 import platform
 import resource
+from contextlib import contextmanager
+from importlib import metadata
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, model_validator
 
 CHECKPOINT_ROOT = Path(os.environ.get("TUNELINE_CHECKPOINTS", "~/.cache/tuneline/checkpoints")).expanduser()
+# Optimizer steps between checkpoints (only the newest is kept). The kill-and-resume test sets it low.
+SAVE_STEPS = int(os.environ.get("TUNELINE_SAVE_STEPS", "50"))
+# What a checkpoint holds to resume exactly (single process); the Trainer writes trainer_state.json last.
+CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_state.pth")
+LIBRARIES = ("torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes", "datasets")
 
 
 def run_key(*parts: str) -> str:
@@ -25,9 +33,34 @@ def checkpoint_dir(kind: str, key: str) -> Path:
     return CHECKPOINT_ROOT / f"{kind}-{key}"
 
 
+def checkpoint_complete(ckpt: Path) -> bool:
+    """A checkpoint a killed run left whole: its trainer_state.json, which the Trainer writes after the
+    weights, optimizer, scheduler and RNG states, is there, parses, and names this step. A SIGKILL
+    during a save leaves a newer, partial dir beside the last whole one."""
+    try:
+        return json.loads((ckpt / "trainer_state.json").read_text()).get("global_step") == int(ckpt.name.split("-")[1])
+    except (OSError, ValueError):
+        return False
+
+
 def last_checkpoint(out: Path) -> str | None:
-    ckpts = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])) if out.exists() else []
-    return str(ckpts[-1]) if ckpts else None
+    """The newest complete checkpoint under a run's dir (None: start from scratch)."""
+    ckpts = [p for p in out.glob("checkpoint-*") if p.name.split("-")[1].isdigit()] if out.exists() else []
+    for ckpt in sorted(ckpts, key=lambda p: int(p.name.split("-")[1]), reverse=True):
+        if checkpoint_complete(ckpt):
+            return str(ckpt)
+    return None
+
+
+def library_versions() -> dict[str, str]:
+    """Versions that decide a run's numbers, for its metadata."""
+    out = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
 
 
 def cpu_has_bf16() -> bool:
@@ -47,9 +80,10 @@ def use_bf16(setting: str) -> bool:
     return cpu_has_bf16()
 
 
-def common_args(out: Path, seed: int, logging_steps: int, bf16: str = "auto") -> dict:
+def common_args(out: Path, seed: int, logging_steps: int, bf16: str = "auto", save_steps: int | None = None) -> dict:
     """Arguments every tuneline trainer uses: bf16 autocast where the hardware has it, run-keyed
-    checkpoints, no hub, no wandb. Trainable (LoRA) weights stay fp32 under autocast."""
+    checkpoints (optimizer, scheduler and RNG states with them: a re-run resumes exactly), no hub,
+    no wandb. Trainable (LoRA) weights stay fp32 under autocast."""
     cuda = torch.cuda.is_available()
     return dict(
         output_dir=str(out),
@@ -57,7 +91,8 @@ def common_args(out: Path, seed: int, logging_steps: int, bf16: str = "auto") ->
         data_seed=seed,
         logging_steps=logging_steps,
         save_strategy="steps",
-        save_steps=50,
+        save_steps=save_steps or SAVE_STEPS,
+        save_only_model=False,
         save_total_limit=1,
         report_to=[],
         bf16=use_bf16(bf16),
@@ -66,6 +101,52 @@ def common_args(out: Path, seed: int, logging_steps: int, bf16: str = "auto") ->
         disable_tqdm=False,
         remove_unused_columns=True,
     )
+
+
+def rss_mb() -> float:
+    """Resident memory of this process now (Linux; 0.0 elsewhere)."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _release_freed_memory() -> None:
+    """Hand memory freed earlier back to the OS (glibc keeps it), so the next peak is not hidden in it."""
+    import gc
+
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+@contextmanager
+def peak_rss_delta():
+    """Peak resident memory above the level at entry, in MB, for the code inside the block (CPU):
+    resets the kernel's high-water mark (VmHWM, Linux >= 4.0) at entry and reads it at exit.
+
+        with peak_rss_delta() as peak:
+            trainer.train()
+        peak["mb"]
+    """
+    _release_freed_memory()
+    result = {"mb": None, "base_mb": rss_mb()}
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        resettable = True
+    except OSError:
+        resettable = False
+    try:
+        yield result
+    finally:
+        if resettable:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    result["mb"] = int(line.split()[1]) / 1024 - result["base_mb"]
 
 
 def peak_memory_mb() -> float:
@@ -111,11 +192,28 @@ def loss_curve_html(history: list[dict], title: str) -> str:
 
 
 class TrainResult(BaseModel):
-    """What a tuneline trainer returns: where the adapter is, the log history, flat metrics."""
+    """What a tuneline trainer returns: where the adapter is, the log history, flat metrics, and what
+    makes the run reproducible (seed, data hash, library versions). `seed` and `data_hash` are taken
+    from `metrics` when the trainer put them there and did not pass them."""
 
     adapter_dir: str
     history: list[dict]
     metrics: dict
+    seed: int | None = None
+    data_hash: str | None = None
+    versions: dict[str, str] = Field(default_factory=library_versions)
+
+    @model_validator(mode="after")
+    def _from_metrics(self) -> "TrainResult":
+        if self.seed is None and isinstance(self.metrics.get("seed"), int):
+            self.seed = self.metrics["seed"]
+        if self.data_hash is None and self.metrics.get("data_hash"):
+            self.data_hash = str(self.metrics["data_hash"])
+        return self
+
+    def reproducibility(self) -> dict:
+        """Flat metadata for the step: seed, data hash, one key per library version."""
+        return {"seed": self.seed, "data_hash": self.data_hash, **{f"version_{k}": v for k, v in self.versions.items()}}
 
 
 def loss_span(history: list[dict], key: str = "loss") -> tuple[float | None, float | None]:

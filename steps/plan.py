@@ -1,0 +1,24 @@
+"""Step: the memory and cost plan (full / LoRA / QLoRA) from the model config, before any training.
+
+Shows the table (estimated peak GB, fits or not, relative time/cost) as an HTML artifact and logs the
+estimates and what `method: auto` picks as metadata. Loads no weights. `gpu_gb` plans for a GPU of
+that size; left out, it plans for this machine (its GPU, else its available RAM).
+"""
+
+from typing import Annotated
+
+from zenml import step
+from zenml.types import HTMLString
+
+from steps._metadata import log
+from tuneline.base_model import BaseModelRef
+from tuneline.config import SFTConfig
+from tuneline.plan import plan_report
+
+
+@step
+def plan(base: BaseModelRef, config: SFTConfig, max_tokens: int,
+         gpu_gb: float | None = None) -> Annotated[HTMLString, "memory_plan"]:
+    html, metadata = plan_report(base.ensure(), config, max_tokens, gpu_gb)
+    log(metadata)
+    return HTMLString(html)
