@@ -175,7 +175,7 @@ def test_rouge_loads_from_the_repo_with_no_network(monkeypatch):
 
 
 def test_task_accuracy_uses_the_metric(monkeypatch):
-    records = [{"id": f"r{i}", "system": None, "user": "q", "assistant": a}
+    records = [{"id": f"r{i}", "prompt": '[{"role": "user", "content": "q"}]', "assistant": a}
                for i, a in enumerate(["card_arrival", "the cat sat on the mat"])]
     monkeypatch.setattr(gen, "generate", lambda *a, **k: ["Card_arrival.", "the cat sat"])
     default = gen.task_accuracy(None, None, records, max_new_tokens=4, batch_size=2)
