@@ -104,7 +104,7 @@ def train(ref: BaseModelRef, records: list[dict], cfg: SFTConfig, out_dir: Path)
         "train_seconds": round(seconds, 1), "train_tokens": int(tokens),
         "tokens_per_second": round(tokens / seconds, 1) if seconds else None,
         "peak_memory_mb": round(peak_memory_mb(), 1), "final_loss": loss_span(history)[1],
-        "first_loss": loss_span(history)[0], "resumed_from": resume, "data_hash": data_hash,
+        "first_loss": loss_span(history)[0], "resumed_from": resume, "data_hash": data_hash, "seed": cfg.seed,
         "steps": trainer.state.global_step,
     }
     return TrainResult(adapter_dir=str(out_dir), history=history, metrics=metrics)
