@@ -1,5 +1,5 @@
 """ZenML materializers for tuneline's artifact types."""
 
-from materializers.directories import DirectoryMaterializer
+from materializers.directories import DirectoryMaterializer, RawDataMaterializer
 
-__all__ = ["DirectoryMaterializer"]
+__all__ = ["DirectoryMaterializer", "RawDataMaterializer"]

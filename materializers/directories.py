@@ -17,6 +17,7 @@ from zenml.io import fileio
 from zenml.materializers.base_materializer import BaseMaterializer
 
 from tuneline.artifacts import AdapterDir, ExportDir, ModelDir
+from tuneline.snapshot import RawDataDir
 
 HANDLE = "handle.json"
 FILES = "files"
@@ -72,3 +73,14 @@ class DirectoryMaterializer(BaseMaterializer):
         with fileio.open(path, "w") as f:
             f.write("\n".join(lines))
         return {path: VisualizationType.MARKDOWN}
+
+
+class RawDataMaterializer(DirectoryMaterializer):
+    """The raw data snapshot: the same stored directory, typed as data in the dashboard."""
+
+    ASSOCIATED_TYPES: ClassVar[tuple] = (RawDataDir,)
+    ASSOCIATED_ARTIFACT_TYPE: ClassVar[ArtifactType] = ArtifactType.DATA
+
+    def extract_metadata(self, data: Any) -> dict:
+        return {**super().extract_metadata(data), "sha256": data.sha256,
+                "files": {k: v["name"] for k, v in data.files.items()}}

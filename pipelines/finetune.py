@@ -2,7 +2,7 @@
 
     zenml pipeline run pipelines.finetune.finetune -c configs/default.yaml
 
-Steps: prepare_base -> validate_data -> data_gate -> train_sft -> train_dpo -> evaluate -> merge ->
+Steps: prepare_base, snapshot_data -> validate_data -> data_gate -> train_sft -> train_dpo -> evaluate -> merge ->
 export_gguf -> promote. Each step takes its own config section, so changing one section
 re-runs that step and what follows it, and nothing before.
 """
@@ -15,6 +15,7 @@ from steps.export_gguf import export_gguf
 from steps.merge import merge
 from steps.prepare_base import prepare_base
 from steps.promote import promote
+from steps.snapshot_data import snapshot_data
 from steps.train_dpo import train_dpo
 from steps.train_sft import train_sft
 from steps.validate_data import validate_data
@@ -26,9 +27,10 @@ from tuneline.data import fingerprint
 def finetune(config: TunelineConfig = TunelineConfig()) -> None:
     base = prepare_base(config.base_model)
     mmlu = config.evaluate.mmlu.subjects if config.evaluate.mmlu else None  # contamination checks these
-    # The data files' hash is a parameter: changed data re-runs validation (and all after it), unchanged stays cached.
-    task_data, preference_data, _rejected, validation, _report = validate_data(base, config.data, mmlu,
-                                                                               fingerprint(config.data))
+    # The data files' hash is a parameter: changed data re-runs the snapshot and everything after it,
+    # unchanged data stays cached.
+    raw = snapshot_data(config.data, fingerprint(config.data))
+    task_data, preference_data, _rejected, validation, _report = validate_data(base, raw, config.data, mmlu)
     data_gate(validation)
     sft_adapter, _ = train_sft(base, task_data, config.sft, after="data_gate")
     final = sft_adapter

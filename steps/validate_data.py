@@ -1,4 +1,4 @@
-"""Step: load, check and split the data; rejected rows and the validation report are kept as artifacts.
+"""Step: check and split the raw data snapshot; rejected rows and the validation report are kept as artifacts.
 
 The gate verdict is an output too; `data_gate` stops the run on it, after these artifacts are stored,
 so a failed run still shows why in the dashboard.
@@ -13,13 +13,13 @@ from zenml.types import HTMLString
 from steps._metadata import log
 from tuneline.base_model import BaseModelRef, load_tokenizer
 from tuneline.config import DataConfig
-from tuneline.data import validate
 from tuneline.report import data_html
+from tuneline.snapshot import RawDataDir, validate
 
 
 @step
 def validate_data(
-    base: BaseModelRef, config: DataConfig, mmlu_subjects: list[str] | None = None, data_sha256: str = ""
+    base: BaseModelRef, raw_data: RawDataDir, config: DataConfig, mmlu_subjects: list[str] | None = None
 ) -> tuple[
     Annotated[pd.DataFrame, "task_data"],
     Annotated[pd.DataFrame, "preference_data"],
@@ -27,10 +27,10 @@ def validate_data(
     Annotated[dict, "data_validation"],
     Annotated[HTMLString, "data_report"],
 ]:
-    v = validate(config, load_tokenizer(base.ensure()), mmlu_subjects)
+    v = validate(raw_data, config, load_tokenizer(base.ensure()), mmlu_subjects)
     summary = {"counts": v.counts, "checks": v.checks, "balance": v.balance, "gate_failures": v.gate_failures,
                "expectations": [{"source": g["source"], "shape": g["shape"], "success": g["result"].success,
                                  "statistics": g["result"].statistics, "result": g["result"].raw} for g in v.gx]}
-    log({"data_sha256": data_sha256, "counts": v.counts, "checks": v.checks, "gate": "failed" if v.gate_failures else "passed",
+    log({"raw_data_sha256": raw_data.sha256, "counts": v.counts, "checks": v.checks, "gate": "failed" if v.gate_failures else "passed",
          "balance": {k: x for k, x in (v.balance.get("train") or {}).items() if k != "counts"}})
     return v.task, v.preferences, v.rejected, summary, HTMLString(data_html(v))

@@ -2,7 +2,7 @@
 
 Starts the local server (`zenml login --local`, 127.0.0.1 only, a free port, its own throw-away
 ZENML_CONFIG_PATH), runs the tiny pipeline against it once, then checks through the server's REST API
-that the run's DAG links the raw data files -> validated data (task_data) -> SFT adapter -> DPO adapter
+that the run's DAG links the raw data snapshot -> validated data (task_data) -> SFT adapter -> DPO adapter
 -> merged model -> GGUF exports, and that the report visualizations are served. Last, headless
 Chromium opens the run page in the dashboard and takes a screenshot. The server is stopped at the end
 (`zenml logout --local`).
@@ -36,6 +36,7 @@ pytestmark = pytest.mark.pipeline
 ZENML = str(Path(sys.executable).parent / "zenml")
 # The lineage chain: (producer step, artifact, consumer step), in order.
 CHAIN = [
+    ("snapshot_data", "raw_data", "validate_data"),
     ("validate_data", "task_data", "train_sft"),
     ("train_sft", "sft_adapter", "train_dpo"),
     ("train_dpo", "dpo_adapter", "merge"),
@@ -165,17 +166,16 @@ def test_run_completed_on_the_server(server, run):
 def test_dag_links_raw_data_to_exports(server, run):
     nodes, edges = _dag(server, run)
     steps = {n["name"] for n in nodes.values() if n["type"] == "step"}
-    assert {"prepare_base", "validate_data", "data_gate", "train_sft", "train_dpo", "evaluate", "merge",
+    assert {"prepare_base", "snapshot_data", "validate_data", "data_gate", "train_sft", "train_dpo", "evaluate", "merge",
             "export_gguf", "promote"} <= steps, steps
     for producer, artifact, consumer in CHAIN:
         assert ("step", producer, "artifact", artifact) in edges, f"{producer} -> {artifact} missing"
         assert ("artifact", artifact, "step", consumer) in edges, f"{artifact} -> {consumer} missing"
-    # Raw data: the files validate_data reads are named in its versioned step configuration (they are
-    # not artifacts of their own).
-    step_id = next(n["id"] for n in nodes.values() if n["type"] == "step" and n["name"] == "validate_data")
-    step = server.get(f"/steps/{step_id}", hydrate=True)
-    data_cfg = step["metadata"]["config"]["parameters"]["config"]
-    assert data_cfg["train_file"].startswith("data/") and data_cfg["test_file"].startswith("data/")
+    # The raw data artifact is the copied files themselves, typed as data, with the configured names.
+    raw = server.get(f"/artifact_versions/{_artifact_version_ids(server, run)['raw_data']}", hydrate=True)
+    assert raw["body"]["type"] == "DataArtifact", raw["body"]["type"]
+    meta = raw["metadata"]["run_metadata"]
+    assert meta["files"]["train_file"].startswith("data/") and len(meta["sha256"]) == 16, meta
     assert ("step", "prepare_base", "artifact", "base_model") in edges
     assert ("artifact", "base_model", "step", "validate_data") in edges
 
