@@ -2,7 +2,7 @@
 
     zenml pipeline run pipelines.finetune.finetune -c configs/default.yaml
 
-Steps: prepare_base, snapshot_data -> validate_data -> data_gate -> train_sft -> train_dpo -> evaluate -> merge ->
+Steps: prepare_base -> plan; snapshot_data -> validate_data -> data_gate -> train_sft -> train_dpo -> evaluate -> merge ->
 export_gguf -> promote. Each step takes its own config section, so changing one section
 re-runs that step and what follows it, and nothing before.
 """
@@ -13,6 +13,7 @@ from steps.data_gate import data_gate
 from steps.evaluate import evaluate
 from steps.export_gguf import export_gguf
 from steps.merge import merge
+from steps.plan import plan
 from steps.prepare_base import prepare_base
 from steps.promote import promote
 from steps.snapshot_data import snapshot_data
@@ -26,13 +27,14 @@ from tuneline.data import fingerprint
 @pipeline(enable_cache=True)
 def finetune(config: TunelineConfig = TunelineConfig()) -> None:
     base = prepare_base(config.base_model)
+    plan(base, config.sft, config.data.max_tokens)  # the memory plan (and method: auto's pick), before any data work
     mmlu = config.evaluate.mmlu.subjects if config.evaluate.mmlu else None  # contamination checks these
     # The data files' hash is a parameter: changed data re-runs the snapshot and everything after it,
     # unchanged data stays cached.
     raw = snapshot_data(config.data, fingerprint(config.data))
     task_data, preference_data, _rejected, validation, _report = validate_data(base, raw, config.data, mmlu)
     data_gate(validation)
-    sft_adapter, _ = train_sft(base, task_data, config.sft, after="data_gate")
+    sft_adapter, _ = train_sft(base, task_data, config.sft, config.data.max_tokens, after=["data_gate", "plan"])
     final = sft_adapter
     dpo_adapter = None
     if config.dpo.enabled:

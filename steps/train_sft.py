@@ -1,4 +1,7 @@
-"""Step: SFT with TRL + PEFT; outputs the adapter (a few MB) and its loss curve."""
+"""Step: SFT with TRL + PEFT; outputs the adapter (a few MB) and its loss curve.
+
+`method: auto` is decided here, for this machine's memory (the `plan` step shows the same table first).
+"""
 
 import tempfile
 from pathlib import Path
@@ -19,11 +22,12 @@ from tuneline.training import loss_curve_html
 
 @step(output_materializers={"sft_adapter": DirectoryMaterializer})
 def train_sft(
-    base: BaseModelRef, task_data: pd.DataFrame, config: SFTConfig
+    base: BaseModelRef, task_data: pd.DataFrame, config: SFTConfig, max_tokens: int = 512
 ) -> tuple[Annotated[AdapterDir, "sft_adapter"], Annotated[HTMLString, "sft_loss_curve"]]:
     base = base.ensure()
     out = Path(tempfile.mkdtemp(prefix="sft-adapter-"))
-    res = train(base, task_data[task_data.split == "train"].to_dict("records"), config, out)
+    res = train(base, task_data[task_data.split == "train"].to_dict("records"), config, out, max_tokens)
     log(res.metrics)
-    adapter = AdapterDir(path=str(out), base=base, kind="sft", method=config.method, metrics=res.metrics)
+    # method: auto is resolved by train() on this machine; the adapter records what actually trained.
+    adapter = AdapterDir(path=str(out), base=base, kind="sft", method=res.metrics["method"], metrics=res.metrics)
     return adapter, HTMLString(loss_curve_html(res.history, "SFT loss"))

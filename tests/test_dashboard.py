@@ -166,7 +166,7 @@ def test_run_completed_on_the_server(server, run):
 def test_dag_links_raw_data_to_exports(server, run):
     nodes, edges = _dag(server, run)
     steps = {n["name"] for n in nodes.values() if n["type"] == "step"}
-    assert {"prepare_base", "snapshot_data", "validate_data", "data_gate", "train_sft", "train_dpo", "evaluate", "merge",
+    assert {"prepare_base", "plan", "snapshot_data", "validate_data", "data_gate", "train_sft", "train_dpo", "evaluate", "merge",
             "export_gguf", "promote"} <= steps, steps
     for producer, artifact, consumer in CHAIN:
         assert ("step", producer, "artifact", artifact) in edges, f"{producer} -> {artifact} missing"

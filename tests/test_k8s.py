@@ -324,7 +324,7 @@ def pipeline_steps() -> list[str]:
 def test_every_pipeline_step_has_an_image_and_resources():
     raw = overlay()
     steps = pipeline_steps()
-    assert len(steps) == 10 and set(steps) == set(raw["steps"]), f"steps of the pipeline: {steps}"
+    assert len(steps) == 11 and set(steps) == set(raw["steps"]), f"steps of the pipeline: {steps}"
     pipeline_image = raw["settings"]["docker"]["dockerfile"]
     assert pipeline_image == "docker/Dockerfile.cpu"
     for step in steps:

@@ -24,7 +24,7 @@ SCRIPT = PROJECT_ROOT / "scripts" / "compile_kubeflow.py"
 OVERLAY = PROJECT_ROOT / "configs" / "env" / "kubeflow.yaml"
 GPU_STEPS = {"train_sft", "train_dpo", "evaluate"}               # CUDA image, one GPU
 GPU_IMAGE_CPU_NODE = {"merge", "export_gguf"}                     # CUDA image (torch, llama.cpp), no GPU
-CPU_STEPS = {"prepare_base", "snapshot_data", "validate_data", "data_gate", "promote"}
+CPU_STEPS = {"prepare_base", "plan", "snapshot_data", "validate_data", "data_gate", "promote"}
 
 
 def _module():
@@ -96,7 +96,7 @@ def test_every_step_is_a_task_with_the_pipeline_dependencies(compiled):
     assert after["prepare_base"] == set()
     assert after["validate_data"] == {"prepare_base", "snapshot_data"}
     assert after["data_gate"] == {"validate_data"}
-    assert {"data_gate", "validate_data"} <= after["train_sft"], "training must wait for the data gate"
+    assert {"data_gate", "plan", "validate_data"} <= after["train_sft"], "training waits for the data gate and the plan"
     assert {"train_sft", "validate_data"} <= after["train_dpo"]
     assert {"train_sft", "train_dpo", "validate_data"} <= after["evaluate"]
     assert "train_dpo" in after["merge"]

@@ -16,7 +16,7 @@ import yaml
 from tuneline.paths import PROJECT_ROOT
 
 ZENML = str(Path(sys.executable).parent / "zenml")
-STEPS = ["prepare_base", "snapshot_data", "validate_data", "data_gate", "train_sft", "train_dpo", "evaluate", "merge", "export_gguf", "promote"]
+STEPS = ["prepare_base", "plan", "snapshot_data", "validate_data", "data_gate", "train_sft", "train_dpo", "evaluate", "merge", "export_gguf", "promote"]
 
 QUERY = """
 import json
@@ -89,7 +89,7 @@ def test_dpo_change_reruns_dpo_and_downstream_only(first_run, tmp_path):
     changed = tmp_path / "tiny-dpo.yaml"
     changed.write_text(yaml.safe_dump(raw))
     _, run = _run(changed)
-    before, after = STEPS[:5], STEPS[5:]
+    before, after = STEPS[:6], STEPS[6:]
     assert all(run["steps"][s] == "cached" for s in before), run["steps"]
     assert all(run["steps"][s] == "completed" for s in after), run["steps"]
 

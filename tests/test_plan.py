@@ -111,13 +111,14 @@ def test_choose_method_takes_the_fastest_that_fits():
 
 def test_auto_resolves_to_a_method_and_others_stay(tiny_ref):
     shape = shape_from_dir(tiny_ref.path)
-    auto = SFTConfig.model_construct(**{**SFTConfig().model_dump(), "method": "auto", "bf16": "true"})
-    assert resolve_method(shape, auto, 96, available_gb=80).method == "lora"
-    small = resolve_method(SMOL, auto, 96, available_gb=1.7)  # LoRA (1.83 GB) does not fit in 85 % of 1.7 GB
+    auto = SFTConfig(method="auto", bf16="true")
+    chosen, why = resolve_method(shape, auto, 96, available_gb=80)
+    assert chosen.method == "lora" and "lora" in why and "80.0 GB" in why
+    small, _ = resolve_method(SMOL, auto, 96, available_gb=1.7)  # LoRA (1.83 GB) does not fit in 85 % of 1.7 GB
     want = choose_method(plan(SMOL, workload_from(auto, 96, True), ("lora", "qlora")), 1.7)
     assert (small.method, small.gradient_checkpointing) == (want.method, want.gradient_checkpointing)
     assert (small.method, small.gradient_checkpointing) != ("lora", False)
-    assert resolve_method(SMOL, SFTConfig(), 96, available_gb=0.1) == SFTConfig()  # not auto: unchanged
+    assert resolve_method(SMOL, SFTConfig(), 96, available_gb=0.1) == (SFTConfig(), None)  # not auto: unchanged
 
 
 def test_cli_prints_the_table_and_choice(capsys):
@@ -164,3 +165,14 @@ def test_plan_lists_every_method_with_and_without_checkpointing():
     rows = plan(SMOL, Workload())
     assert [(e.method, e.gradient_checkpointing) for e in rows] == [
         (m, g) for m in ("full", "lora", "qlora") for g in (False, True)]
+
+
+def test_sft_resolves_auto_on_the_training_machine(tiny_ref, tiny_data, tmp_path, isolated_checkpoints):
+    from tuneline.sft import train
+
+    rows = tiny_data.task[tiny_data.task.split == "train"].to_dict("records")
+    res = train(tiny_ref, rows, SFTConfig(method="auto", max_steps=1, batch_size=4), tmp_path / "a", max_tokens=96)
+    # The tiny model fits anywhere: auto picks plain LoRA and says why, with this machine's memory.
+    assert res.metrics["method"] == "lora" and res.metrics["gradient_checkpointing"] is False
+    assert "lora" in res.metrics["auto_method"] and "GB" in res.metrics["auto_method"]
+    assert (tmp_path / "a" / "adapter_config.json").exists()

@@ -300,7 +300,7 @@ def test_step_job_rendering_follows_zenml_entrypoint():
 
 def test_step_pods_get_their_settings(compiled, snapshot):
     steps = list(snapshot.step_configurations)
-    assert len(steps) == 10
+    assert len(steps) == 11
     for step in steps:
         job = validate(step_job(compiled, snapshot, step))
         pod = job["spec"]["template"]["spec"]

@@ -94,3 +94,27 @@ def test_qlora_switch_trains_on_a_4bit_base(tiny_ref, tiny_data, tmp_path, isola
     model = load_model(tiny_ref, quantize_4bit=True)
     assert model.config.quantization_config.bnb_4bit_quant_type == "nf4"
     assert model.config.quantization_config.bnb_4bit_use_double_quant
+
+
+def test_sft_runs_under_accelerate_launch_single_process(tiny_data, tmp_path):
+    """The accelerate path (`accelerate launch -m tuneline.sft`), one CPU process: trains and saves the adapter."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tuneline.paths import PROJECT_ROOT
+
+    records = tmp_path / "task.parquet"
+    tiny_data.task.to_parquet(records)
+    launch = str(Path(sys.executable).parent / "accelerate")
+    env = {**os.environ, "TUNELINE_CHECKPOINTS": str(tmp_path / "ckpt"), "ACCELERATE_USE_CPU": "true"}
+    p = subprocess.run([launch, "launch", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
+                        "--dynamo_backend", "no", "--cpu", "-m", "tuneline.sft", str(PROJECT_ROOT / "configs" / "tiny.yaml"),
+                        str(tmp_path / "adapter"), "--records", str(records)],
+                       cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+    metrics = json.loads([x for x in p.stdout.splitlines() if x.startswith("METRICS ")][-1][8:])
+    assert metrics["steps"] > 0 and metrics["final_loss"] < metrics["first_loss"], metrics
+    assert (tmp_path / "adapter" / "adapter_config.json").exists()

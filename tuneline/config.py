@@ -160,14 +160,16 @@ NO_DPO_METHODS = {
     "adalora": "TRL's frozen reference would be a second AdaLoRA adapter, and PEFT allows only one that trains",
     "xlora": "TRL's frozen reference is made with add_adapter, which PEFT's X-LoRA model does not support",
 }
-SFTMethod = Literal["lora", "qlora", "dora", "rslora", "adalora", "ia3", "prefix_tuning", "prompt_tuning", "xlora",
+SFTMethod = Literal["auto", "lora", "qlora", "dora", "rslora", "adalora", "ia3", "prefix_tuning", "prompt_tuning", "xlora",
                     "full", "bitfit", "galore"]
 
 
 class SFTConfig(Section):
     # lora | qlora (LoRA on an NF4 4-bit base) | dora | rslora | adalora | ia3 | prefix_tuning | prompt_tuning
     # | xlora (a learned per-token mix of the LoRA adapters in xlora_experts) | full | bitfit (biases only)
-    # | galore (every weight, Adam on rank-r projected gradients).
+    # | galore (every weight, Adam on rank-r projected gradients)
+    # | auto (the planner picks lora or qlora, with gradient checkpointing if needed, for the memory of the
+    #   machine train_sft runs on: `python -m tuneline.plan configs/default.yaml` shows the table).
     method: SFTMethod = "lora"
     # LoRA family: rank (adalora: the final average rank), alpha, dropout. galore: the projection rank.
     r: int = Field(16, ge=1)

@@ -322,15 +322,16 @@ def resolve_bf16(setting: str, for_gpu: bool) -> bool:
 
 
 def resolve_method(shape: ModelShape, sft, max_tokens: int, available_gb: float | None = None):
-    """For `method: auto`: the SFT config with method (and gradient checkpointing) chosen; any other
-    method is returned unchanged."""
+    """For `method: auto`: (the SFT config with method and gradient checkpointing chosen, why); any other
+    method: (the config unchanged, None). Raises ValueError, with the table's numbers, when nothing fits."""
     if sft.method != "auto":
-        return sft
-    gb = available_gb if available_gb is not None else available_memory_gb()[0]
+        return sft, None
+    gb, where = (available_gb, "given") if available_gb is not None else available_memory_gb()
     w = workload_from(sft, max_tokens, resolve_bf16(sft.bf16, for_gpu=False))
     choice = choose_method(plan(shape, w, ("lora", "qlora")), gb)
-    return sft.model_copy(update={"method": choice.method,
-                                  "gradient_checkpointing": sft.gradient_checkpointing or choice.gradient_checkpointing})
+    chosen = sft.model_copy(update={"method": choice.method,
+                                    "gradient_checkpointing": sft.gradient_checkpointing or choice.gradient_checkpointing})
+    return chosen, f"{choice.reason} ({gb:.1f} GB, {where})"
 
 
 def table(estimates: list[Estimate], available_gb: float, headroom: float = 0.85) -> list[dict]:

@@ -1,6 +1,12 @@
 """Supervised fine-tuning with TRL's SFTTrainer: a PEFT adapter or full weights, per `sft.method`.
 
     python -m tuneline.sft configs/default.yaml /tmp/sft-adapter
+    accelerate launch --num_processes 1 -m tuneline.sft configs/default.yaml /tmp/sft-adapter
+
+Under `accelerate launch` the Trainer takes its device and process group from accelerate; the
+single-process path is tested (tests/test_training.py); multi-GPU (`--multi_gpu --num_processes N`)
+is the same code but was not run here (no GPU). ZenML's own `run_with_accelerate` cannot wrap
+`train_sft`: it passes step inputs as command-line strings, and train_sft takes artifacts.
 
 `sft.method` picks what trains (tuneline/peft_methods.py): a LoRA-family, IA3, prefix/prompt tuning or
 X-LoRA adapter (saved as an adapter dir), or full / bitfit / galore (saved as a full model dir).
@@ -76,8 +82,20 @@ def trl_args(cfg: SFTConfig, out: Path) -> TRLSFTConfig:
     )
 
 
-def train(ref: BaseModelRef, records: list[dict], cfg: SFTConfig, out_dir: Path) -> TrainResult:
-    """Train `cfg.method` on `records` (task rows); save the adapter (or, full-weight methods, the model) to out_dir."""
+def resolve_auto(ref: BaseModelRef, cfg: SFTConfig, max_tokens: int) -> tuple[SFTConfig, str | None]:
+    """`method: auto` -> the planner's choice and why; any other method unchanged."""
+    if cfg.method != "auto":
+        return cfg, None
+    from tuneline.plan import resolve_method, shape_from_dir
+
+    return resolve_method(shape_from_dir(ref.path), cfg, max_tokens)
+
+
+def train(ref: BaseModelRef, records: list[dict], cfg: SFTConfig, out_dir: Path, max_tokens: int = 512) -> TrainResult:
+    """Train `cfg.method` on `records` (task rows); save the adapter (or, full-weight methods, the model) to out_dir.
+
+    `method: auto` is resolved here, on the machine that trains, for its memory (rows of up to `max_tokens`)."""
+    cfg, auto_reason = resolve_auto(ref, cfg, max_tokens)
     tok = load_tokenizer(ref)
     model = load_model(ref, quantize_4bit=cfg.method == "qlora")
     model.config.use_cache = False  # the cache defeats padding-free row isolation, costs memory; xlora requires it off
@@ -105,6 +123,7 @@ def train(ref: BaseModelRef, records: list[dict], cfg: SFTConfig, out_dir: Path)
         "tokens_per_second": round(tokens / seconds, 1) if seconds else None,
         "peak_memory_mb": round(peak_memory_mb(), 1), "final_loss": loss_span(history)[1],
         "first_loss": loss_span(history)[0], "resumed_from": resume, "data_hash": data_hash, "seed": cfg.seed,
+        "gradient_checkpointing": cfg.gradient_checkpointing, "auto_method": auto_reason,
         "steps": trainer.state.global_step,
     }
     return TrainResult(adapter_dir=str(out_dir), history=history, metrics=metrics)
@@ -114,15 +133,25 @@ def _tokens_from_history(history: list[dict]) -> int:
     return int(max((h.get("num_tokens", 0) for h in history), default=0))
 
 
-if __name__ == "__main__":
-    import sys
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    import pandas as pd
 
     from tuneline.base_model import prepare
     from tuneline.config import load
     from tuneline.data import validate
 
-    cfg = load(sys.argv[1])
+    ap = argparse.ArgumentParser(prog="python -m tuneline.sft", description=__doc__.split("\n")[0])
+    ap.add_argument("config"), ap.add_argument("out")
+    ap.add_argument("--records", help="task rows as Parquet (a task_data artifact); default: validate the config's data")
+    args = ap.parse_args(argv)
+    cfg = load(args.config)
     ref = prepare(cfg.base_model)
-    task = validate(cfg.data, load_tokenizer(ref)).task
-    res = train(ref, task[task.split == "train"].to_dict("records"), cfg.sft, Path(sys.argv[2]))
-    print(json.dumps(res.metrics, indent=2))
+    task = pd.read_parquet(args.records) if args.records else validate(cfg.data, load_tokenizer(ref)).task
+    res = train(ref, task[task.split == "train"].to_dict("records"), cfg.sft, Path(args.out), cfg.data.max_tokens)
+    print("METRICS " + json.dumps(res.metrics))
+
+
+if __name__ == "__main__":
+    main()
