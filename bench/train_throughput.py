@@ -76,7 +76,6 @@ class Meter:
         steady = self.steps[1:] or self.steps
         secs = sum(s for s, _, _ in steady)
         real = sum(r for _, r, _ in steady)
-        proc = sum(p for _, _, p in steady)
         return {"steps": len(self.steps), "tokens_per_s": real / secs, "seconds_per_step": secs / len(steady),
                 "real_tokens": self.real, "processed_tokens": self.processed,
                 "padding_share": 1 - self.real / self.processed if self.processed else 0.0,

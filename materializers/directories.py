@@ -16,7 +16,7 @@ from zenml.enums import ArtifactType, VisualizationType
 from zenml.io import fileio
 from zenml.materializers.base_materializer import BaseMaterializer
 
-from tuneline.artifacts import AdapterDir, ExportDir, ModelDir
+from tuneline.artifacts import AdapterDir, CheckpointDir, ExportDir, ModelDir
 from tuneline.snapshot import RawDataDir
 
 HANDLE = "handle.json"
@@ -33,7 +33,7 @@ def _copy_tree(src: str, dst: str) -> None:
 
 
 class DirectoryMaterializer(BaseMaterializer):
-    ASSOCIATED_TYPES: ClassVar[tuple] = (AdapterDir, ModelDir, ExportDir)
+    ASSOCIATED_TYPES: ClassVar[tuple] = (AdapterDir, ModelDir, ExportDir, CheckpointDir)
     ASSOCIATED_ARTIFACT_TYPE: ClassVar[ArtifactType] = ArtifactType.MODEL
 
     def save(self, data: Any) -> None:

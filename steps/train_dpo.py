@@ -9,6 +9,7 @@ from zenml import step
 from zenml.types import HTMLString
 
 from materializers import DirectoryMaterializer
+from steps._checkpoints import ArtifactMirror
 from steps._metadata import log
 from tuneline.artifacts import AdapterDir
 from tuneline.base_model import BaseModelRef
@@ -26,7 +27,7 @@ def train_dpo(
     out = Path(tempfile.mkdtemp(prefix="dpo-adapter-"))
     mining = task_data[task_data.split == "mining"].to_dict("records")
     res = train(base, sft_adapter.path, sft_adapter.method, mining, preference_data.to_dict("records"), config, out,
-                config.mining_max_new_tokens, config.mining_batch_size)
+                config.mining_max_new_tokens, config.mining_batch_size, mirror=ArtifactMirror())
     log(res.metrics)
     adapter = AdapterDir(path=str(out), base=base, kind="dpo", method=sft_adapter.method,
                          parent=sft_adapter.path, metrics=res.metrics)

@@ -12,6 +12,7 @@ from zenml import step
 from zenml.types import HTMLString
 
 from materializers import DirectoryMaterializer
+from steps._checkpoints import ArtifactMirror
 from steps._metadata import log
 from tuneline.artifacts import AdapterDir
 from tuneline.base_model import BaseModelRef
@@ -26,7 +27,8 @@ def train_sft(
 ) -> tuple[Annotated[AdapterDir, "sft_adapter"], Annotated[HTMLString, "sft_loss_curve"]]:
     base = base.ensure()
     out = Path(tempfile.mkdtemp(prefix="sft-adapter-"))
-    res = train(base, task_data[task_data.split == "train"].to_dict("records"), config, out, max_tokens)
+    res = train(base, task_data[task_data.split == "train"].to_dict("records"), config, out, max_tokens,
+                mirror=ArtifactMirror())
     log(res.metrics)
     # method: auto is resolved by train() on this machine; the adapter records what actually trained.
     adapter = AdapterDir(path=str(out), base=base, kind="sft", method=res.metrics["method"], metrics=res.metrics)

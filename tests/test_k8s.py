@@ -267,7 +267,6 @@ def strict(model_cls, data: dict, where: str):
 
 def check_pod_settings(pod: dict, where: str):
     from kubernetes import client as k8s_client
-
     from zenml.integrations.kubernetes.pod_settings import KubernetesPodSettings
     from zenml.integrations.kubernetes.serialization_utils import deserialize_kubernetes_model
 

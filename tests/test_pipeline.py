@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -29,13 +30,20 @@ out["rejected_rows"] = run.steps["validate_data"].outputs["rejected_rows"][0].lo
 out["data_validation"] = run.steps["validate_data"].outputs["data_validation"][0].load()
 out["task_candidates"] = list(run.steps["promote"].outputs["final_evaluation"][0].load().task)
 out["decision"] = run.steps["promote"].outputs["promotion"][0].load().model_dump()
+out["checkpoints"] = {s: sorted(n for n in run.steps[s].outputs if n.startswith("checkpoint-")) for s in ("train_sft", "train_dpo")}
 out["visualizations"] = sorted(n for s in run.steps.values() for n, a in s.outputs.items() if a[0].visualizations)
 print("JSON" + json.dumps(out))
 """
 
 
+# Training checkpoints of these runs go to a fresh dir: one left in ~/.cache by an earlier session
+# would be resumed from, and no new checkpoint (nor its artifact) would be written.
+CHECKPOINTS = tempfile.mkdtemp(prefix="tuneline-ckpt-")
+
+
 def _zenml(*args, cwd=PROJECT_ROOT):
-    return subprocess.run([ZENML, *args], cwd=cwd, env=os.environ.copy(), capture_output=True, text=True, timeout=900)
+    env = os.environ.copy() | {"TUNELINE_CHECKPOINTS": CHECKPOINTS}
+    return subprocess.run([ZENML, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
 
 def _last_run() -> dict:
@@ -73,6 +81,8 @@ def test_every_step_runs_and_the_gate_explains_itself(first_run):
     # The tiny model learns nothing: the run must end with a reason, not an exception.
     assert run["decision"]["promote"] is False and "not promoted because" in out
     assert run["sft_adapter_mb"] < 5, "the adapter artifact must not carry the base model"
+    # Each trainer's final checkpoint is an artifact of its step (a new pod resumes from it).
+    assert all(len(v) == 1 and v[0].startswith(f"checkpoint-{s[6:]}-") for s, v in run["checkpoints"].items()), run["checkpoints"]
     assert run["rejected_rows"] > 0 and run["data_validation"]["gate_failures"] == []
     assert {"data_report", "sft_loss_curve", "dpo_loss_curve", "evaluation_report", "final_report"} <= set(run["visualizations"])
 

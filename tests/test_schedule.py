@@ -155,9 +155,8 @@ def snapshot(compiled, build):
 @pytest.fixture(scope="module")
 def submitted(compiled, snapshot):
     """Run submit_pipeline with the Kubernetes client intercepted; returns {kind: (namespace, body)}."""
-    from kubernetes import client as k8s_client
-
     import zenml.integrations.kubernetes.orchestrators.kubernetes_orchestrator as orchestrator_module
+    from kubernetes import client as k8s_client
     from zenml.integrations.kubernetes import kube_utils
 
     created = {}
@@ -241,7 +240,6 @@ def test_api_token_goes_through_a_secret(submitted):
 def step_job(compiled, snapshot, step_name: str) -> dict:
     """A step's Job as kubernetes_orchestrator_entrypoint.main's start_step_job builds it (0.98)."""
     from kubernetes import client as k8s_client
-
     from zenml.entrypoints.step_entrypoint_configuration import StepEntrypointConfiguration
     from zenml.integrations.kubernetes import kube_utils
     from zenml.integrations.kubernetes.constants import KUBERNETES_SECRET_TOKEN_KEY_NAME

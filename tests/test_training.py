@@ -118,3 +118,27 @@ def test_sft_runs_under_accelerate_launch_single_process(tiny_data, tmp_path):
     metrics = json.loads([x for x in p.stdout.splitlines() if x.startswith("METRICS ")][-1][8:])
     assert metrics["steps"] > 0 and metrics["final_loss"] < metrics["first_loss"], metrics
     assert (tmp_path / "adapter" / "adapter_config.json").exists()
+
+
+def test_a_new_machine_resumes_from_the_checkpoint_mirror(tiny_ref, tiny_data, tmp_path, monkeypatch):
+    """Checkpoints are copied to the mirror as they are written; a run with an empty local checkpoint dir
+    (a new pod) copies the newest back and resumes from it instead of training again."""
+    import tuneline.training as training
+    from tuneline.training import DirMirror
+
+    rows = tiny_data.task[tiny_data.task.split == "train"].to_dict("records")
+    cfg = SFTConfig(max_steps=4, batch_size=4, seed=3)
+    mirror = DirMirror(tmp_path / "mirror")
+    monkeypatch.setattr(training, "SAVE_STEPS", 2)
+    monkeypatch.setattr(training, "CHECKPOINT_ROOT", tmp_path / "machine-a")
+    first = train_sft(tiny_ref, rows, cfg, tmp_path / "a", mirror=mirror)
+    assert first.metrics["resumed_from"] is None
+    assert [p.name for p in (tmp_path / "mirror").glob("sft-*/checkpoint-*")] == ["checkpoint-4"]
+    monkeypatch.setattr(training, "CHECKPOINT_ROOT", tmp_path / "machine-b")  # nothing local
+    again = train_sft(tiny_ref, rows, cfg, tmp_path / "b", mirror=mirror)
+    assert again.metrics["resumed_from"] and again.metrics["resumed_from"].endswith("checkpoint-4")
+    assert str(tmp_path / "machine-b") in again.metrics["resumed_from"]
+    a = PeftModel.from_pretrained(load_model(tiny_ref), tmp_path / "a")
+    b = PeftModel.from_pretrained(load_model(tiny_ref), tmp_path / "b")
+    for (n, x), (_, y) in zip(a.named_parameters(), b.named_parameters(), strict=True):
+        assert torch.equal(x, y), n

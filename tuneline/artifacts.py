@@ -42,3 +42,11 @@ class ExportDir(BaseModel):
     format: str
     files: list[dict] = []  # one per file: qtype, size, sha256, per-row scores and predictions, verdict
     reference: dict = {}  # the merged model's TaskResult on the same rows (what each file is judged against)
+
+
+class CheckpointDir(BaseModel):
+    """One training checkpoint (adapter or weights, optimizer, scheduler, RNG, trainer state)."""
+
+    path: str
+    step: int
+    name: str  # the run key dir it resumes, e.g. sft-<key>

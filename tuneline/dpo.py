@@ -38,12 +38,14 @@ from tuneline.generate import generate
 from tuneline.peft_methods import is_adapter_dir, load_adapter, load_full
 from tuneline.scoring import exact_match
 from tuneline.training import (
+    CheckpointMirror,
     TrainResult,
     checkpoint_dir,
     common_args,
-    last_checkpoint,
     loss_span,
+    mirror_callbacks,
     peak_memory_mb,
+    resume_point,
     run_key,
     trainable_parameters,
 )
@@ -153,7 +155,8 @@ def copy_to_ref_adapter(model) -> None:
 
 
 def train(ref: BaseModelRef, sft_dir: str, sft_method: str, mining_records: list[dict], pref_rows: list[dict],
-          cfg: DPOConfig, out_dir: Path, max_new_tokens: int = 12, batch_size: int = 32) -> TrainResult:
+          cfg: DPOConfig, out_dir: Path, max_new_tokens: int = 12, batch_size: int = 32,
+          mirror: CheckpointMirror | None = None) -> TrainResult:
     tok = load_tokenizer(ref)
     model = load_sft(ref, sft_dir, sft_method, trainable=True)
     t0 = time.perf_counter()
@@ -171,11 +174,12 @@ def train(ref: BaseModelRef, sft_dir: str, sft_method: str, mining_records: list
     before = preference_accuracy(model, tok, held)
     key = run_key(ref.sha256, cfg.model_dump_json(), *(p.model_dump_json() for p in train_pairs))
     ckpt = checkpoint_dir("dpo", key)
-    trainer = DPOTrainer(model=model, args=trl_args(cfg, ckpt), train_dataset=to_dataset(train_pairs), processing_class=tok)
+    trainer = DPOTrainer(model=model, args=trl_args(cfg, ckpt), train_dataset=to_dataset(train_pairs), processing_class=tok,
+                         callbacks=mirror_callbacks(ckpt, mirror))
     copy_to_ref_adapter(trainer.model)
     trainable, total = trainable_parameters(trainer.model)
     t1 = time.perf_counter()
-    resume = last_checkpoint(ckpt)
+    resume = resume_point(ckpt, mirror)
     trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - t1
     if isinstance(trainer.model, PeftModel):

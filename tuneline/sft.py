@@ -35,6 +35,7 @@ from tuneline.data import messages
 from tuneline.peft_methods import (
     callbacks,
     can_resume,
+    lora_config,  # noqa: F401  (its old home: tests import it from here)
     optimizer_args,
     peft_config,
     save,
@@ -42,17 +43,19 @@ from tuneline.peft_methods import (
     total_steps,
     trainer_class,
 )
-from tuneline.peft_methods import lora_config  # noqa: F401  (its old home: tests import it from here)
 from tuneline.training import (
+    CheckpointMirror,
     TrainResult,
     checkpoint_dir,
     common_args,
-    last_checkpoint,
     loss_span,
+    mirror_callbacks,
     peak_memory_mb,
+    resume_point,
     run_key,
     trainable_parameters,
 )
+
 
 def to_dataset(records: list[dict]) -> Dataset:
     rows = [{"prompt": messages(r, with_answer=False), "completion": [{"role": "assistant", "content": r["assistant"]}]}
@@ -91,10 +94,12 @@ def resolve_auto(ref: BaseModelRef, cfg: SFTConfig, max_tokens: int) -> tuple[SF
     return resolve_method(shape_from_dir(ref.path), cfg, max_tokens)
 
 
-def train(ref: BaseModelRef, records: list[dict], cfg: SFTConfig, out_dir: Path, max_tokens: int = 512) -> TrainResult:
+def train(ref: BaseModelRef, records: list[dict], cfg: SFTConfig, out_dir: Path, max_tokens: int = 512,
+          mirror: CheckpointMirror | None = None) -> TrainResult:
     """Train `cfg.method` on `records` (task rows); save the adapter (or, full-weight methods, the model) to out_dir.
 
-    `method: auto` is resolved here, on the machine that trains, for its memory (rows of up to `max_tokens`)."""
+    `method: auto` is resolved here, on the machine that trains, for its memory (rows of up to `max_tokens`).
+    `mirror` gets a copy of every checkpoint and gives the newest back when this machine has none."""
     cfg, auto_reason = resolve_auto(ref, cfg, max_tokens)
     tok = load_tokenizer(ref)
     model = load_model(ref, quantize_4bit=cfg.method == "qlora")
@@ -107,10 +112,11 @@ def train(ref: BaseModelRef, records: list[dict], cfg: SFTConfig, out_dir: Path,
     data_hash = run_key(*(json.dumps(r, sort_keys=True, default=str) for r in records))
     ckpt = checkpoint_dir("sft", run_key(ref.sha256, cfg.model_dump_json(), data_hash))
     trainer = trainer_class(cfg)(model=model, args=trl_args(cfg, ckpt), train_dataset=to_dataset(records),
-                                 processing_class=tok, peft_config=peft, callbacks=callbacks(cfg))
+                                 processing_class=tok, peft_config=peft,
+                                 callbacks=callbacks(cfg) + mirror_callbacks(ckpt, mirror))
     trainable, total = trainable_parameters(trainer.model)
     t0 = time.perf_counter()
-    resume = last_checkpoint(ckpt) if can_resume(cfg) else None
+    resume = resume_point(ckpt, mirror) if can_resume(cfg) else None
     trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - t0
     save(trainer.model, out_dir, cfg)

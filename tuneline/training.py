@@ -9,12 +9,15 @@ import json
 import os
 import platform
 import resource
+import shutil
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from pydantic import BaseModel, Field, model_validator
+from transformers import TrainerCallback
 
 CHECKPOINT_ROOT = Path(os.environ.get("TUNELINE_CHECKPOINTS", "~/.cache/tuneline/checkpoints")).expanduser()
 # Optimizer steps between checkpoints (only the newest is kept). The kill-and-resume test sets it low.
@@ -50,6 +53,57 @@ def last_checkpoint(out: Path) -> str | None:
         if checkpoint_complete(ckpt):
             return str(ckpt)
     return None
+
+
+class CheckpointMirror(Protocol):
+    """Somewhere durable that each checkpoint is copied to as it is written (steps/_checkpoints.py: the
+    ZenML artifact store), so a re-run on a machine without the local dir (a new pod) resumes too."""
+
+    def save(self, name: str, ckpt: Path, step: int) -> None: ...
+
+    def restore(self, name: str, into: Path) -> Path | None: ...
+
+
+class DirMirror:
+    """A mirror in a plain directory (tests, and single machines with a shared disk)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def save(self, name: str, ckpt: Path, step: int) -> None:
+        dst = self.root / name
+        shutil.rmtree(dst, ignore_errors=True)  # only the newest is kept, as locally
+        shutil.copytree(ckpt, dst / ckpt.name)
+
+    def restore(self, name: str, into: Path) -> Path | None:
+        found = last_checkpoint(self.root / name)
+        if not found:
+            return None
+        shutil.copytree(found, into / Path(found).name, dirs_exist_ok=True)
+        return into / Path(found).name
+
+
+class MirrorCheckpoints(TrainerCallback):
+    """Hands every checkpoint to the mirror right after the Trainer wrote it (trainer_state.json included)."""
+
+    def __init__(self, mirror: CheckpointMirror, name: str) -> None:
+        self.mirror, self.name = mirror, name
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.mirror.save(self.name, Path(args.output_dir) / f"checkpoint-{state.global_step}", state.global_step)
+
+
+def mirror_callbacks(ckpt: Path, mirror: CheckpointMirror | None) -> list[TrainerCallback]:
+    return [MirrorCheckpoints(mirror, ckpt.name)] if mirror else []
+
+
+def resume_point(ckpt: Path, mirror: CheckpointMirror | None = None) -> str | None:
+    """The checkpoint to resume from: the local one, else the mirror's newest copied back (a new machine)."""
+    if last_checkpoint(ckpt) is None and mirror is not None:
+        ckpt.mkdir(parents=True, exist_ok=True)
+        mirror.restore(ckpt.name, ckpt)
+    return last_checkpoint(ckpt)
 
 
 def library_versions() -> dict[str, str]:
