@@ -42,5 +42,5 @@ def finetune(config: TunelineConfig = TunelineConfig()) -> None:
         final = dpo_adapter
     evaluation, _ = evaluate(base, sft_adapter, dpo_adapter, task_data, config.evaluate)
     merged = merge(base, final)
-    gguf = export_gguf(merged, task_data, config.export, config.evaluate.metric)
+    gguf = export_gguf(merged, task_data, config.export, config.evaluate)
     promote(evaluation, gguf, config.promote)

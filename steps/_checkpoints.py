@@ -2,6 +2,9 @@
 training runs, so it is listed in the dashboard under the step, and a re-run on a machine that does not
 have the local checkpoint dir (a new Kubernetes pod, another laptop on the same server) resumes from
 the newest one.
+
+The training steps' parameter `checkpoint_artifacts` switches it: true, false, or null (auto: only on a
+remote artifact store). Set it in a run YAML: `steps: {train_sft: {parameters: {checkpoint_artifacts: true}}}`.
 """
 
 import shutil
@@ -12,6 +15,14 @@ from zenml.client import Client
 
 from materializers import DirectoryMaterializer
 from tuneline.artifacts import CheckpointDir
+
+
+def mirror(enabled: bool | None) -> "ArtifactMirror | None":
+    """The mirror a training step uses. None (auto): only when the artifact store is remote; a local
+    store would only duplicate the local checkpoint dir (tens of MB per checkpoint for a 135M model)."""
+    if enabled is None:
+        enabled = Client().active_stack.artifact_store.flavor != "local"
+    return ArtifactMirror() if enabled else None
 
 
 class ArtifactMirror:

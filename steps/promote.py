@@ -33,7 +33,8 @@ def promote(
 ) -> tuple[Annotated[Decision, "promotion"], Annotated[EvalReport, "final_evaluation"],
            Annotated[HTMLString, "final_report"]]:
     if gguf_export.reference:  # the merged model and each export join the candidates, paired with base
-        evaluation = with_exports(evaluation, TaskResult(**gguf_export.reference), gguf_export.files)
+        evaluation = with_exports(evaluation, TaskResult(**gguf_export.reference), gguf_export.files,
+                                  reference_benchmarks=gguf_export.reference_benchmarks)
     model = get_step_context().model
     current = current_evaluation(model.name, config.stage, model.id) if model is not None else None
     decision = decide(evaluation, gguf_export.files, config, current)

@@ -9,7 +9,7 @@ from zenml import step
 from zenml.types import HTMLString
 
 from materializers import DirectoryMaterializer
-from steps._checkpoints import ArtifactMirror
+from steps._checkpoints import mirror
 from steps._metadata import log
 from tuneline.artifacts import AdapterDir
 from tuneline.base_model import BaseModelRef
@@ -21,13 +21,13 @@ from tuneline.training import loss_curve_html
 @step(output_materializers={"dpo_adapter": DirectoryMaterializer})
 def train_dpo(
     base: BaseModelRef, sft_adapter: AdapterDir, task_data: pd.DataFrame, preference_data: pd.DataFrame,
-    config: DPOConfig,
+    config: DPOConfig, checkpoint_artifacts: bool | None = None,
 ) -> tuple[Annotated[AdapterDir, "dpo_adapter"], Annotated[HTMLString, "dpo_loss_curve"]]:
     base = base.ensure()
     out = Path(tempfile.mkdtemp(prefix="dpo-adapter-"))
     mining = task_data[task_data.split == "mining"].to_dict("records")
     res = train(base, sft_adapter.path, sft_adapter.method, mining, preference_data.to_dict("records"), config, out,
-                config.mining_max_new_tokens, config.mining_batch_size, mirror=ArtifactMirror())
+                config.mining_max_new_tokens, config.mining_batch_size, mirror=mirror(checkpoint_artifacts))
     log(res.metrics)
     adapter = AdapterDir(path=str(out), base=base, kind="dpo", method=sft_adapter.method,
                          parent=sft_adapter.path, metrics=res.metrics)

@@ -12,7 +12,7 @@ from zenml import step
 from zenml.types import HTMLString
 
 from materializers import DirectoryMaterializer
-from steps._checkpoints import ArtifactMirror
+from steps._checkpoints import mirror
 from steps._metadata import log
 from tuneline.artifacts import AdapterDir
 from tuneline.base_model import BaseModelRef
@@ -23,12 +23,13 @@ from tuneline.training import loss_curve_html
 
 @step(output_materializers={"sft_adapter": DirectoryMaterializer})
 def train_sft(
-    base: BaseModelRef, task_data: pd.DataFrame, config: SFTConfig, max_tokens: int = 512
+    base: BaseModelRef, task_data: pd.DataFrame, config: SFTConfig, max_tokens: int = 512,
+    checkpoint_artifacts: bool | None = None,
 ) -> tuple[Annotated[AdapterDir, "sft_adapter"], Annotated[HTMLString, "sft_loss_curve"]]:
     base = base.ensure()
     out = Path(tempfile.mkdtemp(prefix="sft-adapter-"))
     res = train(base, task_data[task_data.split == "train"].to_dict("records"), config, out, max_tokens,
-                mirror=ArtifactMirror())
+                mirror=mirror(checkpoint_artifacts))
     log(res.metrics)
     # method: auto is resolved by train() on this machine; the adapter records what actually trained.
     adapter = AdapterDir(path=str(out), base=base, kind="sft", method=res.metrics["method"], metrics=res.metrics)

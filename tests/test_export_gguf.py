@@ -143,3 +143,34 @@ def test_export_passes_within_tolerance(ggufs, model_dir, tmp_path, monkeypatch)
                                reference_accuracy=0.0, max_accuracy_drop=0.0, max_tokens=4, min_eos_share=0.0)
     assert all(f.passed for f in files), [f.reason for f in files]
     assert all(Path(f.modelfile).is_file() for f in files)
+
+
+def test_lm_eval_on_the_gguf_matches_transformers(ggufs, model_dir, tokenizer):
+    """GGUFLM's loglikelihoods (context cached, continuations on top) equal HFLM's on the f32 file,
+    and MMLU (cloze) and GSM8K run on a GGUF through the same custom tasks as the HF candidates."""
+    import torch
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+    from transformers import AutoModelForCausalLM
+
+    from tuneline.config import EvaluateConfig, GSM8KConfig, MMLUConfig
+    from tuneline.gguf_lm import GGUFLM, run_gguf_benchmarks
+
+    pairs = [("Question: where is my card?\nAnswer:", " lost"), ("Question: where is my card?\nAnswer:", " in the mail"),
+             ("The capital of France is ", "Paris"), ("Numbers: 1 2 3", " 4 5")]
+    reqs = [Instance(request_type="loglikelihood", doc={}, arguments=p, idx=i) for i, p in enumerate(pairs)]
+    hf = HFLM(pretrained=AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), tokenizer=tokenizer,
+              batch_size=1, device="cpu")
+    want = hf.loglikelihood(reqs)
+    lm = GGUFLM(ggufs["F32"], n_ctx=256)
+    try:
+        got = lm.loglikelihood(reqs)
+    finally:
+        lm.close()
+    for (g, g_greedy), (w, w_greedy) in zip(got, want, strict=True):
+        assert abs(g - w) < 1e-2, (g, w)
+    cfg = EvaluateConfig(mmlu=MMLUConfig(subjects=["marketing"], limit_per_subject=3),
+                         gsm8k=GSM8KConfig(limit=2, num_fewshot=1, max_new_tokens=8))
+    res = run_gguf_benchmarks(ggufs["Q8_0"], cfg)
+    assert res["mmlu"].n == 3 and len(res["mmlu"].per_item) == 3 and 0 <= res["mmlu"].score <= 1
+    assert res["gsm8k"].n == 2 and res["gsm8k"].item_ids[0].startswith("gsm8k:")

@@ -28,7 +28,9 @@ sft = run.steps["train_sft"].outputs["sft_adapter"][0]
 out["sft_adapter_mb"] = sft.run_metadata.get("size_mb")
 out["rejected_rows"] = run.steps["validate_data"].outputs["rejected_rows"][0].load().shape[0]
 out["data_validation"] = run.steps["validate_data"].outputs["data_validation"][0].load()
-out["task_candidates"] = list(run.steps["promote"].outputs["final_evaluation"][0].load().task)
+final = run.steps["promote"].outputs["final_evaluation"][0].load()
+out["task_candidates"] = list(final.task)
+out["benchmark_candidates"] = {c: sorted(v) for c, v in final.benchmark_changes.items()}
 out["decision"] = run.steps["promote"].outputs["promotion"][0].load().model_dump()
 out["checkpoints"] = {s: sorted(n for n in run.steps[s].outputs if n.startswith("checkpoint-")) for s in ("train_sft", "train_dpo")}
 out["visualizations"] = sorted(n for s in run.steps.values() for n, a in s.outputs.items() if a[0].visualizations)
@@ -78,6 +80,8 @@ def test_every_step_runs_and_the_gate_explains_itself(first_run):
     assert set(run["steps"]) == set(STEPS) and all(s == "completed" for s in run["steps"].values()), run
     assert "tuneline run summary" in out and "task exact_match" in out
     assert run["task_candidates"] == ["base", "sft", "dpo", "merged", "gguf-F16", "gguf-Q8_0"]
+    # MMLU and GSM8K ran on every candidate, the merged model and the GGUF files (llama.cpp) included.
+    assert run["benchmark_candidates"] == {c: ["gsm8k", "mmlu"] for c in ["sft", "dpo", "merged", "gguf-F16", "gguf-Q8_0"]}
     # The tiny model learns nothing: the run must end with a reason, not an exception.
     assert run["decision"]["promote"] is False and "not promoted because" in out
     assert run["sft_adapter_mb"] < 5, "the adapter artifact must not carry the base model"

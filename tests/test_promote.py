@@ -111,3 +111,26 @@ def test_merge_that_lost_accuracy_blocks_promotion():
     same = _task(np.ones(N)).model_copy(update={"predictions": ["right"] * N})
     d = decide(with_exports(rep, same, []), EXPORTS, PromoteConfig())
     assert d.promote and f"{N}/{N} identical answers" in d.sentence()
+
+
+def _bench(scores, ids):
+    from tuneline.benchmarks import BenchmarkResult
+
+    return BenchmarkResult(name="mmlu_cloze", metric="acc", score=float(np.mean(scores)), n=len(scores),
+                           per_item=list(map(float, scores)), item_ids=ids, seconds=0)
+
+
+def test_export_benchmarks_join_the_forgetting_table_paired_by_item():
+    ids = [f"marketing:{i:04d}" for i in range(N)]
+    rep = _report(np.zeros(N), np.ones(N), BASE, BASE).model_copy(update={"benchmarks": {"base": {"mmlu": _bench(BASE, ids)}}})
+    forgot = BASE * (rng.random(N) < 0.3)
+    q4 = _export("Q4_K_M", np.ones(N)) | {"benchmarks": {"mmlu": _bench(forgot[::-1], ids[::-1]).model_dump()}}
+    full = with_exports(rep, _task(np.ones(N)), [q4], reference_benchmarks={"mmlu": _bench(BASE, ids)})
+    assert set(full.benchmark_changes) == {"merged", "gguf-Q4_K_M"}
+    assert full.benchmark_changes["merged"]["mmlu"].diff == 0
+    # Paired by item id, not by position: the reversed list gives the same difference as the original.
+    assert full.benchmark_changes["gguf-Q4_K_M"]["mmlu"].diff == pytest.approx(float(np.mean(forgot - BASE)))
+    assert full.benchmark_changes["gguf-Q4_K_M"]["mmlu"].ci_high < 0
+    bad = _export("F16", np.ones(N)) | {"benchmarks": {"mmlu": _bench(BASE[:3], ["x", "y", "z"]).model_dump()}}
+    with pytest.raises(ValueError, match="items the base was not scored on"):
+        with_exports(rep, _task(np.ones(N)), [bad])

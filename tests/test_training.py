@@ -1,5 +1,6 @@
 """SFT and DPO on the tiny model with the real TRL trainers: loss falls, base stays frozen, adapters reload."""
 
+import pytest
 import torch
 from peft import PeftModel
 
@@ -142,3 +143,29 @@ def test_a_new_machine_resumes_from_the_checkpoint_mirror(tiny_ref, tiny_data, t
     b = PeftModel.from_pretrained(load_model(tiny_ref), tmp_path / "b")
     for (n, x), (_, y) in zip(a.named_parameters(), b.named_parameters(), strict=True):
         assert torch.equal(x, y), n
+
+
+@pytest.mark.parametrize("loss_type", ["orpo", "simpo", "kto"])
+def test_orpo_simpo_kto_train_from_the_sft_adapter(loss_type, tiny_ref, tiny_data, tmp_path, isolated_checkpoints):
+    """The other preference losses, each through its TRL trainer: it trains the SFT adapter further and
+    saves one adapter (KTO's frozen reference copy, like DPO's, is not saved)."""
+    train_sft(tiny_ref, _records(tiny_data, "train"), SFT, tmp_path / "sft")
+    cfg = DPOConfig(loss_type=loss_type, sft_weight=0.0, batch_size=4, max_length=96, learning_rate=1e-2, beta=0.5)
+    res = train_dpo(tiny_ref, str(tmp_path / "sft"), "lora", _records(tiny_data, "mining"),
+                    tiny_data.preferences.to_dict("records"), cfg, tmp_path / "out", max_new_tokens=4)
+    assert res.metrics["steps"] > 0 and res.metrics["first_loss"] is not None
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_dir()) == [], "one adapter, no ref copy"
+    sft = PeftModel.from_pretrained(load_model(tiny_ref), tmp_path / "sft")
+    out = PeftModel.from_pretrained(load_model(tiny_ref), tmp_path / "out")
+    ids = torch.tensor([[1, 20, 30, 40]])
+    with torch.no_grad():
+        assert not torch.allclose(sft(ids).logits, out(ids).logits), f"{loss_type} changed nothing"
+
+
+def test_sft_weight_is_refused_where_the_loss_has_no_such_term():
+    from pydantic import ValidationError
+
+    for loss in ("orpo", "kto"):
+        with pytest.raises(ValidationError, match="set dpo.sft_weight: 0"):
+            DPOConfig(loss_type=loss)
+    assert DPOConfig(loss_type="simpo").sft_weight == 1.0  # SimPO: CPO's BC term

@@ -226,10 +226,17 @@ class DPOConfig(Section):
     enabled: bool = True
     # On-policy pairs: chosen = gold label, rejected = the SFT model's wrong answer.
     mine_mistakes: bool = True
+    # sigmoid | ipo | hinge: DPOTrainer; orpo: ORPOTrainer and simpo: CPOTrainer (no reference model);
+    # kto: KTOTrainer (each pair becomes one desirable and one undesirable answer).
+    loss_type: Literal["sigmoid", "ipo", "hinge", "orpo", "simpo", "kto"] = "sigmoid"
+    # DPO/IPO/KTO: the strength of the pull to the reference; ORPO: lambda (odds-ratio weight);
+    # SimPO: the reward scale (its paper: 2.0-2.5).
     beta: float = Field(0.1, gt=0)
-    loss_type: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
-    # Weight of an SFT (NLL) term on chosen; keeps DPO from pushing both log-probs down.
+    # Weight of an SFT (NLL) term on chosen; keeps DPO from pushing both log-probs down. SimPO: CPO's
+    # BC weight (cpo_alpha). ORPO has the term built in and KTO has none: set 0 for them.
     sft_weight: float = Field(1.0, ge=0)
+    # SimPO's target reward margin (gamma).
+    simpo_gamma: float = Field(0.5, ge=0)
     learning_rate: float = Field(5e-5, gt=0)
     epochs: float = Field(1.0, gt=0)
     batch_size: int = Field(8, ge=1)
@@ -240,6 +247,14 @@ class DPOConfig(Section):
     # Generation settings for mining the SFT model's answers.
     mining_max_new_tokens: int = Field(12, ge=1)
     mining_batch_size: int = Field(32, ge=1)
+
+    @model_validator(mode="after")
+    def _sft_term_fits(self) -> "DPOConfig":
+        if self.loss_type in ("orpo", "kto") and self.sft_weight > 0:
+            why = "ORPO's loss already contains the NLL term" if self.loss_type == "orpo" else "KTOTrainer has no SFT term"
+            raise ValueError(f"dpo.sft_weight={self.sft_weight} does not apply to loss_type {self.loss_type} ({why}): "
+                             "set dpo.sft_weight: 0")
+        return self
 
 
 class MMLUConfig(Section):
@@ -296,6 +311,9 @@ class ExportConfig(Section):
     check_rows: int | None = Field(None, ge=1)
     max_accuracy_drop: float = Field(0.05, ge=0, le=1)
     max_new_tokens: int = Field(16, ge=1)
+    # Run the evaluation's MMLU / GSM8K (evaluate.mmlu, evaluate.gsm8k) on the merged model and on every
+    # GGUF file too (llama.cpp through lm-eval), so the report shows what merging and quantizing forgot.
+    benchmarks: bool = True
 
     @field_validator("gguf_types")
     @classmethod

@@ -1,4 +1,4 @@
-"""Preference alignment with TRL's DPOTrainer, starting from the SFT adapter.
+"""Preference alignment with TRL's DPOTrainer (or ORPO, SimPO, KTO: `dpo.loss_type`), from the SFT adapter.
 
     python -m tuneline.dpo configs/default.yaml /tmp/sft-adapter /tmp/dpo-adapter
 
@@ -15,6 +15,10 @@ Pairs come from two sources:
 - user pairs (HH-RLHF shape) from the validated preference data.
 An SFT (NLL) term on the chosen answer (`sft_weight`) keeps DPO from lowering both
 log-probabilities, the known way plain DPO wrecks a small model.
+
+`loss_type` orpo (TRL's ORPOTrainer) and simpo (CPOTrainer, loss simpo) are reference-free: no "ref"
+adapter, and `beta` is ORPO's lambda / SimPO's reward scale; kto (KTOTrainer) splits every pair into
+a desirable and an undesirable answer and keeps the SFT model as its reference, like DPO.
 """
 
 from __future__ import annotations
@@ -109,24 +113,56 @@ def _mean_logprob(model, tokenizer, prompt: list[dict], answer: str) -> float:
     return logp[n_head - 1 :].mean().item()
 
 
-def trl_args(cfg: DPOConfig, out: Path) -> TRLDPOConfig:
+def trl_args(cfg: DPOConfig, out: Path):
+    """The TRL config of the trainer that implements `cfg.loss_type` (see `preference_trainer`)."""
+    common = dict(**common_args(out, cfg.seed, logging_steps=2, bf16=cfg.bf16), learning_rate=cfg.learning_rate,
+                  num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
+                  lr_scheduler_type="cosine", warmup_steps=0.1, beta=cfg.beta, max_length=cfg.max_length)
+    if cfg.loss_type == "orpo":
+        from trl.experimental.orpo import ORPOConfig
+
+        return ORPOConfig(**common)  # beta is ORPO's lambda; its loss holds the NLL term itself
+    if cfg.loss_type == "simpo":
+        from trl.experimental.cpo import CPOConfig
+
+        return CPOConfig(**common, loss_type="simpo", simpo_gamma=cfg.simpo_gamma, cpo_alpha=cfg.sft_weight)
+    if cfg.loss_type == "kto":
+        from trl import KTOConfig
+
+        return KTOConfig(**common)
     losses, weights = [cfg.loss_type], [1.0]
     if cfg.sft_weight > 0:
         losses.append("sft")
         weights.append(cfg.sft_weight)
-    return TRLDPOConfig(
-        **common_args(out, cfg.seed, logging_steps=2, bf16=cfg.bf16),
-        learning_rate=cfg.learning_rate,
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size,
-        lr_scheduler_type="cosine",
-        warmup_steps=0.1,
-        beta=cfg.beta,
-        loss_type=losses,
-        loss_weights=weights,
-        max_length=cfg.max_length,
-    )
+    return TRLDPOConfig(**common, loss_type=losses, loss_weights=weights)
+
+
+def unpaired(pairs: list[Pair]) -> Dataset:
+    """KTO's data shape: each pair gives a desirable (chosen) and an undesirable (rejected) answer."""
+    return Dataset.from_list([
+        {"prompt": p.prompt, "completion": [{"role": "assistant", "content": answer}], "label": good}
+        for p in pairs for answer, good in ((p.chosen, True), (p.rejected, False))
+    ])
+
+
+def preference_trainer(cfg: DPOConfig, model, tok, pairs: list[Pair], ckpt: Path, callbacks: list):
+    """DPOTrainer for sigmoid/ipo/hinge; ORPO and SimPO (CPOTrainer) need no reference model; KTO
+    learns from unpaired answers. DPO and KTO copy the SFT adapter to a frozen "ref" adapter."""
+    args = trl_args(cfg, ckpt)
+    kwargs = dict(model=model, args=args, processing_class=tok, callbacks=callbacks)
+    if cfg.loss_type == "orpo":
+        from trl.experimental.orpo import ORPOTrainer
+
+        return ORPOTrainer(**kwargs, train_dataset=to_dataset(pairs))
+    if cfg.loss_type == "simpo":
+        from trl.experimental.cpo import CPOTrainer
+
+        return CPOTrainer(**kwargs, train_dataset=to_dataset(pairs))
+    if cfg.loss_type == "kto":
+        from trl import KTOTrainer
+
+        return KTOTrainer(**kwargs, train_dataset=unpaired(pairs))
+    return DPOTrainer(**kwargs, train_dataset=to_dataset(pairs))
 
 
 def load_sft(ref: BaseModelRef, sft_dir: str, method: str, trainable: bool):
@@ -174,8 +210,7 @@ def train(ref: BaseModelRef, sft_dir: str, sft_method: str, mining_records: list
     before = preference_accuracy(model, tok, held)
     key = run_key(ref.sha256, cfg.model_dump_json(), *(p.model_dump_json() for p in train_pairs))
     ckpt = checkpoint_dir("dpo", key)
-    trainer = DPOTrainer(model=model, args=trl_args(cfg, ckpt), train_dataset=to_dataset(train_pairs), processing_class=tok,
-                         callbacks=mirror_callbacks(ckpt, mirror))
+    trainer = preference_trainer(cfg, model, tok, train_pairs, ckpt, mirror_callbacks(ckpt, mirror))
     copy_to_ref_adapter(trainer.model)
     trainable, total = trainable_parameters(trainer.model)
     t1 = time.perf_counter()

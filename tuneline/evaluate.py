@@ -110,11 +110,12 @@ def evaluate(ref: BaseModelRef, adapters: dict[str, str], sft_method: str, recor
 
 
 def with_exports(report: EvalReport, reference: TaskResult, exports: list[dict], resamples: int = 2000,
-                 seed: int = 0) -> EvalReport:
+                 seed: int = 0, reference_benchmarks: dict | None = None) -> EvalReport:
     """`report` plus the merged model and every exported file as task candidates, paired with base.
 
     The exports were scored on the same eval rows (`reference.item_ids`, the merged model's run),
-    so each gets a paired CI against the base like the adapters do.
+    so each gets a paired CI against the base like the adapters do; so do their MMLU / GSM8K results
+    (`reference_benchmarks` for the merged model, each export's `benchmarks`), item by item.
     """
     task, diffs = dict(report.task), dict(report.task_vs_base)
     base = dict(zip(report.task["base"].item_ids, report.task["base"].per_item))
@@ -132,7 +133,26 @@ def with_exports(report: EvalReport, reference: TaskResult, exports: list[dict],
                              "exports must be checked on the evaluation rows")
         task[name] = res
         diffs[name] = paired_bootstrap(res.per_item, [base[i] for i in ids], resamples=resamples, seed=seed)
-    return report.model_copy(update={"task": task, "task_vs_base": diffs})
+    bench, changes = dict(report.benchmarks), dict(report.benchmark_changes)
+    named = {"merged": reference_benchmarks or {}} | {f"{e.get('format', 'gguf')}-{e['qtype']}": e.get("benchmarks") or {}
+                                                      for e in exports}
+    for name, results in named.items():
+        if results:
+            bench[name] = {k: BenchmarkResult(**r) if isinstance(r, dict) else r for k, r in results.items()}
+            changes[name] = {k: _paired_items(r, report.benchmarks["base"][k], resamples, seed)
+                             for k, r in bench[name].items() if k in report.benchmarks.get("base", {})}
+    return report.model_copy(update={"task": task, "task_vs_base": diffs, "benchmarks": bench,
+                                     "benchmark_changes": changes})
+
+
+def _paired_items(res: BenchmarkResult, base: BenchmarkResult, resamples: int, seed: int) -> PairedDiff:
+    """Candidate - base on the items both scored (by item id)."""
+    b = dict(zip(base.item_ids, base.per_item))
+    ids = [i for i in res.item_ids if i in b]
+    if len(ids) != len(res.item_ids):
+        raise ValueError(f"{res.name}: {len(res.item_ids) - len(ids)} items the base was not scored on")
+    mine = dict(zip(res.item_ids, res.per_item))
+    return paired_bootstrap([mine[i] for i in ids], [b[i] for i in ids], resamples=resamples, seed=seed)
 
 
 if __name__ == "__main__":

@@ -66,6 +66,7 @@ class GGUFFile(BaseModel):
     samples: list[GGUFSample] = []
     per_item: list[float] = []  # task metric per checked row, in row order (paired with other candidates)
     modelfile: str = ""  # Ollama Modelfile beside a passed file
+    benchmarks: dict = {}  # MMLU / GSM8K on this file (benchmark -> BenchmarkResult fields), when configured
 
 
 class ExportError(RuntimeError):
