@@ -41,6 +41,6 @@ def finetune(config: TunelineConfig = TunelineConfig()) -> None:
         dpo_adapter, _ = train_dpo(base, sft_adapter, task_data, preference_data, config.dpo)
         final = dpo_adapter
     evaluation, _ = evaluate(base, sft_adapter, dpo_adapter, task_data, config.evaluate)
-    merged = merge(base, final)
+    merged = merge(base, final, config.merge)
     gguf = export_gguf(merged, task_data, config.export, config.evaluate)
     promote(evaluation, gguf, config.promote)

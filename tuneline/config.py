@@ -328,6 +328,35 @@ class ExportConfig(Section):
         return v
 
 
+class MergeConfig(Section):
+    # none: fold the run's final adapter into the base (merge_and_unload). linear | ties | dare_linear |
+    # dare_ties | magnitude_prune: combine it with `adapters` (LoRA adapter dirs of earlier runs, same base)
+    # layer by layer on the full weight deltas (PEFT's merge_utils), then add the result to the base: exact,
+    # no SVD back to a low rank (linear over full deltas is what PEFT's `cat` gives, for any ranks).
+    combination: Literal["none", "linear", "ties", "dare_linear", "dare_ties", "magnitude_prune"] = "none"
+    adapters: list[str] = []
+    # One weight per adapter, the run's own first; null: 1.0 each (task arithmetic adds the deltas).
+    weights: list[float] | None = None
+    # ties, dare_*, magnitude_prune: the share of each delta kept (by magnitude; DARE: at random, rescaled).
+    density: float = Field(0.5, gt=0, le=1)
+    majority_sign: Literal["total", "frequency"] = "total"  # ties / dare_ties: how the sign is elected
+    dtype: Literal["float16", "bfloat16", "float32"] = "float16"  # of the saved merged model
+    seed: int = 0  # DARE's random drop
+
+    @model_validator(mode="after")
+    def _combination_fits(self) -> "MergeConfig":
+        if self.combination == "none" and self.adapters:
+            raise ValueError(f"merge.adapters {self.adapters} are only used by a combination: set merge.combination "
+                             "(linear, ties, dare_linear, dare_ties, magnitude_prune) or remove them")
+        if self.combination != "none" and not self.adapters:
+            raise ValueError(f"merge.combination {self.combination} combines the run's adapter with others: list "
+                             "their dirs in merge.adapters")
+        if self.weights is not None and len(self.weights) != 1 + len(self.adapters):
+            raise ValueError(f"merge.weights has {len(self.weights)} values for {1 + len(self.adapters)} adapters "
+                             "(the run's own first, then merge.adapters): give one per adapter or null")
+        return self
+
+
 class PromoteConfig(Section):
     stage: Literal["staging", "production"] = "staging"
     # Task accuracy must improve on the base model by at least this much (absolute).
@@ -346,6 +375,7 @@ class TunelineConfig(Section):
     sft: SFTConfig = SFTConfig()
     dpo: DPOConfig = DPOConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    merge: MergeConfig = MergeConfig()
     export: ExportConfig = ExportConfig()
     promote: PromoteConfig = PromoteConfig()
 
