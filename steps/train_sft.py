@@ -29,7 +29,7 @@ def train_sft(
     base = base.ensure()
     out = Path(tempfile.mkdtemp(prefix="sft-adapter-"))
     res = train(base, task_data[task_data.split == "train"].to_dict("records"), config, out, max_tokens,
-                mirror=mirror(checkpoint_artifacts))
+                mirror=mirror(checkpoint_artifacts), eval_records=task_data[task_data.split == "eval"].to_dict("records"))
     log(res.metrics)
     # method: auto is resolved by train() on this machine; the adapter records what actually trained.
     adapter = AdapterDir(path=str(out), base=base, kind="sft", method=res.metrics["method"], metrics=res.metrics)

@@ -169,3 +169,15 @@ def test_sft_weight_is_refused_where_the_loss_has_no_such_term():
         with pytest.raises(ValidationError, match="set dpo.sft_weight: 0"):
             DPOConfig(loss_type=loss)
     assert DPOConfig(loss_type="simpo").sft_weight == 1.0  # SimPO: CPO's BC term
+
+
+def test_sft_logs_a_held_out_eval_curve(tiny_ref, tiny_data, tmp_path, isolated_checkpoints):
+    from tuneline.training import loss_curve_html
+
+    cfg = SFT.model_copy(update={"eval_steps": 3, "eval_rows": 8})
+    res = train_sft(tiny_ref, _records(tiny_data, "train"), cfg, tmp_path / "a", eval_records=_records(tiny_data, "eval"))
+    evals = [h for h in res.history if "eval_loss" in h]
+    assert len(evals) >= 2 and evals[-1]["step"] == res.metrics["steps"], evals
+    assert res.metrics["final_eval_loss"] < res.metrics["first_eval_loss"]  # it learns the task's format
+    html = loss_curve_html(res.history, "SFT loss")
+    assert f"<td>{evals[-1]['eval_loss']}</td></tr>" in html

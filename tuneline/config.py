@@ -198,6 +198,10 @@ class SFTConfig(Section):
     max_steps: int = -1
     seed: int = 0
     logging_steps: int = Field(5, ge=1)
+    # Held-out loss during training (the eval curve beside the train curve): on up to eval_rows of the
+    # evaluation rows, every eval_steps optimizer steps and at the end. Plotted only, never used to stop.
+    eval_steps: int | None = Field(50, ge=1)
+    eval_rows: int = Field(64, ge=1)
 
     @model_validator(mode="after")
     def _method_fits(self) -> "SFTConfig":

@@ -63,10 +63,12 @@ def to_dataset(records: list[dict]) -> Dataset:
     return Dataset.from_list(rows)
 
 
-def trl_args(cfg: SFTConfig, out: Path) -> TRLSFTConfig:
+def trl_args(cfg: SFTConfig, out: Path, evaluates: bool = False) -> TRLSFTConfig:
     common = common_args(out, cfg.seed, cfg.logging_steps, cfg.bf16)
     if not can_resume(cfg):
         common["save_strategy"] = "no"  # checkpoints a re-run could not resume from (adalora, xlora)
+    if evaluates:
+        common.update(eval_strategy="steps", eval_steps=cfg.eval_steps, per_device_eval_batch_size=cfg.batch_size)
     return TRLSFTConfig(
         **common,
         learning_rate=cfg.learning_rate,
@@ -95,11 +97,12 @@ def resolve_auto(ref: BaseModelRef, cfg: SFTConfig, max_tokens: int) -> tuple[SF
 
 
 def train(ref: BaseModelRef, records: list[dict], cfg: SFTConfig, out_dir: Path, max_tokens: int = 512,
-          mirror: CheckpointMirror | None = None) -> TrainResult:
+          mirror: CheckpointMirror | None = None, eval_records: list[dict] | None = None) -> TrainResult:
     """Train `cfg.method` on `records` (task rows); save the adapter (or, full-weight methods, the model) to out_dir.
 
     `method: auto` is resolved here, on the machine that trains, for its memory (rows of up to `max_tokens`).
-    `mirror` gets a copy of every checkpoint and gives the newest back when this machine has none."""
+    `mirror` gets a copy of every checkpoint and gives the newest back when this machine has none.
+    `eval_records` (held-out rows) give the eval loss curve when `cfg.eval_steps` is set."""
     cfg, auto_reason = resolve_auto(ref, cfg, max_tokens)
     tok = load_tokenizer(ref)
     model = load_model(ref, quantize_4bit=cfg.method == "qlora")
@@ -111,7 +114,9 @@ def train(ref: BaseModelRef, records: list[dict], cfg: SFTConfig, out_dir: Path,
         set_trainable(model, cfg.method)
     data_hash = run_key(*(json.dumps(r, sort_keys=True, default=str) for r in records))
     ckpt = checkpoint_dir("sft", run_key(ref.sha256, cfg.model_dump_json(), data_hash))
-    trainer = trainer_class(cfg)(model=model, args=trl_args(cfg, ckpt), train_dataset=to_dataset(records),
+    held = (eval_records or [])[: cfg.eval_rows] if cfg.eval_steps else []
+    trainer = trainer_class(cfg)(model=model, args=trl_args(cfg, ckpt, bool(held)), train_dataset=to_dataset(records),
+                                 eval_dataset=to_dataset(held) if held else None,
                                  processing_class=tok, peft_config=peft,
                                  callbacks=callbacks(cfg) + mirror_callbacks(ckpt, mirror))
     trainable, total = trainable_parameters(trainer.model)
@@ -119,6 +124,8 @@ def train(ref: BaseModelRef, records: list[dict], cfg: SFTConfig, out_dir: Path,
     resume = resume_point(ckpt, mirror) if can_resume(cfg) else None
     trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - t0
+    if held and trainer.state.global_step % cfg.eval_steps:  # the curve ends where training ended
+        trainer.evaluate()
     save(trainer.model, out_dir, cfg)
     tok.save_pretrained(out_dir)
     history = trainer.state.log_history
@@ -128,7 +135,8 @@ def train(ref: BaseModelRef, records: list[dict], cfg: SFTConfig, out_dir: Path,
         "train_seconds": round(seconds, 1), "train_tokens": int(tokens),
         "tokens_per_second": round(tokens / seconds, 1) if seconds else None,
         "peak_memory_mb": round(peak_memory_mb(), 1), "final_loss": loss_span(history)[1],
-        "first_loss": loss_span(history)[0], "resumed_from": resume, "data_hash": data_hash, "seed": cfg.seed,
+        "first_loss": loss_span(history)[0], "first_eval_loss": loss_span(history, "eval_loss")[0],
+        "final_eval_loss": loss_span(history, "eval_loss")[1], "resumed_from": resume, "data_hash": data_hash, "seed": cfg.seed,
         "gradient_checkpointing": cfg.gradient_checkpointing, "auto_method": auto_reason,
         "steps": trainer.state.global_step,
     }

@@ -238,10 +238,12 @@ def loss_curve_html(history: list[dict], title: str) -> str:
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     img = base64.b64encode(buf.getvalue()).decode()
-    rows = "".join(f"<tr><td>{h.get('step')}</td><td>{h.get('loss', h.get('eval_loss', ''))}</td></tr>" for h in history if "loss" in h or "eval_loss" in h)
+    rows = "".join(f"<tr><td>{h.get('step')}</td><td>{h.get('loss', '')}</td><td>{h.get('eval_loss', '')}</td></tr>"
+                   for h in history if "loss" in h or "eval_loss" in h)
     return (
         f"<html><body style='font-family:sans-serif'><h3>{title}</h3><img src='data:image/png;base64,{img}'/>"
-        f"<details><summary>values</summary><table><tr><th>step</th><th>loss</th></tr>{rows}</table></details></body></html>"
+        "<details><summary>values</summary><table><tr><th>step</th><th>train loss</th><th>eval loss</th></tr>"
+        f"{rows}</table></details></body></html>"
     )
 
 
