@@ -8,13 +8,14 @@ import pytest
 from materializers.directories import RawDataMaterializer
 from tuneline.config import resolve
 from tuneline.data import DataError
-from tuneline.snapshot import RawDataDir, snapshot, validate
+from tuneline.snapshot import RawDataDir, fingerprint, snapshot, validate
 
 
 def test_snapshot_validates_like_the_files_and_keeps_their_names(tiny_cfg, tiny_tok, tiny_data, tmp_path):
     raw = snapshot(tiny_cfg.data, tmp_path / "raw")
     assert set(raw.files) == {"train_file", "test_file", "labels_file", "preference_file"}
     assert all(f["bytes"] > 0 and len(f["sha256"]) == 64 for f in raw.files.values())
+    assert raw.sha256 == fingerprint(tiny_cfg.data)  # the pipeline's cache key is the snapshot's hash
     v = validate(raw, tiny_cfg.data, tiny_tok)
     assert v.task.drop(columns="source").equals(tiny_data.task.drop(columns="source"))
     assert v.counts == tiny_data.counts

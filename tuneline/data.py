@@ -505,26 +505,6 @@ def gate(v: Validated, cfg: DataConfig) -> list[str]:
     return failures
 
 
-def fingerprint(cfg: DataConfig) -> str:
-    """sha256 over every input file the data config names (a hub id counts by its name).
-
-    The pipeline passes it to validate_data as a parameter, so changed data re-runs validation
-    and everything after it, while unchanged data stays cached.
-    """
-    import hashlib
-
-    h = hashlib.sha256()
-    names = [cfg.train_file, cfg.test_file, cfg.labels_file, cfg.preference_file,
-             cfg.general_mix.file if cfg.general_mix else None]
-    for name in filter(None, names):
-        path = resolve(name)
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        for f in files:
-            h.update(str(f.relative_to(path.parent) if f != path else f.name).encode())
-            h.update(f.read_bytes() if f.is_file() else name.encode())
-    return h.hexdigest()[:16]
-
-
 def read_general_texts(path: Path, field: str, rows: int, min_words: int) -> list[str]:
     """The last `rows` texts of a JSONL file with at least `min_words` words (held-out general text)."""
     texts = []

@@ -50,26 +50,38 @@ def _sha(path: Path) -> tuple[int, str]:
     return sum(f.stat().st_size for f in files), h.hexdigest()
 
 
+def _sources(cfg: DataConfig) -> list[tuple[str, str, Path]]:
+    """(config key, configured name, resolved path) of every input the data config names."""
+    return [(key, name, resolve(name)) for key in FIELDS if (name := _get(cfg, key))]
+
+
+def _total(digests: list[str]) -> str:
+    h = hashlib.sha256()
+    for d in digests:
+        h.update(d.encode())
+    return h.hexdigest()[:16]
+
+
+def fingerprint(cfg: DataConfig) -> str:
+    """The hash `snapshot` will give the files, computed without copying them: the pipeline passes it
+    to snapshot_data as its cache key, so changed data re-runs it and everything after it."""
+    return _total([_sha(p)[1] if p.exists() else name for _key, name, p in _sources(cfg)])
+
+
 def snapshot(cfg: DataConfig, out: Path) -> RawDataDir:
     """Copy every local file or directory `cfg` names into `out/<key>/<its name>`."""
     out.mkdir(parents=True, exist_ok=True)
-    files, total = {}, hashlib.sha256()
-    for key in FIELDS:
-        name = _get(cfg, key)
-        if not name:
-            continue
-        src = resolve(name)
+    files = {}
+    for key, name, src in _sources(cfg):
         if not src.exists():  # a hub dataset id (data.validate says what to do if it is neither)
             files[key] = {"name": name, "stored": None, "bytes": 0, "sha256": None}
-            total.update(name.encode())
             continue
         rel = Path(key) / src.name
         (out / key).mkdir(exist_ok=True)
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, out / rel)
         size, digest = _sha(src)
         files[key] = {"name": name, "stored": str(rel), "bytes": size, "sha256": digest}
-        total.update(digest.encode())
-    return RawDataDir(path=str(out), files=files, sha256=total.hexdigest()[:16])
+    return RawDataDir(path=str(out), files=files, sha256=_total([f["sha256"] or f["name"] for f in files.values()]))
 
 
 def config_for(raw: RawDataDir, cfg: DataConfig) -> DataConfig:
