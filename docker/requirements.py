@@ -1,6 +1,7 @@
 """Print tuneline's pinned requirements from pyproject.toml, for the Dockerfiles.
 
     python3 docker/requirements.py pyproject.toml [--with NAME ...] [--constraints]
+    python3 docker/requirements.py pyproject.toml --extra quant     # one whole extra, each entry pinned
 
 Prints every `[project].dependencies` entry, then the entries of `[project.optional-dependencies]`
 named with `--with` (e.g. `--with kubernetes`: the client ZenML's Kubernetes orchestrator
@@ -62,14 +63,29 @@ def requirements(pyproject: Path, extra_names: list[str], constraints: bool = Fa
     return out
 
 
+def extra(pyproject: Path, name: str) -> list[str]:
+    """Every entry of one optional-dependencies group (each must be pinned), for a second pip resolve."""
+    found = groups(pyproject)
+    if name not in found or name == "dependencies":
+        raise ValueError(f"no optional-dependencies group {name!r} in {pyproject}")
+    out = [r.strip() for r in found[name]]
+    for req in out:
+        parse_pin(req)
+    return out
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("pyproject", type=Path)
     ap.add_argument("--with", dest="extra_names", action="append", default=[], metavar="NAME")
     ap.add_argument("--constraints", action="store_true")
+    ap.add_argument("--extra", help="print this whole optional-dependencies group instead")
     args = ap.parse_args(argv)
     try:
-        print("\n".join(requirements(args.pyproject, args.extra_names, args.constraints)))
+        if args.extra:
+            print("\n".join(extra(args.pyproject, args.extra)))
+        else:
+            print("\n".join(requirements(args.pyproject, args.extra_names, args.constraints)))
     except ValueError as err:
         print(f"docker/requirements.py: {err}", file=sys.stderr)
         return 1

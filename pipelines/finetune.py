@@ -3,7 +3,7 @@
     zenml pipeline run pipelines.finetune.finetune -c configs/default.yaml
 
 Steps: prepare_base -> plan; snapshot_data -> validate_data -> data_gate -> train_sft -> train_dpo -> evaluate -> merge ->
-export_gguf -> promote. Each step takes its own config section, so changing one section
+export_gguf, export_gptq, export_awq -> promote. Each step takes its own config section, so changing one section
 re-runs that step and what follows it, and nothing before.
 """
 
@@ -12,6 +12,7 @@ from zenml import pipeline
 from steps.data_gate import data_gate
 from steps.evaluate import evaluate
 from steps.export_gguf import export_gguf
+from steps.export_quantized import export_awq, export_gptq
 from steps.merge import merge
 from steps.plan import plan
 from steps.prepare_base import prepare_base
@@ -43,4 +44,8 @@ def finetune(config: TunelineConfig = TunelineConfig()) -> None:
     evaluation, _ = evaluate(base, sft_adapter, dpo_adapter, task_data, config.evaluate)
     merged = merge(base, final, config.merge)
     gguf = export_gguf(merged, task_data, config.export, config.evaluate)
-    promote(evaluation, gguf, config.promote)
+    # One step per format: a failed quantization fails only its own step, the others stay cached.
+    q = (merged, task_data, config.quantize, config.export, config.evaluate)
+    gptq = export_gptq(*q) if "gptq" in config.quantize.methods else None
+    awq = export_awq(*q) if "awq" in config.quantize.methods else None
+    promote(evaluation, gguf, config.promote, gptq_export=gptq, awq_export=awq)

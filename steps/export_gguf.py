@@ -23,12 +23,15 @@ def export_gguf(merged: ModelDir, task_data: pd.DataFrame, config: ExportConfig,
     res = run_export(merged.path, out, rows, config, evaluate.metric, evaluate)
     log({
         "reference_accuracy": res.reference_accuracy,
+        "reference_perplexity": round(res.reference_perplexity.ppl, 4) if res.reference_perplexity else None,
         **{f"{f.qtype}": {"size_mb": round(f.size_bytes / 2**20, 1), "sha256": f.sha256, "accuracy": f.accuracy,
-                          "passed": f.passed, "reason": f.reason,
+                          "perplexity": f.perplexity, "perplexity_increase": f.perplexity_increase,
+                          "passed": f.passed, "reason": f.reason, "auto": f.auto,
                           **{k: round(b["score"], 4) for k, b in f.benchmarks.items()}} for f in res.files},
         **{f"merged_{k}": round(r.score, 4) for k, r in res.reference_benchmarks.items()},
     })
     files = [f.model_dump(exclude={"samples"}) | {"path": Path(f.path).name, "format": "gguf",
                                                   "predictions": [s.predicted for s in f.samples]} for f in res.files]
     return ExportDir(path=str(out), format="gguf", files=files, reference=res.reference.model_dump(),
-                     reference_benchmarks={k: r.model_dump() for k, r in res.reference_benchmarks.items()})
+                     reference_benchmarks={k: r.model_dump() for k, r in res.reference_benchmarks.items()},
+                     reference_perplexity=res.reference_perplexity.model_dump() if res.reference_perplexity else {})

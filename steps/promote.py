@@ -29,18 +29,23 @@ def current_evaluation(model_name: str, stage: str, this_version_id) -> EvalRepo
 
 @step(enable_cache=False)
 def promote(
-    evaluation: EvalReport, gguf_export: ExportDir, config: PromoteConfig
+    evaluation: EvalReport, gguf_export: ExportDir, config: PromoteConfig,
+    gptq_export: ExportDir | None = None, awq_export: ExportDir | None = None,
 ) -> tuple[Annotated[Decision, "promotion"], Annotated[EvalReport, "final_evaluation"],
            Annotated[HTMLString, "final_report"]]:
-    if gguf_export.reference:  # the merged model and each export join the candidates, paired with base
-        evaluation = with_exports(evaluation, TaskResult(**gguf_export.reference), gguf_export.files,
-                                  reference_benchmarks=gguf_export.reference_benchmarks)
+    exports = [e for e in (gguf_export, gptq_export, awq_export) if e is not None]
+    files = [f for e in exports for f in e.files]
+    ref = next((e for e in exports if e.reference), None)
+    if ref is not None:  # the merged model and each export join the candidates, paired with base
+        evaluation = with_exports(evaluation, TaskResult(**ref.reference), files,
+                                  reference_benchmarks=ref.reference_benchmarks,
+                                  reference_perplexity=ref.reference_perplexity)
     model = get_step_context().model
     current = current_evaluation(model.name, config.stage, model.id) if model is not None else None
-    decision = decide(evaluation, gguf_export.files, config, current)
+    decision = decide(evaluation, files, config, current)
     if decision.promote and model is not None:
         model.set_stage(decision.stage, force=True)
     log({"promoted": decision.promote, "stage": decision.stage or "none", "reasons": decision.reasons},
         infer_model=True)
-    print(run_summary(evaluation, gguf_export.files, decision.sentence(), model.name if model else None))
-    return decision, evaluation, HTMLString(evaluation_html(evaluation, decision.sentence(), gguf_export.files))
+    print(run_summary(evaluation, files, decision.sentence(), model.name if model else None))
+    return decision, evaluation, HTMLString(evaluation_html(evaluation, decision.sentence(), files))

@@ -54,3 +54,14 @@ def test_default_yaml_mirrors_model_defaults_for_every_section():
 def test_default_yaml_equals_the_model_defaults():
     """configs/full.yaml overrides only evaluation: the rest must be what default.yaml says."""
     assert load(PROJECT_ROOT / "configs" / "default.yaml") == TunelineConfig()
+
+
+def test_export_gate_keys_are_checked(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        load(_write(tmp_path, {"export": {"max_perplexity_increase": {"Q8": 0.01}}}))
+    assert "max_perplexity_increase" in str(e.value) and "Q8" in str(e.value) and "did you mean" in str(e.value)
+    with pytest.raises(SystemExit) as e:
+        load(_write(tmp_path, {"export": {"gguf_types": ["f16", "auto"], "auto_types": []}}))
+    assert "auto_types is empty" in str(e.value)
+    limits = load(_write(tmp_path, {"export": {"max_perplexity_increase": {"default": 0.1, "q6_k": 0.02}}})).export.ppl_limits()
+    assert limits == {"Q6_K": 0.02, "*": 0.1}

@@ -126,10 +126,10 @@ def test_no_secrets_in_env_or_args(name):
                 segments = set(key.upper().split("_"))
                 assert not segments & SECRET_SEGMENTS and not key.upper().endswith("_KEY"), \
                     f"{name}: {kind} {key} looks like a credential: pass credentials at run time, never in the image"
-                if key == "REQUIREMENTS_SHA256":
+                if key in ("REQUIREMENTS_SHA256", "QUANT_SHA256"):
                     continue  # a digest of public pins, checked by test_requirements_digest_is_current
                 assert not SECRET_VALUE.search(value), f"{name}: {kind} {key} has a secret-looking value"
-    text = (DOCKER / name).read_text().replace(requirements_digest(), "")
+    text = (DOCKER / name).read_text().replace(requirements_digest(), "").replace(quant_digest(), "")
     assert not SECRET_VALUE.search(re.sub(r"https?://\S+", "", text)), f"{name}: secret-looking literal"
 
 
@@ -165,6 +165,22 @@ def requirements_digest() -> str:
     """sha256 of what `docker/requirements.py pyproject.toml --with kubernetes` prints."""
     text = "\n".join(REQ.requirements(PROJECT_ROOT / "pyproject.toml", ["kubernetes"])) + "\n"
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def quant_digest() -> str:
+    """sha256 of what `docker/requirements.py pyproject.toml --extra quant` prints."""
+    return hashlib.sha256(("\n".join(REQ.extra(PROJECT_ROOT / "pyproject.toml", "quant")) + "\n").encode()).hexdigest()
+
+
+def test_gpu_image_installs_the_quant_extra_at_its_digest():
+    """export_gptq / export_awq run on the GPU image: it must install the quant extra's pins."""
+    args = [v for v in instructions("Dockerfile.gpu", "ARG") if v.startswith("QUANT_SHA256=")]
+    assert args and args[0].split("=", 1)[1] == quant_digest(), \
+        f"pyproject.toml quant pins changed: set ARG QUANT_SHA256={quant_digest()} in docker/Dockerfile.gpu"
+    runs = " ".join(instructions("Dockerfile.gpu", "RUN"))
+    assert "docker/requirements.py pyproject.toml --extra quant > quant.txt" in runs and "pip install -r quant.txt" in runs
+    with pytest.raises(ValueError, match="no optional-dependencies group"):
+        REQ.extra(PROJECT_ROOT / "pyproject.toml", "quantize")
 
 
 @pytest.mark.parametrize("name", IMAGES)

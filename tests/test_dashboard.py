@@ -42,6 +42,10 @@ CHAIN = [
     ("train_dpo", "dpo_adapter", "merge"),
     ("merge", "merged_model", "export_gguf"),
     ("export_gguf", "gguf_export", "promote"),
+    ("merge", "merged_model", "export_gptq"),
+    ("export_gptq", "gptq_export", "promote"),
+    ("merge", "merged_model", "export_awq"),
+    ("export_awq", "awq_export", "promote"),
 ]
 REPORTS = {"data_report": "validate_data", "sft_loss_curve": "train_sft", "dpo_loss_curve": "train_dpo",
            "evaluation_report": "evaluate", "final_report": "promote"}
@@ -167,7 +171,7 @@ def test_dag_links_raw_data_to_exports(server, run):
     nodes, edges = _dag(server, run)
     steps = {n["name"] for n in nodes.values() if n["type"] == "step"}
     assert {"prepare_base", "plan", "snapshot_data", "validate_data", "data_gate", "train_sft", "train_dpo", "evaluate", "merge",
-            "export_gguf", "promote"} <= steps, steps
+            "export_gguf", "export_gptq", "export_awq", "promote"} <= steps, steps
     for producer, artifact, consumer in CHAIN:
         assert ("step", producer, "artifact", artifact) in edges, f"{producer} -> {artifact} missing"
         assert ("artifact", artifact, "step", consumer) in edges, f"{artifact} -> {consumer} missing"

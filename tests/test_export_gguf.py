@@ -122,27 +122,76 @@ def test_convert_failure_names_command(tmp_path):
         export_gguf.convert(tmp_path, tmp_path / "x.gguf", "f16")
 
 
+def _probe(answers, **kw) -> export_gguf.Probe:
+    return export_gguf.Probe(conversations=CONVERSATIONS, answers=answers, max_tokens=4, **kw)
+
+
 def test_export_flags_accuracy_drop_and_keeps_going(model_dir, tmp_path, monkeypatch):
     # An ftype llama.cpp rejects: its entry must fail with the error while the others are checked.
     monkeypatch.setitem(export_gguf.GGUF_FTYPES, "BOGUS", 999)
-    files = export_gguf.export(model_dir, tmp_path, ["f16", "BOGUS", "Q8_0"], CONVERSATIONS, ["lost_card", "top_up_failed"],
-                               reference_accuracy=1.0, max_accuracy_drop=0.05, max_tokens=4)
+    gate = export_gguf.Gate(reference_accuracy=1.0, max_accuracy_drop=0.05)
+    files = export_gguf.export(model_dir, tmp_path, ["f16", "BOGUS", "Q8_0"], _probe(["lost_card", "top_up_failed"]), gate)
     assert [f.qtype for f in files] == ["F16", "BOGUS", "Q8_0"]
     assert not any(f.passed for f in files)
     assert "invalid output file type 999" in files[1].reason
     for f in (files[0], files[2]):
         assert f.sha256 == sha256_file(Path(f.path)) and f.size_bytes == Path(f.path).stat().st_size
         assert "accuracy 0.000 < 0.950" in f.reason and len(f.samples) == 2 and f.seconds > 0
-        assert not f.modelfile
+        assert not f.modelfile and f.perplexity is None  # no texts given: no perplexity check
 
 
 def test_export_passes_within_tolerance(ggufs, model_dir, tmp_path, monkeypatch):
     # Conversion is tested above; reuse its file so this test only exercises the verdict.
     monkeypatch.setattr(export_gguf, "convert", lambda src, dst, outtype: Path(shutil.copy(ggufs["F16"], dst)))
-    files = export_gguf.export(model_dir, tmp_path, ["F16", "Q8_0"], CONVERSATIONS, ["a", "b"],
-                               reference_accuracy=0.0, max_accuracy_drop=0.0, max_tokens=4, min_eos_share=0.0)
+    gate = export_gguf.Gate(reference_accuracy=0.0, max_accuracy_drop=0.0, min_eos_share=0.0)
+    files = export_gguf.export(model_dir, tmp_path, ["F16", "Q8_0"], _probe(["a", "b"]), gate)
     assert all(f.passed for f in files), [f.reason for f in files]
     assert all(Path(f.modelfile).is_file() for f in files)
+
+
+def test_gguf_perplexity_equals_transformers(ggufs, model_dir, tokenizer):
+    """On the f32 file llama.cpp's per-text NLL equals transformers' on the same token ids, so an export's
+    perplexity is comparable to the merged model's item by item; quantizing moves it."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tuneline.benchmarks import encode_texts, perplexity
+    from tuneline.gguf_lm import gguf_perplexity
+
+    texts = ["My card was lost yesterday and I need a new one.", "How long does a transfer to another bank take?"]
+    hf = perplexity(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), tokenizer, texts)
+    ids = encode_texts(tokenizer, texts)
+    f32, q8 = gguf_perplexity(ggufs["F32"], ids), gguf_perplexity(ggufs["Q8_0"], ids)
+    assert f32.n_tokens == hf.n_tokens == sum(len(i) - 1 for i in ids)
+    assert np.allclose(f32.per_item, hf.per_item, atol=1e-3), (f32.per_item, hf.per_item)
+    assert q8.per_item != f32.per_item and abs(q8.ppl / hf.ppl - 1) < 0.05
+
+
+def test_auto_rejects_over_the_perplexity_limit_and_picks_the_next(ggufs, model_dir, tokenizer, tmp_path, monkeypatch):
+    """A type over its perplexity limit is kept but rejected with the numbers; auto goes on to the next
+    type and marks the first that passes; nothing raises."""
+    from tuneline.benchmarks import encode_texts
+    from tuneline.gguf_lm import gguf_perplexity
+
+    monkeypatch.setattr(export_gguf, "convert", lambda src, dst, outtype: Path(shutil.copy(ggufs["F16"], dst)))
+    ids = encode_texts(tokenizer, ["My card was lost yesterday and I need a new one.", "Where is my top up?"])
+    ref = gguf_perplexity(ggufs["F16"], ids).ppl * 0.9  # every file is ~11 % above this reference
+    gate = export_gguf.Gate(reference_accuracy=0.0, max_accuracy_drop=0.0, min_eos_share=0.0, reference_ppl=ref,
+                            max_ppl_increase={"Q4_0": 0.05, "*": 0.5})
+    files = export_gguf.export(model_dir, tmp_path, ["F16", "auto"], _probe(["a", "b"], ppl_ids=ids), gate,
+                               auto_types=["Q4_0", "Q6_K", "Q5_K_M"])
+    assert [(f.qtype, f.auto, f.passed) for f in files] == [("F16", "", True), ("Q4_0", "tried", False), ("Q6_K", "picked", True)]
+    q4 = files[1]
+    assert Path(q4.path).is_file() and not q4.modelfile  # kept, never shipped
+    assert q4.perplexity_increase > 0.05 and "limit +5.00%" in q4.reason and "perplexity" in q4.reason
+    assert len(q4.nll_per_item) == 2 and files[2].perplexity_increase < 0.5
+
+
+def test_auto_type_names_are_checked():
+    with pytest.raises(ValueError, match="unknown GGUF types"):
+        export_gguf._validate_types(["f16", "auto"], ["Q9_Z"])
+    with pytest.raises(ValueError, match="auto_types is empty"):
+        export_gguf._validate_types(["f16", "auto"], [])
 
 
 def test_lm_eval_on_the_gguf_matches_transformers(ggufs, model_dir, tokenizer):

@@ -31,7 +31,7 @@ OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if p.is_dir())
 K8S_VERSION = "1.33.0"  # a version every managed Kubernetes still supports; bundled by kubernetes-validate
 PIPELINES_NAMESPACE = "tuneline"
 KUBERNETES_YAML = PROJECT_ROOT / "configs" / "env" / "kubernetes.yaml"
-GPU_STEPS = {"train_sft", "train_dpo", "evaluate"}
+GPU_STEPS = {"train_sft", "train_dpo", "evaluate", "export_gptq", "export_awq"}
 GPU_IMAGE_STEPS = GPU_STEPS | {"merge", "export_gguf"}
 SECRETISH_NAME = re.compile(r"PASSWORD|PASSWD|TOKEN$|SECRET$|SECRET_KEY|API_KEY|ENCRYPTION_KEY|PRIVATE_KEY|CREDENTIALS",
                             re.I)
@@ -323,7 +323,7 @@ def pipeline_steps() -> list[str]:
 def test_every_pipeline_step_has_an_image_and_resources():
     raw = overlay()
     steps = pipeline_steps()
-    assert len(steps) == 11 and set(steps) == set(raw["steps"]), f"steps of the pipeline: {steps}"
+    assert len(steps) == 13 and set(steps) == set(raw["steps"]), f"steps of the pipeline: {steps}"
     pipeline_image = raw["settings"]["docker"]["dockerfile"]
     assert pipeline_image == "docker/Dockerfile.cpu"
     for step in steps:

@@ -22,7 +22,7 @@ from tuneline.paths import PROJECT_ROOT
 GOLDEN = PROJECT_ROOT / "tests" / "golden" / "finetune_kfp.yaml"
 SCRIPT = PROJECT_ROOT / "scripts" / "compile_kubeflow.py"
 OVERLAY = PROJECT_ROOT / "configs" / "env" / "kubeflow.yaml"
-GPU_STEPS = {"train_sft", "train_dpo", "evaluate"}               # CUDA image, one GPU
+GPU_STEPS = {"train_sft", "train_dpo", "evaluate", "export_gptq", "export_awq"}  # CUDA image, one GPU
 GPU_IMAGE_CPU_NODE = {"merge", "export_gguf"}                     # CUDA image (torch, llama.cpp), no GPU
 CPU_STEPS = {"prepare_base", "plan", "snapshot_data", "validate_data", "data_gate", "promote"}
 
@@ -100,8 +100,8 @@ def test_every_step_is_a_task_with_the_pipeline_dependencies(compiled):
     assert {"train_sft", "validate_data"} <= after["train_dpo"]
     assert {"train_sft", "train_dpo", "validate_data"} <= after["evaluate"]
     assert "train_dpo" in after["merge"]
-    assert "merge" in after["export_gguf"]
-    assert after["promote"] == {"evaluate", "export_gguf"}
+    assert "merge" in after["export_gguf"] and "merge" in after["export_gptq"] and "merge" in after["export_awq"]
+    assert after["promote"] == {"evaluate", "export_gguf", "export_gptq", "export_awq"}
     for name, s in steps.items():  # each task runs exactly its ZenML step
         assert s["command"] == ["python", "-m", "zenml.entrypoints.entrypoint"]
         assert s["args"][-2:] == ["--step_name", name]

@@ -17,7 +17,7 @@ import yaml
 from tuneline.paths import PROJECT_ROOT
 
 ZENML = str(Path(sys.executable).parent / "zenml")
-STEPS = ["prepare_base", "plan", "snapshot_data", "validate_data", "data_gate", "train_sft", "train_dpo", "evaluate", "merge", "export_gguf", "promote"]
+STEPS = ["prepare_base", "plan", "snapshot_data", "validate_data", "data_gate", "train_sft", "train_dpo", "evaluate", "merge", "export_gguf", "export_gptq", "export_awq", "promote"]
 
 QUERY = """
 import json
@@ -31,6 +31,10 @@ out["data_validation"] = run.steps["validate_data"].outputs["data_validation"][0
 final = run.steps["promote"].outputs["final_evaluation"][0].load()
 out["task_candidates"] = list(final.task)
 out["benchmark_candidates"] = {c: sorted(v) for c, v in final.benchmark_changes.items()}
+out["perplexity_candidates"] = sorted(final.perplexity)
+out["exports"] = {f"{f['format']}-{f['qtype']}": [f["passed"], f["reason"], f.get("auto", "")]
+                  for s, name in (("export_gguf", "gguf_export"), ("export_gptq", "gptq_export"), ("export_awq", "awq_export"))
+                  for f in run.steps[s].outputs[name][0].load().files}
 out["decision"] = run.steps["promote"].outputs["promotion"][0].load().model_dump()
 out["checkpoints"] = {s: sorted(n for n in run.steps[s].outputs if n.startswith("checkpoint-")) for s in ("train_sft", "train_dpo")}
 out["visualizations"] = sorted(n for s in run.steps.values() for n, a in s.outputs.items() if a[0].visualizations)
@@ -79,9 +83,14 @@ def test_every_step_runs_and_the_gate_explains_itself(first_run):
     out, run = first_run
     assert set(run["steps"]) == set(STEPS) and all(s == "completed" for s in run["steps"].values()), run
     assert "tuneline run summary" in out and "task exact_match" in out
-    assert run["task_candidates"] == ["base", "sft", "dpo", "merged", "gguf-F16", "gguf-Q8_0"]
-    # MMLU and GSM8K ran on every candidate, the merged model and the GGUF files (llama.cpp) included.
-    assert run["benchmark_candidates"] == {c: ["gsm8k", "mmlu"] for c in ["sft", "dpo", "merged", "gguf-F16", "gguf-Q8_0"]}
+    exports = run["exports"]  # every file tried, in order: GGUF (auto's tries after Q8_0), then GPTQ, AWQ
+    assert list(exports)[:3] == ["gguf-F16", "gguf-Q8_0", "gguf-Q4_K_M"] and list(exports)[-2:] == ["gptq-W4G32", "awq-W4G32"]
+    assert [v[2] for v in exports.values()][2:-2] in (["picked"], ["tried", "picked"], ["tried", "tried"]), exports
+    assert run["task_candidates"] == ["base", "sft", "dpo", "merged", *exports]
+    assert set(run["perplexity_candidates"]) == {"base", "sft", "dpo", "merged", *exports}
+    # MMLU and GSM8K ran on every candidate, the merged model and every export that passed its gate included.
+    passed = [name for name, (ok, _, _) in exports.items() if ok]
+    assert run["benchmark_candidates"] == {c: ["gsm8k", "mmlu"] for c in ["sft", "dpo", "merged", *passed]}
     # The tiny model learns nothing: the run must end with a reason, not an exception.
     assert run["decision"]["promote"] is False and "not promoted because" in out
     assert run["sft_adapter_mb"] < 5, "the adapter artifact must not carry the base model"
@@ -118,6 +127,27 @@ def test_failing_data_gate_stops_before_training_and_keeps_the_report(first_run,
     assert p.returncode != 0 and "data validation gate failed" in out and "data.gate.max_rejected_fraction=0.001" in out
     run = _last_run_steps()
     assert run["validate_data"] == "completed" and "train_sft" not in run, run
+
+
+def test_failed_export_fails_only_its_step_and_a_fixed_rerun_redoes_only_it(first_run, tmp_path):
+    raw = yaml.safe_load((PROJECT_ROOT / "configs" / "tiny.yaml").read_text())
+    raw["parameters"]["config"]["quantize"] = {"group_size": 256}  # the tiny model's hidden size is 64
+    bad = tmp_path / "tiny-quant-bad.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    p = _zenml("pipeline", "run", "pipelines.finetune.finetune", "-c", str(bad))
+    out = " ".join((p.stdout + p.stderr).split())
+    assert p.returncode != 0 and "not a multiple of group_size 256" in out and "quantize.group_size to 64" in out, out[-3000:]
+    steps = _last_run_steps()
+    assert steps["merge"] == steps["export_gguf"] == "cached" and steps["export_gptq"] == "failed", steps
+    assert "promote" not in steps
+    raw["parameters"]["config"]["quantize"] = {"group_size": 64}
+    fixed = tmp_path / "tiny-quant-fixed.yaml"
+    fixed.write_text(yaml.safe_dump(raw))
+    _, run = _run(fixed)
+    redone = {"export_gptq", "export_awq", "promote"}
+    assert all(run["steps"][s] == "completed" for s in redone), run["steps"]
+    assert all(run["steps"][s] == "cached" for s in set(STEPS) - redone), run["steps"]
+    assert {"gptq-W4G64", "awq-W4G64"} <= set(run["task_candidates"])
 
 
 def _last_run_steps() -> dict:

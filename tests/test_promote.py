@@ -134,3 +134,22 @@ def test_export_benchmarks_join_the_forgetting_table_paired_by_item():
     bad = _export("F16", np.ones(N)) | {"benchmarks": {"mmlu": _bench(BASE[:3], ["x", "y", "z"]).model_dump()}}
     with pytest.raises(ValueError, match="items the base was not scored on"):
         with_exports(rep, _task(np.ones(N)), [bad])
+
+
+def test_export_perplexity_joins_the_report_paired_with_base_text_by_text():
+    from tuneline.benchmarks import PerplexityResult
+    from tuneline.report import evaluation_html
+
+    base_nll = rng.normal(2.0, 0.3, 50)
+    rep = _report(np.zeros(N), np.ones(N), BASE, BASE).model_copy(update={"benchmarks_vs_base": {}})
+    rep.perplexity = {"base": PerplexityResult(ppl=float(np.exp(base_nll.mean())), per_item=list(base_nll))}
+    q4 = _export("Q4_K_M", np.ones(N)) | {"perplexity": 9.9, "perplexity_increase": 0.08, "auto": "tried",
+                                           "nll_per_item": list(base_nll + 0.3), "size_bytes": 2**20, "eos_share": 1.0}
+    merged = PerplexityResult(ppl=7.5, per_item=list(base_nll + 0.01)).model_dump()
+    full = with_exports(rep, _task(np.ones(N)), [q4], reference_perplexity=merged)
+    assert set(full.perplexity) == {"base", "merged", "gguf-Q4_K_M"}
+    assert full.nll_changes["gguf-Q4_K_M"].ci_low > 0.29 and full.nll_changes["gguf-Q4_K_M"].n == 50
+    assert "+8.00%" in evaluation_html(full, "x", [q4]) and "tried by auto" in evaluation_html(full, "x", [q4])
+    short = q4 | {"nll_per_item": list(base_nll[:10])}
+    with pytest.raises(ValueError, match="10 general texts, the base on 50"):
+        with_exports(rep, _task(np.ones(N)), [short])

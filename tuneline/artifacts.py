@@ -43,6 +43,7 @@ class ExportDir(BaseModel):
     files: list[dict] = []  # one per file: qtype, size, sha256, per-row scores and predictions, verdict
     reference: dict = {}  # the merged model's TaskResult on the same rows (what each file is judged against)
     reference_benchmarks: dict = {}  # the merged model's MMLU / GSM8K (benchmark -> BenchmarkResult fields)
+    reference_perplexity: dict = {}  # the merged model's general-text PerplexityResult fields
 
 
 class CheckpointDir(BaseModel):

@@ -64,8 +64,8 @@ class PerplexityResult(BaseModel):
     ppl: float
     # Mean next-token NLL (nats) per text, in input order.
     per_item: list[float]
-    n_tokens: int
-    seconds: float
+    n_tokens: int = 0
+    seconds: float = 0.0
 
 
 # ---------------------------------------------------------------- MMLU (pure; lm-eval calls these)
@@ -370,9 +370,7 @@ def perplexity(model, tokenizer, texts: list[str], batch_size: int = 8, max_leng
     import torch.nn.functional as F
 
     start = time.perf_counter()
-    encoded = [tokenizer(t, add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"] for t in texts]
-    if short := [i for i, ids in enumerate(encoded) if len(ids) < 2]:
-        raise ValueError(f"texts {short[:5]} have fewer than 2 tokens: nothing to score")
+    encoded = encode_texts(tokenizer, texts, max_length)
     device = next(model.parameters()).device
     # Longest first, so each batch pads little; results go back to input order.
     order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))
@@ -397,6 +395,20 @@ def perplexity(model, tokenizer, texts: list[str], batch_size: int = 8, max_leng
                     n_tok[i] = int(mask[row, 1:].sum().item())
     finally:
         model.train(was_training)
+    return perplexity_result(nll_sum, n_tok, start)
+
+
+def encode_texts(tokenizer, texts: list[str], max_length: int = 1024) -> list[list[int]]:
+    """Token ids of each text as perplexity scores them (no special tokens), so a GGUF export is
+    scored on exactly the tokens the HF model was."""
+    encoded = [tokenizer(t, add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"] for t in texts]
+    if short := [i for i, ids in enumerate(encoded) if len(ids) < 2]:
+        raise ValueError(f"texts {short[:5]} have fewer than 2 tokens: nothing to score")
+    return encoded
+
+
+def perplexity_result(nll_sum: list[float], n_tok: list[int], start: float) -> PerplexityResult:
+    """Token-weighted perplexity from each text's summed NLL and scored-token count."""
     total = sum(n_tok)
     return PerplexityResult(
         ppl=math.exp(sum(nll_sum) / total),

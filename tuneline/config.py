@@ -308,15 +308,24 @@ class EvaluateConfig(Section):
 
 
 class ExportConfig(Section):
-    # llama.cpp types: the first is converted from the HF dir, the rest are quantized from it.
-    gguf_types: list[str] = ["f16", "Q8_0"]
+    # llama.cpp types: the first is converted from the HF dir, the rest are quantized from it. `auto` tries
+    # auto_types, smallest first, and keeps the first that passes the gate below (every type tried is
+    # reported; rejected files are kept, marked, and never promoted).
+    gguf_types: list[str] = ["f16", "Q8_0", "auto"]
+    # Q4_K_M first because everyone recommends it: for models whose rows are not multiples of 256 (SmolLM2's
+    # hidden size is 576) llama.cpp falls back on most tensors and the gate rejects it; Q6_K survives.
+    auto_types: list[str] = ["Q4_K_M", "Q5_K_M", "Q6_K"]
     # Each exported file is scored on the eval rows (null: all of them, so every file is a paired
     # candidate in the report) and may score at most max_accuracy_drop below the merged model.
     check_rows: int | None = Field(None, ge=1)
-    max_accuracy_drop: float = Field(0.05, ge=0, le=1)
+    max_accuracy_drop: float = Field(0.02, ge=0, le=1)
+    # Perplexity on evaluate.perplexity's general texts (the same token ids for every file and the merged
+    # model) may rise at most this much relative to the merged model: `default` for any type not named.
+    max_perplexity_increase: dict[str, float] = {"default": 0.05, "F32": 0.005, "F16": 0.005, "BF16": 0.005,
+                                                 "Q8_0": 0.005}
     max_new_tokens: int = Field(16, ge=1)
     # Run the evaluation's MMLU / GSM8K (evaluate.mmlu, evaluate.gsm8k) on the merged model and on every
-    # GGUF file too (llama.cpp through lm-eval), so the report shows what merging and quantizing forgot.
+    # GGUF file that passed (llama.cpp through lm-eval), so the report shows what merging and quantizing forgot.
     benchmarks: bool = True
 
     @field_validator("gguf_types")
@@ -325,10 +334,73 @@ class ExportConfig(Section):
         from tuneline.gguf_types import GGUF_TYPES
 
         for t in v:
-            if t.upper() not in GGUF_TYPES:
-                raise ValueError(f"unknown GGUF type '{t}': {hint(t.upper(), GGUF_TYPES)}")
+            if t.upper() not in GGUF_TYPES and t.lower() != "auto":
+                raise ValueError(f"unknown GGUF type '{t}': {hint(t.upper(), GGUF_TYPES)} (or auto)")
         if not v or v[0].lower() not in ("f16", "bf16", "f32"):
             raise ValueError(f"gguf_types {v} must start with f16, bf16 or f32 (the converted file the others are quantized from)")
+        return v
+
+    @field_validator("auto_types")
+    @classmethod
+    def _known_auto_types(cls, v: list[str]) -> list[str]:
+        from tuneline.gguf_types import GGUF_TYPES
+
+        for t in v:
+            if t.upper() not in GGUF_TYPES:
+                raise ValueError(f"unknown GGUF type '{t}' in auto_types: {hint(t.upper(), GGUF_TYPES)}")
+        return v
+
+    @field_validator("max_perplexity_increase")
+    @classmethod
+    def _known_limits(cls, v: dict[str, float]) -> dict[str, float]:
+        from tuneline.gguf_types import GGUF_TYPES
+
+        for k, x in v.items():
+            if k != "default" and k.upper() not in GGUF_TYPES:
+                raise ValueError(f"max_perplexity_increase key '{k}': {hint(k.upper(), GGUF_TYPES)} (or default)")
+            if x < 0:
+                raise ValueError(f"max_perplexity_increase.{k}={x}: must be >= 0 (0.05 means +5 %)")
+        return v
+
+    @model_validator(mode="after")
+    def _auto_needs_types(self) -> ExportConfig:
+        if any(t.lower() == "auto" for t in self.gguf_types) and not self.auto_types:
+            raise ValueError("gguf_types has auto but auto_types is empty: list the types auto may pick, e.g. [Q4_K_M, Q6_K]")
+        return self
+
+    def ppl_limits(self) -> dict[str, float]:
+        """max_perplexity_increase with upper-case type names and `*` for the rest (export_gguf.Gate)."""
+        limits = {k.upper(): x for k, x in self.max_perplexity_increase.items() if k != "default"}
+        return limits | {"*": self.max_perplexity_increase.get("default", 0.05)}
+
+
+class QuantizeConfig(Section):
+    """GPTQ / AWQ 4-bit exports by GPTQModel on CPU or GPU, one step each (export_gptq, export_awq), each
+    re-evaluated against the merged model by the export gate (export.max_accuracy_drop, and
+    export.max_perplexity_increase.default). [] skips both steps."""
+
+    methods: list[Literal["gptq", "awq"]] = ["gptq", "awq"]
+    # 4 bits only: the fast CPU kernels GPTQModel picks for both formats (TorchAten int4pack) are 4-bit.
+    bits: Literal[4] = 4
+    # Every quantized Linear's input width must be a multiple of the group size. SmolLM2-135M has
+    # hidden 576 (= 9 x 64) and intermediate 1536 (= 24 x 64): 128 does not divide 576. 32 matches the
+    # 32-weight blocks of the Q4_1 GGUF the embedded model is dequantized from; on it (GPTQ, asymmetric,
+    # 64 calibration rows) 32 vs 64 gave perplexity 24.6 vs 24.9 (fp32 20.4) for ~4 % more file size.
+    group_size: Literal[32, 64, 128, 256] = 32
+    # False: a zero point per group (AWQ's usual zero_point=True, GPTQ sym=False), which fits skewed weight
+    # groups; measured on SmolLM2-135M GPTQ g32: perplexity 24.6 asymmetric vs 29.4 symmetric (fp32 20.4).
+    sym: bool = False
+    # Training rows rendered through the chat template: the quantizer sees what training and serving see;
+    # more rows steady the Hessian (GPTQ) and the activation scales (AWQ) at linear cost in time.
+    calibration_rows: int = Field(64, ge=2)
+    calibration_max_tokens: int = Field(256, ge=16)  # each sample is cut to this many tokens
+    seed: int = 0
+
+    @field_validator("methods")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"methods {v} repeats a method: list each of gptq, awq at most once")
         return v
 
 
@@ -381,6 +453,7 @@ class TunelineConfig(Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     merge: MergeConfig = MergeConfig()
     export: ExportConfig = ExportConfig()
+    quantize: QuantizeConfig = QuantizeConfig()
     promote: PromoteConfig = PromoteConfig()
 
     @model_validator(mode="after")

@@ -54,7 +54,8 @@ def _paired(a, b, cfg: EvaluateConfig) -> PairedDiff:
     return paired_bootstrap(a, b, resamples=cfg.bootstrap_resamples, seed=cfg.seed)
 
 
-def _general_texts(cfg: EvaluateConfig) -> list[str]:
+def general_texts(cfg: EvaluateConfig) -> list[str]:
+    """evaluate.perplexity's held-out general texts ([] when it is off)."""
     p = cfg.perplexity
     return read_general_texts(resolve(p.file), p.field, p.rows, p.min_words) if p else []
 
@@ -68,7 +69,7 @@ def evaluate(ref: BaseModelRef, adapters: dict[str, str], sft_method: str, recor
     names = list(adapters)
 
     task: dict[str, TaskResult] = {}
-    texts = _general_texts(cfg)
+    texts = general_texts(cfg)
     ppl: dict[str, PerplexityResult] = {}
     # The base is scored before any adapter goes into it (PEFT wraps the model in place).
     task["base"] = task_accuracy(model, tok, records, cfg.max_new_tokens, cfg.batch_size, cfg.metric)
@@ -110,7 +111,8 @@ def evaluate(ref: BaseModelRef, adapters: dict[str, str], sft_method: str, recor
 
 
 def with_exports(report: EvalReport, reference: TaskResult, exports: list[dict], resamples: int = 2000,
-                 seed: int = 0, reference_benchmarks: dict | None = None) -> EvalReport:
+                 seed: int = 0, reference_benchmarks: dict | None = None,
+                 reference_perplexity: dict | None = None) -> EvalReport:
     """`report` plus the merged model and every exported file as task candidates, paired with base.
 
     The exports were scored on the same eval rows (`reference.item_ids`, the merged model's run),
@@ -141,8 +143,29 @@ def with_exports(report: EvalReport, reference: TaskResult, exports: list[dict],
             bench[name] = {k: BenchmarkResult(**r) if isinstance(r, dict) else r for k, r in results.items()}
             changes[name] = {k: _paired_items(r, report.benchmarks["base"][k], resamples, seed)
                              for k, r in bench[name].items() if k in report.benchmarks.get("base", {})}
+    ppl, nll = _export_perplexity(report, exports, reference_perplexity, resamples, seed)
     return report.model_copy(update={"task": task, "task_vs_base": diffs, "benchmarks": bench,
-                                     "benchmark_changes": changes})
+                                     "benchmark_changes": changes, "perplexity": ppl, "nll_changes": nll})
+
+
+def _export_perplexity(report: EvalReport, exports: list[dict], reference: dict | None, resamples: int,
+                       seed: int) -> tuple[dict, dict]:
+    """The merged model's and each export's general-text perplexity, paired with base text by text
+    (they scored evaluate.perplexity's texts, in order, on the same token ids)."""
+    ppl, nll = dict(report.perplexity), dict(report.nll_changes)
+    base = report.perplexity.get("base")
+    named = {"merged": PerplexityResult(**reference) if reference else None} | {
+        f"{e.get('format', 'gguf')}-{e['qtype']}": PerplexityResult(ppl=e["perplexity"], per_item=e["nll_per_item"])
+        for e in exports if e.get("nll_per_item")}
+    for name, res in named.items():
+        if res is None or base is None:
+            continue
+        if len(res.per_item) != len(base.per_item):
+            raise ValueError(f"{name} was scored on {len(res.per_item)} general texts, the base on {len(base.per_item)}: "
+                             "exports must be checked on evaluate.perplexity's texts")
+        ppl[name] = res
+        nll[name] = paired_bootstrap(res.per_item, base.per_item, resamples=resamples, seed=seed)
+    return ppl, nll
 
 
 def _paired_items(res: BenchmarkResult, base: BenchmarkResult, resamples: int, seed: int) -> PairedDiff:

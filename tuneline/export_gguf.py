@@ -1,16 +1,18 @@
 """Export a merged Hugging Face model dir to GGUF with llama.cpp's own tools, and check each file.
 
-    python -m tuneline.export_gguf MODEL_DIR OUT_DIR --eval rows.jsonl --types f16 Q8_0 Q6_K \\
+    python -m tuneline.export_gguf MODEL_DIR OUT_DIR --eval rows.jsonl --types f16 Q8_0 auto \\
         --reference-accuracy 0.8 --max-drop 0.05
 
 `rows.jsonl` holds one `{"messages": [{"role": ..., "content": ...}, ...], "answer": "..."}` a line,
 the messages ending with the user turn. Needs `make setup` (or `scripts/install_llama_cpp.sh VENV`),
 which installs llama-cpp-python and copies llama.cpp's `convert_hf_to_gguf.py` from the same sdist.
 
-The first type (f16/bf16/f32) is converted from the HF dir; the others are quantized from it. No
-file is trusted: each is loaded back by llama.cpp, asked the held-out questions through the chat
-template embedded in the GGUF, and passes only if its accuracy stays near the reference and its
-answers end at EOS (a broken quantization rambles to the length limit or answers gibberish).
+The first type (f16/bf16/f32) is converted from the HF dir; the others are quantized from it; `auto`
+tries a list of types smallest first and keeps the first that passes. No file is trusted: each is
+loaded back by llama.cpp, scored on held-out general text (perplexity on the merged model's own token
+ids) and asked the held-out questions through the chat template embedded in the GGUF. It passes only
+if its perplexity and accuracy stay near the merged model's and its answers end at EOS (a broken
+quantization rambles to the length limit or answers gibberish). A rejected file is kept and marked.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ BASE_TYPES = ("F32", "F16", "BF16")  # what convert_hf_to_gguf.py writes and qua
 MIN_EOS_SHARE = 0.9
 
 
-class GGUFSample(BaseModel):
+class ExportSample(BaseModel):
     prompt: str
     expected: str
     predicted: str
@@ -49,11 +51,11 @@ class GGUFSample(BaseModel):
 class GGUFCheck(BaseModel):
     accuracy: float
     eos_share: float
-    samples: list[GGUFSample]
+    samples: list[ExportSample]
     per_item: list[float] = []
 
 
-class GGUFFile(BaseModel):
+class ExportFile(BaseModel):
     qtype: str
     path: str
     size_bytes: int = 0
@@ -63,9 +65,13 @@ class GGUFFile(BaseModel):
     passed: bool = False
     reason: str = ""
     seconds: float = 0.0  # making this file plus checking it
-    samples: list[GGUFSample] = []
+    samples: list[ExportSample] = []
     per_item: list[float] = []  # task metric per checked row, in row order (paired with other candidates)
     modelfile: str = ""  # Ollama Modelfile beside a passed file
+    perplexity: float | None = None  # on the general texts, same token ids as the merged model's
+    perplexity_increase: float | None = None  # relative to the merged model (0.01 = +1 %)
+    nll_per_item: list[float] = []  # per text, pairs with the candidates' PerplexityResult.per_item
+    auto: str = ""  # "tried" / "picked" when `auto` in the types chose among export.auto_types
     benchmarks: dict = {}  # MMLU / GSM8K on this file (benchmark -> BenchmarkResult fields), when configured
 
 
@@ -232,10 +238,10 @@ def check(path: str | Path, conversations: list[list[dict]], answers: list[str],
     )
 
 
-def _ask(llm, messages: list[dict], answer: str, max_tokens: int) -> GGUFSample:
+def _ask(llm, messages: list[dict], answer: str, max_tokens: int) -> ExportSample:
     out = llm.create_chat_completion(messages=messages, temperature=0, max_tokens=max_tokens)
     choice = out["choices"][0]
-    return GGUFSample(prompt=_last_user(messages), expected=answer,
+    return ExportSample(prompt=_last_user(messages), expected=answer,
                       predicted=choice["message"]["content"] or "", finish_reason=choice["finish_reason"] or "")
 
 
@@ -274,72 +280,124 @@ def write_modelfile(gguf_path: str | Path, metadata: dict) -> Path:
 # --- the whole export ---------------------------------------------------------------------------
 
 
-def _verdict(result: GGUFCheck, reference_accuracy: float, max_accuracy_drop: float,
-             min_eos_share: float) -> tuple[bool, str]:
-    floor = reference_accuracy - max_accuracy_drop
-    problems = []
-    if result.accuracy < floor:
-        problems.append(f"accuracy {result.accuracy:.3f} < {floor:.3f} "
-                        f"(reference {reference_accuracy:.3f} - allowed drop {max_accuracy_drop:.3f})")
-    if result.eos_share < min_eos_share:
-        problems.append(f"only {result.eos_share:.0%} of answers stopped at EOS (need {min_eos_share:.0%}); "
+class Gate(BaseModel):
+    """What each file is judged against: the merged HF model, on the same rows and the same tokens."""
+
+    reference_accuracy: float
+    max_accuracy_drop: float
+    reference_ppl: float | None = None  # None: no perplexity check
+    # Allowed relative perplexity rise per type (upper-case names); "*" for every other type.
+    max_ppl_increase: dict[str, float] = {"*": 0.05}
+    min_eos_share: float = MIN_EOS_SHARE
+
+    def ppl_limit(self, qtype: str) -> float:
+        return self.max_ppl_increase.get(qtype, self.max_ppl_increase.get("*", 0.05))
+
+
+class Probe(BaseModel):
+    """What each file is asked: the held-out chats (task metric, EOS) and general text (perplexity)."""
+
+    conversations: list[list[dict]]
+    answers: list[str]
+    max_tokens: int
+    metric: str = "exact_match"
+    ppl_ids: list[list[int]] = []  # benchmarks.encode_texts of the general texts; [] skips perplexity
+
+
+def verdict(entry: ExportFile, gate: Gate) -> tuple[bool, str]:
+    floor = gate.reference_accuracy - gate.max_accuracy_drop
+    problems, fine = [], []
+    if entry.accuracy < floor:
+        problems.append(f"accuracy {entry.accuracy:.3f} < {floor:.3f} "
+                        f"(reference {gate.reference_accuracy:.3f} - allowed drop {gate.max_accuracy_drop:.3f})")
+    else:
+        fine.append(f"accuracy {entry.accuracy:.3f} >= {floor:.3f}")
+    if entry.perplexity_increase is not None:
+        limit = gate.ppl_limit(entry.qtype)
+        text = (f"perplexity {entry.perplexity:.3f} vs merged {gate.reference_ppl:.3f} "
+                f"({entry.perplexity_increase:+.2%}, limit +{limit:.2%})")
+        (problems if entry.perplexity_increase > limit else fine).append(text)
+    if entry.eos_share < gate.min_eos_share:
+        problems.append(f"only {entry.eos_share:.0%} of answers stopped at EOS (need {gate.min_eos_share:.0%}); "
                         "the rest ran to the token limit")
-    if problems:
-        return False, "; ".join(problems)
-    return True, f"accuracy {result.accuracy:.3f} >= {floor:.3f}, {result.eos_share:.0%} of answers stopped at EOS"
+    else:
+        fine.append(f"{entry.eos_share:.0%} of answers stopped at EOS")
+    return (False, "; ".join(problems)) if problems else (True, ", ".join(fine))
 
 
-def _make_and_check(entry: GGUFFile, make, conversations, answers, max_tokens,
-                    reference_accuracy, max_accuracy_drop, min_eos_share, metric) -> GGUFFile:
+def _make_and_check(entry: ExportFile, make, probe: Probe, gate: Gate) -> ExportFile:
     """Make one file and check it; any failure becomes passed=False with the error as reason."""
     start = time.monotonic()
     try:
         path = make()
         entry.size_bytes, entry.sha256 = path.stat().st_size, sha256_file(path)
-        result = check(path, conversations, answers, max_tokens, metric=metric)
+        if probe.ppl_ids and gate.reference_ppl:
+            from tuneline.gguf_lm import gguf_perplexity
+
+            ppl = gguf_perplexity(path, probe.ppl_ids)
+            entry.perplexity, entry.nll_per_item = ppl.ppl, ppl.per_item
+            entry.perplexity_increase = ppl.ppl / gate.reference_ppl - 1
+        result = check(path, probe.conversations, probe.answers, probe.max_tokens, metric=probe.metric)
         entry.accuracy, entry.eos_share, entry.samples = result.accuracy, result.eos_share, result.samples
         entry.per_item = result.per_item
-        entry.passed, entry.reason = _verdict(result, reference_accuracy, max_accuracy_drop, min_eos_share)
+        entry.passed, entry.reason = verdict(entry, gate)
         if entry.passed:
             entry.modelfile = str(write_modelfile(path, read_metadata(path)))
     except Exception as exc:  # one broken type must not hide the results of the others
         entry.passed, entry.reason = False, f"{type(exc).__name__}: {exc}"
     entry.seconds = round(time.monotonic() - start, 3)
-    log.info("%s: %s (%s)", entry.qtype, "passed" if entry.passed else "FAILED", entry.reason)
+    log.info("%s: %s (%s)", entry.qtype, "passed" if entry.passed else "REJECTED", entry.reason)
     return entry
 
 
-def _validate_types(types: list[str]) -> list[str]:
+def _validate_types(types: list[str], auto_types: list[str] = ()) -> list[str]:
     names = [t.upper() for t in types]
     if not names:
         raise ValueError("no GGUF types to export")
     _base_type(names[0])
-    unknown = [t for t in names if t not in GGUF_FTYPES]
+    unknown = [t for t in names + [a.upper() for a in auto_types] if t not in GGUF_FTYPES and t != "AUTO"]
     if unknown:
-        raise ValueError(f"unknown GGUF types {unknown}: known {', '.join(GGUF_FTYPES)}")
+        raise ValueError(f"unknown GGUF types {unknown}: known {', '.join(GGUF_FTYPES)} (and auto)")
     if len(set(names)) != len(names):
         raise ValueError(f"GGUF types repeat: {types}")
+    if "AUTO" in names and not auto_types:
+        raise ValueError("gguf_types has auto but export.auto_types is empty: list the types auto may pick from")
     return names
 
 
-def export(model_dir: str | Path, out_dir: str | Path, types: list[str], conversations: list[list[dict]],
-           answers: list[str], reference_accuracy: float, max_accuracy_drop: float, max_tokens: int,
-           name: str = "model", min_eos_share: float = MIN_EOS_SHARE, metric: str = "exact_match") -> list[GGUFFile]:
-    """Convert to types[0], quantize to the rest, check every file; one GGUFFile per type, in order."""
-    names = _validate_types(types)
+def export(model_dir: str | Path, out_dir: str | Path, types: list[str], probe: Probe, gate: Gate,
+           name: str = "model", auto_types: list[str] = ()) -> list[ExportFile]:
+    """Convert to types[0], quantize to the rest, check every file; one ExportFile per type tried, in order.
+
+    `auto` in `types` tries `auto_types` (smallest first) and stops at the first that passes the gate:
+    every type tried stays in the result, rejected ones with their reason, the pick with auto="picked".
+    """
+    names = _validate_types(types, auto_types)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     base = out_dir / f"{name}-{names[0]}.gguf"
     # Without the converted file there is nothing to quantize from: a convert failure raises.
     start = time.monotonic()
     convert(model_dir, base, names[0])
-    args = (conversations, answers, max_tokens, reference_accuracy, max_accuracy_drop, min_eos_share, metric)
-    results = [_make_and_check(GGUFFile(qtype=names[0], path=str(base)), lambda: base, *args)]
+    results = [_make_and_check(ExportFile(qtype=names[0], path=str(base)), lambda: base, probe, gate)]
     results[0].seconds = round(time.monotonic() - start, 3)  # the conversion counts as making it
-    for qtype in names[1:]:
+
+    def make(qtype: str, auto: str = "") -> ExportFile:
         dst = out_dir / f"{name}-{qtype}.gguf"
-        results.append(_make_and_check(GGUFFile(qtype=qtype, path=str(dst)),
-                                       lambda dst=dst, qtype=qtype: quantize(base, dst, qtype), *args))
+        return _make_and_check(ExportFile(qtype=qtype, path=str(dst), auto=auto),
+                               lambda: quantize(base, dst, qtype), probe, gate)
+
+    for qtype in names[1:]:
+        if qtype != "AUTO":
+            results.append(make(qtype))
+            continue
+        for candidate in [t.upper() for t in auto_types if t.upper() not in names]:
+            results.append(make(candidate, auto="tried"))
+            if results[-1].passed:
+                results[-1].auto = "picked"
+                break
+        else:
+            log.warning("auto: none of %s passed the gate; see each file's reason", list(auto_types))
     return results
 
 
@@ -354,16 +412,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out_dir")
     p.add_argument("--eval", required=True, type=Path, help="JSONL of {messages, answer}")
     p.add_argument("--types", nargs="+", default=["f16", "Q8_0"])
+    p.add_argument("--auto-types", nargs="*", default=["Q4_K_M", "Q5_K_M", "Q6_K"])
     p.add_argument("--reference-accuracy", type=float, default=0.0)
     p.add_argument("--max-drop", type=float, default=0.05)
     p.add_argument("--max-tokens", type=int, default=32)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     conversations, answers = _load_rows(args.eval)
-    files = export(args.model_dir, args.out_dir, args.types, conversations, answers,
-                   args.reference_accuracy, args.max_drop, args.max_tokens)
+    probe = Probe(conversations=conversations, answers=answers, max_tokens=args.max_tokens)
+    gate = Gate(reference_accuracy=args.reference_accuracy, max_accuracy_drop=args.max_drop)
+    files = export(args.model_dir, args.out_dir, args.types, probe, gate, auto_types=args.auto_types)
     for f in files:
-        print(json.dumps(f.model_dump(exclude={"samples"})))
+        print(json.dumps(f.model_dump(exclude={"samples", "per_item", "nll_per_item"})))
     return 0 if all(f.passed for f in files) else 1
 
 

@@ -68,7 +68,15 @@ class GGUFLM(LM):
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
         raise NotImplementedError("GGUFLM scores loglikelihood and generate_until tasks only (MMLU, GSM8K); "
-                                  "perplexity of exports is not part of tuneline's checks")
+                                  "export perplexity goes through gguf_perplexity, on the HF tokenizer's ids")
+
+    def nll(self, ids: list[int]) -> float:
+        """Summed next-token NLL of ids[1:] given the tokens before each (the first is not scored)."""
+        self.llm.reset()
+        self.llm.eval(ids)
+        rows = self.llm.scores[: len(ids) - 1].astype(np.float64)
+        logp = rows - np.logaddexp.reduce(rows, axis=1, keepdims=True)
+        return float(-logp[np.arange(len(ids) - 1), ids[1:]].sum())
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         outs = []
@@ -99,6 +107,22 @@ def run_gguf_benchmarks(path: str | Path, cfg) -> dict:
         return out
     finally:
         lm.close()
+
+
+def gguf_perplexity(path: str | Path, encoded: list[list[int]]):
+    """Perplexity of a GGUF file on token ids from `benchmarks.encode_texts`: the same tokens and the
+    same per-text NLLs as `benchmarks.perplexity` on the HF model, so the two compare item by item."""
+    import time
+
+    from tuneline.benchmarks import perplexity_result
+
+    start = time.perf_counter()
+    lm = GGUFLM(path, n_ctx=max(2048, max(map(len, encoded)) + 1))
+    try:
+        nll = [lm.nll(ids) for ids in encoded]
+    finally:
+        lm.close()
+    return perplexity_result(nll, [len(ids) - 1 for ids in encoded], start)
 
 
 if __name__ == "__main__":

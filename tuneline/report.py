@@ -53,6 +53,14 @@ def _forgetting_rows(report: EvalReport) -> str:
     return rows
 
 
+def _export_row(e: dict) -> str:
+    ppl = (f"{e['perplexity']:.3f} ({e['perplexity_increase']:+.2%})" if e.get("perplexity_increase") is not None else "-")
+    auto = {"picked": " (auto's pick)", "tried": " (tried by auto)"}.get(e.get("auto", ""), "")
+    return (f"<tr><td>{e.get('format', 'gguf')}</td><td>{e['qtype']}{auto}</td><td>{e['size_bytes'] / 2**20:.1f} MB</td>"
+            f"<td>{e['accuracy']:.1%}</td><td>{ppl}</td><td>{e.get('eos_share', 0):.0%}</td>"
+            f"<td>{'pass' if e['passed'] else 'REJECTED'}</td><td>{html.escape(e.get('reason', ''))}</td></tr>")
+
+
 def evaluation_html(report: EvalReport, decision_text: str | None = None, exports: list[dict] | None = None) -> str:
     metric = report.task["base"].metric
     rows = "".join(
@@ -60,12 +68,7 @@ def evaluation_html(report: EvalReport, decision_text: str | None = None, export
         f"<td>{_diff(report.task_vs_base[n]) if n in report.task_vs_base else '-'}</td></tr>"
         for n, r in report.task.items()
     )
-    export_rows = "".join(
-        f"<tr><td>{e['qtype']}</td><td>{e['size_bytes'] / 2**20:.1f} MB</td><td>{e['accuracy']:.1%}</td>"
-        f"<td>{e.get('eos_share', 0):.0%}</td>"
-        f"<td>{'pass' if e['passed'] else 'REJECTED'}</td><td>{html.escape(e.get('reason', ''))}</td></tr>"
-        for e in exports or []
-    )
+    export_rows = "".join(_export_row(e) for e in exports or [])
     return f"""<html><body style="font-family:sans-serif;max-width:1000px">
 <h2>tuneline evaluation</h2>
 {f'<p><b>{html.escape(decision_text)}</b></p>' if decision_text else ''}
@@ -74,7 +77,7 @@ def evaluation_html(report: EvalReport, decision_text: str | None = None, export
 <table border=1 cellpadding=4><tr><th>candidate</th><th>{metric}</th><th>n</th><th>vs base (95% CI)</th></tr>{rows}</table>
 <h3>Forgetting checks (each candidate vs base, paired)</h3>
 <table border=1 cellpadding=4><tr><th>benchmark</th><th>candidate</th><th>base</th><th>candidate</th><th>n</th><th>change (95% CI)</th></tr>{_forgetting_rows(report)}</table>
-{f'<h3>Exports (judged against the merged model)</h3><table border=1 cellpadding=4><tr><th>type</th><th>size</th><th>{metric}</th><th>stopped at EOS</th><th>check</th><th>why</th></tr>{export_rows}</table>' if export_rows else ''}
+{f'<h3>Exports (judged against the merged model)</h3><table border=1 cellpadding=4><tr><th>format</th><th>type</th><th>size</th><th>{metric}</th><th>perplexity (vs merged)</th><th>stopped at EOS</th><th>check</th><th>why</th></tr>{export_rows}</table>' if export_rows else ''}
 <p style="color:#666">Evaluated in {report.seconds:.0f} s. CIs: paired bootstrap over the same items.</p>
 </body></html>"""
 
@@ -134,8 +137,9 @@ def run_summary(report: EvalReport, exports: list[dict], decision: str, model_na
     for name, p in report.perplexity.items():
         lines.append(f"general-text perplexity ({name}): {p.ppl:.2f}")
     for e in exports:
-        lines.append(f"export {e['path']}: {e['size_bytes'] / 2**20:.1f} MB, accuracy {e['accuracy']:.1%}, "
-                     f"{'passed' if e['passed'] else 'REJECTED: ' + e['reason']}")
+        ppl = f", perplexity {e['perplexity_increase']:+.2%} vs merged" if e.get("perplexity_increase") is not None else ""
+        lines.append(f"export {e['path']}{' (auto)' if e.get('auto') == 'picked' else ''}: {e['size_bytes'] / 2**20:.1f} MB, "
+                     f"accuracy {e['accuracy']:.1%}{ppl}, {'passed' if e['passed'] else 'REJECTED: ' + e['reason']}")
     lines.append(f"model {model_name or '-'}: {decision}")
     lines.append("=" * 72)
     return "\n".join(lines)
