@@ -32,7 +32,8 @@ def finetune(config: TunelineConfig = TunelineConfig()) -> None:
     mmlu = config.evaluate.mmlu.subjects if config.evaluate.mmlu else None  # contamination checks these
     # The data files' hash is a parameter: changed data re-runs the snapshot and everything after it,
     # unchanged data stays cached.
-    raw = snapshot_data(config.data, fingerprint(config.data))
+    data_sha256 = fingerprint(config.data)
+    raw = snapshot_data(config.data, data_sha256)
     task_data, preference_data, _rejected, validation, _report = validate_data(base, raw, config.data, mmlu)
     data_gate(validation)
     sft_adapter, _ = train_sft(base, task_data, config.sft, config.data.max_tokens, after=["data_gate", "plan"])
@@ -42,7 +43,9 @@ def finetune(config: TunelineConfig = TunelineConfig()) -> None:
         dpo_adapter, _ = train_dpo(base, sft_adapter, task_data, preference_data, config.dpo)
         final = dpo_adapter
     evaluation, _ = evaluate(base, sft_adapter, dpo_adapter, task_data, config.evaluate)
-    merged = merge(base, final, config.merge)
+    # The model card carries the lineage (data hash, adapters, config) and the evaluation table.
+    training = {"sft": config.sft.model_dump(mode="json"), "dpo": config.dpo.model_dump(mode="json")}
+    merged = merge(base, final, config.merge, evaluation, data_sha256, training)
     gguf = export_gguf(merged, task_data, config.export, config.evaluate)
     # One step per format: a failed quantization fails only its own step, the others stay cached.
     q = (merged, task_data, config.quantize, config.export, config.evaluate)

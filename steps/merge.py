@@ -12,15 +12,20 @@ from steps._metadata import log
 from tuneline.artifacts import AdapterDir, ModelDir
 from tuneline.base_model import BaseModelRef
 from tuneline.config import MergeConfig
+from tuneline.evaluate import EvalReport
 from tuneline.merge import merge as merge_adapter
+from tuneline.report import evaluation_markdown
 
 
 @step(output_materializers={"merged_model": DirectoryMaterializer})
-def merge(base: BaseModelRef, adapter: AdapterDir, config: MergeConfig) -> Annotated[ModelDir, "merged_model"]:
+def merge(base: BaseModelRef, adapter: AdapterDir, config: MergeConfig, evaluation: EvalReport | None = None,
+          data_sha256: str = "", run_config: dict | None = None) -> Annotated[ModelDir, "merged_model"]:
     base = base.ensure()
     out = Path(tempfile.mkdtemp(prefix="merged-"))
-    card = {"adapter_kind": adapter.kind, "method": adapter.method, "adapter_metrics": adapter.metrics}
-    merge_adapter(base, adapter.path, out, config.dtype, card=card, combination=config)
+    card = {"data_sha256": data_sha256, "adapter_kind": adapter.kind, "method": adapter.method,
+            "parent_adapter": adapter.parent, "adapter_metrics": adapter.metrics, "config": run_config or {}}
+    merge_adapter(base, adapter.path, out, config.dtype, card=card, combination=config,
+                  evaluation_md=evaluation_markdown(evaluation) if evaluation is not None else "")
     log({"adapter_kind": adapter.kind, "base_model": base.source, "combination": config.combination,
-         "combined_with": config.adapters, "dtype": config.dtype})
+         "combined_with": config.adapters, "dtype": config.dtype, "data_sha256": data_sha256})
     return ModelDir(path=str(out), base=base, adapters=[adapter.kind, *config.adapters])

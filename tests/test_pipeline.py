@@ -32,6 +32,9 @@ final = run.steps["promote"].outputs["final_evaluation"][0].load()
 out["task_candidates"] = list(final.task)
 out["benchmark_candidates"] = {c: sorted(v) for c, v in final.benchmark_changes.items()}
 out["perplexity_candidates"] = sorted(final.perplexity)
+merged = run.steps["merge"].outputs["merged_model"][0]
+out["model_card"] = open(merged.load().path + "/README.md").read()
+out["data_sha256"] = run.steps["snapshot_data"].run_metadata.get("data_sha256")
 out["exports"] = {f"{f['format']}-{f['qtype']}": [f["passed"], f["reason"], f.get("auto", "")]
                   for s, name in (("export_gguf", "gguf_export"), ("export_gptq", "gptq_export"), ("export_awq", "awq_export"))
                   for f in run.steps[s].outputs[name][0].load().files}
@@ -97,6 +100,11 @@ def test_every_step_runs_and_the_gate_explains_itself(first_run):
     # Each trainer's final checkpoint is an artifact of its step (a new pod resumes from it).
     assert all(len(v) == 1 and v[0].startswith(f"checkpoint-{s[6:]}-") for s, v in run["checkpoints"].items()), run["checkpoints"]
     assert run["rejected_rows"] > 0 and run["data_validation"]["gate_failures"] == []
+    # The merged model's card: lineage (the raw data's hash, the adapter, the training config) and the evaluation.
+    card = run["model_card"]
+    assert run["data_sha256"] and f'data_sha256: `"{run["data_sha256"]}"`' in card, card
+    assert "adapter_kind: `\"dpo\"`" in card and '"method": "lora"' in card and "## Evaluation" in card
+    assert all(f"| {c} |" in card for c in ("base", "sft", "dpo")), card
     assert {"data_report", "sft_loss_curve", "dpo_loss_curve", "evaluation_report", "final_report"} <= set(run["visualizations"])
 
 

@@ -153,3 +153,18 @@ def test_export_perplexity_joins_the_report_paired_with_base_text_by_text():
     short = q4 | {"nll_per_item": list(base_nll[:10])}
     with pytest.raises(ValueError, match="10 general texts, the base on 50"):
         with_exports(rep, _task(np.ones(N)), [short])
+
+
+def test_model_card_carries_lineage_and_the_evaluation_table():
+    from tuneline.base_model import BaseModelRef
+    from tuneline.merge import model_card
+    from tuneline.report import evaluation_markdown
+
+    rep = _report(np.zeros(N), np.ones(N), BASE, BASE).model_copy(update={"benchmarks_vs_base": {}})
+    table = evaluation_markdown(rep)
+    assert table.splitlines()[0].startswith("| candidate | task exact_match (n=200) |")
+    assert "| sft | 100.0% (+100.0% vs base, 95% CI +100.0%..+100.0%) |" in table and "| base | 0.0% |" in table
+    ref = BaseModelRef(source="tiny", path="/x", sha256="ab" * 32)
+    card = model_card(ref, "/tmp/dpo-adapter", {"data_sha256": "f00d", "config": {"sft": {"method": "lora"}}}, table)
+    assert "sha256 `abababababababab`" in card and 'data_sha256: `"f00d"`' in card and '"method": "lora"' in card
+    assert card.index("## Lineage") < card.index("## Evaluation") and table.strip() in card

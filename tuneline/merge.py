@@ -30,9 +30,9 @@ UNMERGEABLE = {"PREFIX_TUNING": "prefix_tuning", "PROMPT_TUNING": "prompt_tuning
 
 
 def merge(ref: BaseModelRef, adapter_dir: str, out_dir: Path, dtype: str = "float16", card: dict | None = None,
-          combination=None) -> Path:
+          combination=None, evaluation_md: str = "") -> Path:
     """Fold `adapter_dir` into the base; with `combination` (a MergeConfig whose combination is not none),
-    combine it with `combination.adapters` first."""
+    combine it with `combination.adapters` first. `card` (lineage) and `evaluation_md` go into README.md."""
     tok = load_tokenizer(ref)
     if combination is not None and combination.combination != "none":
         model = combine(ref, [adapter_dir, *combination.adapters], combination)
@@ -46,7 +46,7 @@ def merge(ref: BaseModelRef, adapter_dir: str, out_dir: Path, dtype: str = "floa
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
-    (out_dir / "README.md").write_text(model_card(ref, adapter_dir, card or {}))
+    (out_dir / "README.md").write_text(model_card(ref, adapter_dir, card or {}, evaluation_md))
     return out_dir
 
 
@@ -64,15 +64,21 @@ def _merged(ref: BaseModelRef, adapter_dir: str):
     return load_adapter(load_model(ref), adapter_dir).merge_and_unload()
 
 
-def model_card(ref: BaseModelRef, adapter_dir: str, card: dict) -> str:
+def model_card(ref: BaseModelRef, adapter_dir: str, card: dict, evaluation_md: str = "") -> str:
+    """README.md of the merged dir: lineage (base and its hash, data hash, adapters, config) and, when the
+    run evaluated before merging, the evaluation table, so the model carries its own evidence."""
     lines = [
         "# tuneline merged model", "",
+        "## Lineage", "",
         f"- base model: `{ref.source}` (sha256 `{ref.sha256[:16]}`)",
         f"- adapter merged: `{Path(adapter_dir).name}`",
     ]
     lines += [f"- {k}: `{json.dumps(v, default=str)}`" for k, v in card.items()]
     how = card.get("combination") or "merge_and_unload"
-    lines += ["", f"Made by tuneline ({how}). Chat template and EOS are in the tokenizer files."]
+    lines += ["", f"Made by tuneline ({how}). Chat template and EOS are in the tokenizer files and generation_config.json."]
+    if evaluation_md:
+        lines += ["", "## Evaluation (held-out rows and benchmarks, each candidate paired with the base)", "",
+                  evaluation_md.rstrip()]
     return "\n".join(lines) + "\n"
 
 

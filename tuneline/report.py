@@ -61,6 +61,21 @@ def _export_row(e: dict) -> str:
             f"<td>{'pass' if e['passed'] else 'REJECTED'}</td><td>{html.escape(e.get('reason', ''))}</td></tr>")
 
 
+def evaluation_markdown(report: EvalReport) -> str:
+    """The candidates' task metric, benchmarks and general-text perplexity as a Markdown table (model card)."""
+    metric = report.task["base"].metric
+    benches = sorted({b for r in report.benchmarks.values() for b in r})
+    head = f"| candidate | task {metric} (n={report.task['base'].n}) | " + " | ".join(benches) + " | general-text perplexity |"
+    rows = [head, "|" + "---|" * (len(benches) + 3)]
+    for name, task in report.task.items():
+        d = report.task_vs_base.get(name)
+        vs = f" ({d.diff:+.1%} vs base, 95% CI {d.ci_low:+.1%}..{d.ci_high:+.1%})" if d else ""
+        scores = [f"{report.benchmarks[name][b].score:.1%}" if b in report.benchmarks.get(name, {}) else "-" for b in benches]
+        ppl = f"{report.perplexity[name].ppl:.2f}" if name in report.perplexity else "-"
+        rows.append(f"| {name} | {task.accuracy:.1%}{vs} | " + " | ".join(scores) + f" | {ppl} |")
+    return "\n".join(rows) + "\n"
+
+
 def evaluation_html(report: EvalReport, decision_text: str | None = None, exports: list[dict] | None = None) -> str:
     metric = report.task["base"].metric
     rows = "".join(
