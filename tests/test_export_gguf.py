@@ -147,6 +147,7 @@ def test_export_passes_within_tolerance(ggufs, model_dir, tmp_path, monkeypatch)
     files = export_gguf.export(model_dir, tmp_path, ["F16", "Q8_0"], _probe(["a", "b"]), gate)
     assert all(f.passed for f in files), [f.reason for f in files]
     assert all(Path(f.modelfile).is_file() for f in files)
+    assert files[0].versions["llama_cpp_python"] == llama_cpp.__version__ and files[0].versions["gguf"]
 
 
 def test_gguf_perplexity_equals_transformers(ggufs, model_dir, tokenizer):

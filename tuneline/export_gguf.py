@@ -34,6 +34,7 @@ from pydantic import BaseModel
 from tuneline.base_model import sha256_file
 from tuneline.gguf_types import GGUF_FTYPES
 from tuneline.scoring import score_items
+from tuneline.versions import package_versions
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class ExportFile(BaseModel):
     perplexity_increase: float | None = None  # relative to the merged model (0.01 = +1 %)
     nll_per_item: list[float] = []  # per text, pairs with the candidates' PerplexityResult.per_item
     auto: str = ""  # "tried" / "picked" when `auto` in the types chose among export.auto_types
+    versions: dict[str, str | None] = {}  # the tools that made and checked the file
     benchmarks: dict = {}  # MMLU / GSM8K on this file (benchmark -> BenchmarkResult fields), when configured
 
 
@@ -328,6 +330,8 @@ def verdict(entry: ExportFile, gate: Gate) -> tuple[bool, str]:
 def _make_and_check(entry: ExportFile, make, probe: Probe, gate: Gate) -> ExportFile:
     """Make one file and check it; any failure becomes passed=False with the error as reason."""
     start = time.monotonic()
+    # llama-cpp-python's llama.cpp made, quantized and checked the file; gguf-py is the converter's.
+    entry.versions = package_versions("llama_cpp_python", "gguf", "transformers")
     try:
         path = make()
         entry.size_bytes, entry.sha256 = path.stat().st_size, sha256_file(path)

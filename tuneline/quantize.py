@@ -23,7 +23,6 @@ import os
 os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(os.cpu_count() or 1))
 
 import hashlib  # noqa: E402
-import importlib.metadata  # noqa: E402
 import json  # noqa: E402
 import random  # noqa: E402
 import shutil  # noqa: E402
@@ -36,6 +35,7 @@ from pydantic import BaseModel  # noqa: E402
 
 from tuneline.base_model import sha256_file  # noqa: E402
 from tuneline.config import QuantizeConfig  # noqa: E402
+from tuneline.versions import package_versions  # noqa: E402
 
 Method = Literal["gptq", "awq"]
 INSTALL_HINT = "pip install -e '.[quant]' (gptqmodel==7.6.0 and optimum==2.3.0)"
@@ -113,13 +113,7 @@ def _encode(texts: list[str], tokenizer, max_tokens: int) -> list[dict]:
 
 
 def versions() -> dict[str, str | None]:
-    out = {}
-    for pkg in ("gptqmodel", "transformers", "torch", "optimum"):
-        try:
-            out[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
+    return package_versions("gptqmodel", "transformers", "torch", "optimum")
 
 
 def _require_backend(load: bool = False) -> None:
