@@ -138,7 +138,7 @@ def test_export_benchmarks_join_the_forgetting_table_paired_by_item():
 
 def test_export_perplexity_joins_the_report_paired_with_base_text_by_text():
     from tuneline.benchmarks import PerplexityResult
-    from tuneline.report import evaluation_html
+    from tuneline.report import evaluation_html, run_summary
 
     base_nll = rng.normal(2.0, 0.3, 50)
     rep = _report(np.zeros(N), np.ones(N), BASE, BASE).model_copy(update={"benchmarks_vs_base": {}})
@@ -150,6 +150,12 @@ def test_export_perplexity_joins_the_report_paired_with_base_text_by_text():
     assert set(full.perplexity) == {"base", "merged", "gguf-Q4_K_M"}
     assert full.nll_changes["gguf-Q4_K_M"].ci_low > 0.29 and full.nll_changes["gguf-Q4_K_M"].n == 50
     assert "+8.00%" in evaluation_html(full, "x", [q4]) and "tried by auto" in evaluation_html(full, "x", [q4])
+    gptq = q4 | {"format": "gptq", "qtype": "W4G32", "path": "model", "auto": "", "passed": False, "reason": "too far"}
+    summary = run_summary(full, [q4 | {"path": "model-Q4_K_M.gguf"}, gptq], "not promoted", "m")
+    assert "export model-Q4_K_M.gguf: 1.0 MB, accuracy 100.0%, perplexity +8.00% vs merged, passed" in summary
+    assert "export gptq-W4G32: 1.0 MB" in summary and "REJECTED: too far" in summary
+    page = evaluation_html(full, "x", [q4, gptq])
+    assert "<td>100%</td><td>pass</td>" in page and "<td>-</td><td>REJECTED</td>" in page  # EOS: GGUF only
     short = q4 | {"nll_per_item": list(base_nll[:10])}
     with pytest.raises(ValueError, match="10 general texts, the base on 50"):
         with_exports(rep, _task(np.ones(N)), [short])

@@ -322,7 +322,7 @@ def verdict(entry: ExportFile, gate: Gate) -> tuple[bool, str]:
     if entry.eos_share < gate.min_eos_share:
         problems.append(f"only {entry.eos_share:.0%} of answers stopped at EOS (need {gate.min_eos_share:.0%}); "
                         "the rest ran to the token limit")
-    else:
+    elif gate.min_eos_share > 0:  # 0: not checked (GPTQ/AWQ answer through the merged model's generation config)
         fine.append(f"{entry.eos_share:.0%} of answers stopped at EOS")
     return (False, "; ".join(problems)) if problems else (True, ", ".join(fine))
 

@@ -110,7 +110,9 @@ def export_quantized(model_dir: str, out_dir: Path, method: str, train_records: 
     entry = ExportFile(qtype=f"W{q.bits}G{q.group_size}", path=q.path, size_bytes=q.size_bytes, sha256=q.sha256)
     model, tok = load_quantized(q.path)
     task = task_accuracy(model, tok, rows, cfg.max_new_tokens, batch_size=32, metric=metric)
-    entry.accuracy, entry.per_item, entry.eos_share = task.accuracy, task.per_item, 1.0  # HF generate: EOS from its config
+    # EOS is not measured here (min_eos_share 0 below): transformers stops on the merged model's generation
+    # config, copied into the export; the report shows "-" for it.
+    entry.accuracy, entry.per_item = task.accuracy, task.per_item
     entry.samples = [ExportSample(prompt=messages(r, with_answer=False)[-1]["content"], expected=r["assistant"],
                                   predicted=p, finish_reason="") for r, p in zip(rows, task.predictions)]
     gate = Gate(reference_accuracy=merged.task.accuracy, max_accuracy_drop=cfg.max_accuracy_drop, min_eos_share=0.0,

@@ -57,7 +57,8 @@ def _export_row(e: dict) -> str:
     ppl = (f"{e['perplexity']:.3f} ({e['perplexity_increase']:+.2%})" if e.get("perplexity_increase") is not None else "-")
     auto = {"picked": " (auto's pick)", "tried": " (tried by auto)"}.get(e.get("auto", ""), "")
     return (f"<tr><td>{e.get('format', 'gguf')}</td><td>{e['qtype']}{auto}</td><td>{e['size_bytes'] / 2**20:.1f} MB</td>"
-            f"<td>{e['accuracy']:.1%}</td><td>{ppl}</td><td>{e.get('eos_share', 0):.0%}</td>"
+            f"<td>{e['accuracy']:.1%}</td><td>{ppl}</td>"
+            f"<td>{format(e.get('eos_share', 0), '.0%') if e.get('format', 'gguf') == 'gguf' else '-'}</td>"
             f"<td>{'pass' if e['passed'] else 'REJECTED'}</td><td>{html.escape(e.get('reason', ''))}</td></tr>")
 
 
@@ -153,7 +154,8 @@ def run_summary(report: EvalReport, exports: list[dict], decision: str, model_na
         lines.append(f"general-text perplexity ({name}): {p.ppl:.2f}")
     for e in exports:
         ppl = f", perplexity {e['perplexity_increase']:+.2%} vs merged" if e.get("perplexity_increase") is not None else ""
-        lines.append(f"export {e['path']}{' (auto)' if e.get('auto') == 'picked' else ''}: {e['size_bytes'] / 2**20:.1f} MB, "
+        name = e["path"] if e.get("format", "gguf") == "gguf" else f"{e['format']}-{e['qtype']}"  # a GPTQ/AWQ dir: "model"
+        lines.append(f"export {name}{' (auto)' if e.get('auto') == 'picked' else ''}: {e['size_bytes'] / 2**20:.1f} MB, "
                      f"accuracy {e['accuracy']:.1%}{ppl}, {'passed' if e['passed'] else 'REJECTED: ' + e['reason']}")
     lines.append(f"model {model_name or '-'}: {decision}")
     lines.append("=" * 72)
