@@ -74,6 +74,11 @@ class ExportFile(BaseModel):
     nll_per_item: list[float] = []  # per text, pairs with the candidates' PerplexityResult.per_item
     auto: str = ""  # "tried" / "picked" when `auto` in the types chose among export.auto_types
     versions: dict[str, str | None] = {}  # the tools that made and checked the file
+
+    def score_perplexity(self, ppl, reference_ppl: float) -> None:
+        """Record a PerplexityResult on the general texts and its rise over the merged model's."""
+        self.perplexity, self.nll_per_item = ppl.ppl, ppl.per_item
+        self.perplexity_increase = ppl.ppl / reference_ppl - 1
     benchmarks: dict = {}  # MMLU / GSM8K on this file (benchmark -> BenchmarkResult fields), when configured
 
 
@@ -338,9 +343,7 @@ def _make_and_check(entry: ExportFile, make, probe: Probe, gate: Gate) -> Export
         if probe.ppl_ids and gate.reference_ppl:
             from tuneline.gguf_lm import gguf_perplexity
 
-            ppl = gguf_perplexity(path, probe.ppl_ids)
-            entry.perplexity, entry.nll_per_item = ppl.ppl, ppl.per_item
-            entry.perplexity_increase = ppl.ppl / gate.reference_ppl - 1
+            entry.score_perplexity(gguf_perplexity(path, probe.ppl_ids), gate.reference_ppl)
         result = check(path, probe.conversations, probe.answers, probe.max_tokens, metric=probe.metric)
         entry.accuracy, entry.eos_share, entry.samples = result.accuracy, result.eos_share, result.samples
         entry.per_item = result.per_item

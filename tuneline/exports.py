@@ -118,9 +118,7 @@ def export_quantized(model_dir: str, out_dir: Path, method: str, train_records: 
     gate = Gate(reference_accuracy=merged.task.accuracy, max_accuracy_drop=cfg.max_accuracy_drop, min_eos_share=0.0,
                 reference_ppl=merged.perplexity.ppl if merged.perplexity else None, max_ppl_increase=cfg.ppl_limits())
     if texts:
-        ppl = perplexity(model, tok, texts)
-        entry.perplexity, entry.nll_per_item = ppl.ppl, ppl.per_item
-        entry.perplexity_increase = ppl.ppl / merged.perplexity.ppl - 1
+        entry.score_perplexity(perplexity(model, tok, texts), merged.perplexity.ppl)
     entry.passed, entry.reason = verdict(entry, gate)
     if entry.passed and cfg.benchmarks and evaluate is not None:
         entry.benchmarks = {k: r.model_dump() for k, r in run_benchmarks(model, tok, evaluate).items()}
