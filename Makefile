@@ -13,7 +13,7 @@ export ZENML_ENABLE_REPO_INIT_WARNINGS = false
 export TOKENIZERS_PARALLELISM = false
 CONFIG ?= configs/default.yaml
 
-.PHONY: setup run test clean
+.PHONY: setup run test test-fast clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml scripts/install_llama_cpp.sh
@@ -35,6 +35,10 @@ run: setup .zen
 
 test: setup
 	$(BIN)/pytest -q tests
+
+# The unit tier alone (under two minutes): tests/unit.
+test-fast: setup
+	$(BIN)/pytest -q -m unit tests
 
 clean:
 	rm -rf $(VENV) .zen

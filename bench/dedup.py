@@ -1,4 +1,4 @@
-"""Near-duplicate dedup speed: tuneline.dedup vs datasketch's plain per-row usage, same rows, one process.
+"""Near-duplicate dedup speed: tuneline.data.dedup vs datasketch's plain per-row usage, same rows, one process.
 
     python bench/dedup.py                 # 100k rows (baseline takes minutes on 2 CPU cores)
     python bench/dedup.py --rows 10000    # quick
@@ -9,12 +9,12 @@ and GSM8K questions, exact duplicates removed. Once those run out, a fresh row j
 length (so fresh rows overlap each other partly, as real data does). With probability --dup-rate a row
 is instead a planted near-duplicate: an earlier row with 1 + words // 25 edits (word drop, adjacent
 swap, one-character typo, word replaced). All methods use the same shingles (character 4-grams of
-`tuneline.dedup.shingle_text`), the same LSH bands (`tuneline.dedup.lsh_params`) and the same algorithm
+`tuneline.data.dedup.shingle_text`), the same LSH bands (`tuneline.data.dedup.lsh_params`) and the same algorithm
 (query each row, confirm candidates by estimated Jaccard >= threshold, insert only kept rows); they
 differ in how the MinHashes are built:
   plain: `MinHash(num_perm)` per row and `update()` per shingle (datasketch's documented usage, SHA1)
   bulk:  `MinHash.bulk(shingle lists)` (datasketch's batch API: `update_batch` per row, SHA1)
-  ours:  `tuneline.dedup.near_duplicates` (numpy over all rows' shingles, SHA1 once per distinct one)
+  ours:  `tuneline.data.dedup.near_duplicates` (numpy over all rows' shingles, SHA1 once per distinct one)
 Our sketches are bit-identical to the library's, so the bench asserts that every method flags the same
 rows against the same kept rows with the same similarity. "recall" counts the planted copies whose exact
 shingle Jaccard to their source is >= threshold that were flagged (the rest are lost to MinHash noise
@@ -39,7 +39,7 @@ from tuneline.paths import DATA_DIR  # noqa: E402
 
 def source_texts() -> list[str]:
     """Distinct (by normalized text) real texts from the shipped data, in a fixed order."""
-    from tuneline.dedup import normalize_text
+    from tuneline.data.dedup import normalize_text
 
     texts = []
     for split in ("train", "test"):
@@ -104,7 +104,7 @@ def make_rows(n: int, dup_rate: float, seed: int) -> tuple[list[str], dict[int, 
 
 
 def exact_jaccard(a: str, b: str, shingle: int) -> float:
-    from tuneline.dedup import shingle_text
+    from tuneline.data.dedup import shingle_text
 
     def grams(t):
         s = shingle_text(t)
@@ -118,7 +118,7 @@ def library_dedup(texts: list[str], threshold: float, num_perm: int, shingle: in
     """The same query-then-insert dedup with MinHashes built by datasketch itself (SHA1 per shingle)."""
     from datasketch import MinHash, MinHashLSH
 
-    from tuneline.dedup import lsh_params, shingle_text
+    from tuneline.data.dedup import lsh_params, shingle_text
 
     def grams(t):
         s = shingle_text(t)
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-bulk", action="store_true", help="skip datasketch's MinHash.bulk variant")
     args = parser.parse_args(argv)
 
-    from tuneline.dedup import near_duplicates, shingle_hashes
+    from tuneline.data.dedup import near_duplicates, shingle_hashes
 
     rows, planted = make_rows(args.rows, args.dup_rate, args.seed)
     t0 = time.perf_counter()
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     kw = dict(threshold=args.threshold, num_perm=args.num_perm, shingle=args.shingle, seed=args.seed)
     runs = {}
     for name, enabled, fn in (
-        ("ours: tuneline.dedup.near_duplicates", True, lambda: near_duplicates(rows, **kw)),
+        ("ours: tuneline.data.dedup.near_duplicates", True, lambda: near_duplicates(rows, **kw)),
         ("bulk: datasketch MinHash.bulk", not args.skip_bulk, lambda: library_dedup(rows, **kw, bulk=True)),
         ("plain: datasketch MinHash.update", not args.skip_plain, lambda: library_dedup(rows, **kw, bulk=False)),
     ):

@@ -2,7 +2,7 @@
 
     python bench/dedup_shingles.py [--sample 2000] [--threshold 0.8]
 
-Exact Jaccard (no MinHash) on `tuneline.dedup`'s normalized text (lowercased word tokens), for word
+Exact Jaccard (no MinHash) on `tuneline.data.dedup`'s normalized text (lowercased word tokens), for word
 1/2/3-grams and character 3-6-grams:
   "different >= t": share of sampled messages whose nearest *other* distinct training message has
       Jaccard >= t (lower is better; Banking77 does contain real one-word paraphrases, so not 0);
@@ -13,7 +13,7 @@ Exact Jaccard (no MinHash) on `tuneline.dedup`'s normalized text (lowercased wor
       a word replaced by a random vocabulary word, a word dropped, two neighbours swapped, a typo;
   "long p99 / >= t": nearest other text among 20+ word HH-RLHF answers and GSM8K questions
       (different texts, except a few rewritten GSM8K problems): 99th percentile, share >= t.
-The choice in tuneline/dedup.py (char 4-grams) comes from this table.
+The choice in tuneline/data/dedup.py (char 4-grams) comes from this table.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without `pip install -e`
 
-from tuneline.dedup import shingle_text  # noqa: E402
+from tuneline.data.dedup import shingle_text  # noqa: E402
 from tuneline.paths import DATA_DIR  # noqa: E402
 
 KINDS = [("word", 1), ("word", 2), ("word", 3), ("char", 3), ("char", 4), ("char", 5), ("char", 6)]

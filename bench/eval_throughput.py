@@ -4,10 +4,10 @@
     python bench/eval_throughput.py --model tiny --rows 64 --mmlu-items 8 --metric token_f1
 
 Measures examples/s for
-  (a) the task metric: `tuneline.generate.task_accuracy` (greedy generation + scoring) on the first N
-      held-out Banking77 eval rows (`tuneline.data.validate(DataConfig(), tok)`, split == "eval"),
+  (a) the task metric: `tuneline.eval.task.task_accuracy` (greedy generation + scoring) on the first N
+      held-out Banking77 eval rows (`tuneline.data.validate.validate(DataConfig(), tok)`, split == "eval"),
       batch 32 vs batch 1;
-  (b) lm-eval loglikelihood: MMLU cloze on 2 subjects x k items through `tuneline.benchmarks`
+  (b) lm-eval loglikelihood: MMLU cloze on 2 subjects x k items through `tuneline.eval.benchmarks`
       (`run_benchmarks` with `EvaluateConfig(benchmark_batch_size=...)`), batch 4 vs batch 1.
       "ll s" is the time inside HFLM.loglikelihood alone (the rest is lm-eval building the tasks).
 and asserts that each pair of runs gave the same per-item scores: batching must not change results.
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", choices=["tiny", "default"], default="default")
     parser.add_argument("--rows", type=int, default=16, help="Banking77 eval rows for the task metric")
     parser.add_argument("--mmlu-items", type=int, default=4, help="MMLU items per subject (2 subjects)")
-    parser.add_argument("--metric", default="exact_match", help="task metric (tuneline.scoring.METRICS)")
+    parser.add_argument("--metric", default="exact_match", help="task metric (tuneline.eval.scoring.METRICS)")
     parser.add_argument("--task-batch", type=int, default=32)
     parser.add_argument("--benchmark-batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=1, help="runs per setting; the fastest counts (noisy CPUs)")
@@ -73,12 +73,12 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from tuneline.base_model import load_model, load_tokenizer, prepare
-    from tuneline.benchmarks import run_benchmarks
+    from tuneline.model.base import load_model, load_tokenizer, prepare
+    from tuneline.eval.benchmarks import run_benchmarks
     from tuneline.config import BaseModelConfig, DataConfig, EvaluateConfig, MMLUConfig
-    from tuneline.data import validate
-    from tuneline.generate import task_accuracy
-    from tuneline.scoring import check_metric
+    from tuneline.data.validate import validate
+    from tuneline.eval.task import task_accuracy
+    from tuneline.eval.scoring import check_metric
 
     check_metric(args.metric)
     if args.threads:

@@ -4,7 +4,7 @@
     .venv/bin/python bench/plan_memory.py --models default --methods lora qlora --batch-size 8 --seq-len 96
 
 Each measurement runs in a fresh process (freed memory of an earlier one would hide the next peak):
-3 plain training steps on random tokens (`tuneline.plan.measure`), the dynamic part (everything but
+3 plain training steps on random tokens (`tuneline.train.plan.measure`), the dynamic part (everything but
 the weights) as CUDA max_memory_allocated on a GPU, else the peak RSS delta on CPU. A ratio of 1.0 is
 a perfect estimate; above 1, the planner is conservative.
 """
@@ -21,9 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CHILD = r'''
 import json, sys
-from tuneline.base_model import prepare
+from tuneline.model.base import prepare
 from tuneline.config import BaseModelConfig, TunelineConfig
-from tuneline.plan import Workload, measure
+from tuneline.train.plan import Workload, measure
 source, method, batch, seq, bf16 = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1"
 src = TunelineConfig().base_model if source == "default" else BaseModelConfig(source=source)
 print("RESULT " + json.dumps(measure(prepare(src), method, Workload(batch_size=batch, seq_len=seq, r=16, bf16=bf16))))

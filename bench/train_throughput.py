@@ -3,11 +3,11 @@
     python bench/train_throughput.py [--model tiny|default] [--steps N] [--repeats R]
     python bench/train_throughput.py --model tiny --steps 8
 
-Same model (`--model default`: SmolLM2-135M-Instruct via `tuneline.base_model.prepare`; `tiny`: the
-random tiny Llama), same data (the Banking77 training records of `tuneline.data.validate`), same
+Same model (`--model default`: SmolLM2-135M-Instruct via `tuneline.model.base.prepare`; `tiny`: the
+random tiny Llama), same data (the Banking77 training records of `tuneline.data.validate.validate`), same
 number of optimizer steps, same batch size (8 rows), same shuffling seed. Runs:
 
-  tuneline            `tuneline.sft.train` as the pipeline calls it: LoRA r16 all-linear, completion-only
+  tuneline            `tuneline.train.sft.train` as the pipeline calls it: LoRA r16 all-linear, completion-only
                       loss, padding-free batches, bf16 autocast where the CPU/GPU has it
   tuneline, padded    the same with `padding_free: false` (pads to the longest row of each batch)
   tuneline, fp32      padding-free, bf16 off (separates the bf16 gain from the padding gain)
@@ -112,9 +112,9 @@ def instrument(meter: Meter):
 
 
 def run_tuneline(ref, records, steps: int, **overrides) -> None:
-    import tuneline.training as training
+    import tuneline.train.common as training
     from tuneline.config import SFTConfig
-    from tuneline.sft import train
+    from tuneline.train.sft import train
 
     cfg = SFTConfig(max_steps=steps, batch_size=BATCH, logging_steps=max(steps, 1), **overrides)
     with tempfile.TemporaryDirectory(prefix="tuneline-bench-") as tmp:
@@ -130,7 +130,7 @@ def run_plain(ref, records, steps: int, max_length: int, mode: str) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from tuneline.data import messages
+    from tuneline.data.validate import messages
 
     tok = AutoTokenizer.from_pretrained(ref.path)
     model = AutoModelForCausalLM.from_pretrained(ref.path, dtype=torch.float32)
@@ -159,10 +159,10 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from tuneline.base_model import load_tokenizer, prepare
+    from tuneline.model.base import load_tokenizer, prepare
     from tuneline.config import BaseModelConfig, DataConfig
-    from tuneline.data import validate
-    from tuneline.training import use_bf16
+    from tuneline.data.validate import validate
+    from tuneline.train.common import use_bf16
 
     if args.threads:
         torch.set_num_threads(args.threads)

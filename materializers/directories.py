@@ -17,7 +17,7 @@ from zenml.io import fileio
 from zenml.materializers.base_materializer import BaseMaterializer
 
 from tuneline.artifacts import AdapterDir, CheckpointDir, ExportDir, ModelDir
-from tuneline.snapshot import RawDataDir
+from tuneline.data.snapshot import RawDataDir
 
 HANDLE = "handle.json"
 FILES = "files"

@@ -22,7 +22,7 @@ from steps.train_dpo import train_dpo
 from steps.train_sft import train_sft
 from steps.validate_data import validate_data
 from tuneline.config import TunelineConfig
-from tuneline.snapshot import fingerprint
+from tuneline.data.snapshot import fingerprint
 
 
 @pipeline(enable_cache=True)

@@ -5,7 +5,7 @@ Cached like any step: the verdict is a pure function of the validation summary i
 
 from zenml import step
 
-from tuneline.data import DataError
+from tuneline.data.validate import DataError
 
 
 @step

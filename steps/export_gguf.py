@@ -12,7 +12,7 @@ from materializers import DirectoryMaterializer
 from steps._metadata import log
 from tuneline.artifacts import ExportDir, ModelDir
 from tuneline.config import EvaluateConfig, ExportConfig
-from tuneline.exports import export_gguf as run_export
+from tuneline.export.gate import export_gguf as run_export
 
 
 @step(output_materializers={"gguf_export": DirectoryMaterializer})

@@ -13,7 +13,7 @@ from materializers import DirectoryMaterializer
 from steps._metadata import log
 from tuneline.artifacts import ExportDir, ModelDir
 from tuneline.config import EvaluateConfig, ExportConfig, QuantizeConfig
-from tuneline.exports import export_quantized
+from tuneline.export.gate import export_quantized
 
 
 def _export(method: str, merged: ModelDir, task_data: pd.DataFrame, quantize: QuantizeConfig,

@@ -10,11 +10,11 @@ from zenml import step
 from materializers import DirectoryMaterializer
 from steps._metadata import log
 from tuneline.artifacts import AdapterDir, ModelDir
-from tuneline.base_model import BaseModelRef
+from tuneline.model.base import BaseModelRef
 from tuneline.config import MergeConfig
-from tuneline.evaluate import EvalReport
-from tuneline.merge import merge as merge_adapter
-from tuneline.report import evaluation_markdown
+from tuneline.eval.evaluate import EvalReport
+from tuneline.export.merge import merge as merge_adapter
+from tuneline.dashboard import evaluation_markdown
 
 
 @step(output_materializers={"merged_model": DirectoryMaterializer})

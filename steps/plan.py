@@ -14,9 +14,9 @@ from zenml import step
 from zenml.types import HTMLString
 
 from steps._metadata import log
-from tuneline.base_model import BaseModelRef
+from tuneline.model.base import BaseModelRef
 from tuneline.config import SFTConfig
-from tuneline.plan import plan_report
+from tuneline.train.plan import plan_report
 
 
 @step

@@ -5,7 +5,7 @@ from typing import Annotated
 from zenml import step
 
 from steps._metadata import log
-from tuneline.base_model import BaseModelRef, prepare
+from tuneline.model.base import BaseModelRef, prepare
 from tuneline.config import BaseModelConfig
 
 

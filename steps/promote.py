@@ -9,10 +9,10 @@ from zenml.types import HTMLString
 from steps._metadata import log
 from tuneline.artifacts import ExportDir
 from tuneline.config import PromoteConfig
-from tuneline.evaluate import EvalReport, with_exports
-from tuneline.generate import TaskResult
+from tuneline.eval.evaluate import EvalReport, with_exports
+from tuneline.eval.task import TaskResult
 from tuneline.promote import Decision, decide
-from tuneline.report import evaluation_html, run_summary
+from tuneline.dashboard import evaluation_html, run_summary
 
 
 def current_evaluation(model_name: str, stage: str, this_version_id) -> EvalReport | None:

@@ -9,7 +9,7 @@ from zenml import step
 from materializers import RawDataMaterializer
 from steps._metadata import log
 from tuneline.config import DataConfig
-from tuneline.snapshot import RawDataDir, snapshot
+from tuneline.data.snapshot import RawDataDir, snapshot
 
 
 @step(output_materializers={"raw_data": RawDataMaterializer})

@@ -15,10 +15,10 @@ from materializers import DirectoryMaterializer
 from steps._checkpoints import mirror
 from steps._metadata import log
 from tuneline.artifacts import AdapterDir
-from tuneline.base_model import BaseModelRef
+from tuneline.model.base import BaseModelRef
 from tuneline.config import SFTConfig
-from tuneline.sft import train
-from tuneline.training import loss_curve_html
+from tuneline.train.sft import train
+from tuneline.train.common import loss_curve_html
 
 
 @step(output_materializers={"sft_adapter": DirectoryMaterializer})

@@ -11,10 +11,10 @@ from zenml import step
 from zenml.types import HTMLString
 
 from steps._metadata import log
-from tuneline.base_model import BaseModelRef, load_tokenizer
+from tuneline.model.base import BaseModelRef, load_tokenizer
 from tuneline.config import DataConfig
-from tuneline.report import data_html
-from tuneline.snapshot import RawDataDir, validate
+from tuneline.dashboard import data_html
+from tuneline.data.snapshot import RawDataDir, validate
 
 
 @step

@@ -1,6 +1,12 @@
 """Shared test setup: offline by construction, the tiny model, and an isolated ZenML store.
 
-    make test           # or: .venv/bin/pytest -q tests
+    make test                          # everything (CI runs exactly this)
+    make test-fast                     # the unit tier alone: .venv/bin/pytest -q -m unit
+
+Tiers live in directories and get their marker from the directory (see pytest_collection_modifyitems):
+tests/unit mirrors the packages of tuneline/ and trains nothing; tests/integration runs the real
+trainers, lm-eval, llama.cpp and GPTQModel on the tiny model; tests/pipeline runs the ZenML pipeline;
+tests/infra checks manifests, images, the Kubeflow compile and the dashboard.
 
 Any attempt to reach the Hugging Face hub fails loudly (HF_HUB_OFFLINE=1).
 """
@@ -22,7 +28,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from tuneline.base_model import BaseModelRef, prepare  # noqa: E402
+from tuneline.model.base import BaseModelRef, prepare  # noqa: E402
 from tuneline.config import BaseModelConfig, TunelineConfig, load  # noqa: E402
 from tuneline.paths import PROJECT_ROOT  # noqa: E402
 
@@ -41,21 +47,31 @@ def tiny_ref() -> BaseModelRef:
 
 @pytest.fixture(scope="session")
 def tiny_tok(tiny_ref):
-    from tuneline.base_model import load_tokenizer
+    from tuneline.model.base import load_tokenizer
 
     return load_tokenizer(tiny_ref)
 
 
 @pytest.fixture(scope="session")
 def tiny_data(tiny_cfg, tiny_tok):
-    from tuneline.data import validate
+    from tuneline.data.validate import validate
 
     return validate(tiny_cfg.data, tiny_tok)
 
 
 @pytest.fixture()
 def isolated_checkpoints(tmp_path, monkeypatch) -> Path:
-    import tuneline.training as training
+    import tuneline.train.common as training
 
     monkeypatch.setattr(training, "CHECKPOINT_ROOT", tmp_path / "ckpt")
     return tmp_path / "ckpt"
+
+
+TIERS = ("unit", "integration", "pipeline", "infra")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        parts = Path(str(item.fspath)).relative_to(Path(__file__).parent).parts
+        if parts and parts[0] in TIERS:
+            item.add_marker(getattr(pytest.mark, parts[0]))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from tuneline.base_model import BaseModelRef
+from tuneline.model.base import BaseModelRef
 
 
 class AdapterDir(BaseModel):

@@ -148,7 +148,7 @@ class DataConfig(Section):
         return v
 
 
-# How each sft.method trains (tuneline/peft_methods.py has the details):
+# How each sft.method trains (tuneline/train/methods.py has the details):
 # PEFT adapters (saved as a small adapter dir) and full-weight methods (saved as a full model dir).
 LORA_FAMILY = ("lora", "qlora", "dora", "rslora", "adalora")  # layers_to_transform (top_layers) works for these
 PROMPT_METHODS = ("prefix_tuning", "prompt_tuning")  # virtual tokens, not weights: nothing to merge
@@ -169,7 +169,7 @@ class SFTConfig(Section):
     # | xlora (a learned per-token mix of the LoRA adapters in xlora_experts) | full | bitfit (biases only)
     # | galore (every weight, Adam on rank-r projected gradients)
     # | auto (the planner picks lora or qlora, with gradient checkpointing if needed, for the memory of the
-    #   machine train_sft runs on: `python -m tuneline.plan configs/default.yaml` shows the table).
+    #   machine train_sft runs on: `python -m tuneline.train.plan configs/default.yaml` shows the table).
     method: SFTMethod = "lora"
     # LoRA family: rank (adalora: the final average rank), alpha, dropout. galore: the projection rank.
     r: int = Field(16, ge=1)
@@ -331,7 +331,7 @@ class ExportConfig(Section):
     @field_validator("gguf_types")
     @classmethod
     def _known_types(cls, v: list[str]) -> list[str]:
-        from tuneline.gguf_types import GGUF_TYPES
+        from tuneline.export.gguf_types import GGUF_TYPES
 
         for t in v:
             if t.upper() not in GGUF_TYPES and t.lower() != "auto":
@@ -343,7 +343,7 @@ class ExportConfig(Section):
     @field_validator("auto_types")
     @classmethod
     def _known_auto_types(cls, v: list[str]) -> list[str]:
-        from tuneline.gguf_types import GGUF_TYPES
+        from tuneline.export.gguf_types import GGUF_TYPES
 
         for t in v:
             if t.upper() not in GGUF_TYPES:
@@ -353,7 +353,7 @@ class ExportConfig(Section):
     @field_validator("max_perplexity_increase")
     @classmethod
     def _known_limits(cls, v: dict[str, float]) -> dict[str, float]:
-        from tuneline.gguf_types import GGUF_TYPES
+        from tuneline.export.gguf_types import GGUF_TYPES
 
         for k, x in v.items():
             if k != "default" and k.upper() not in GGUF_TYPES:

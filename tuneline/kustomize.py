@@ -18,7 +18,7 @@ The subset (anything else in a kustomization.yaml is an error, never silently ig
 - `images`: `name` with `newName`, `newTag` and/or `digest`, applied to containers and
   initContainers of pod templates.
 
-`kubectl kustomize` gives the same objects for k8s/ (tests/test_k8s.py compares them when kubectl
+`kubectl kustomize` gives the same objects for k8s/ (tests/infra/test_k8s.py compares them when kubectl
 is installed); object order may differ.
 """
 

@@ -21,8 +21,8 @@ import math
 from pydantic import BaseModel
 
 from tuneline.config import PromoteConfig
-from tuneline.evaluate import EvalReport
-from tuneline.stats import paired_bootstrap
+from tuneline.eval.evaluate import EvalReport
+from tuneline.eval.stats import paired_bootstrap
 
 
 class Decision(BaseModel):

@@ -1,10 +1,10 @@
-"""Write the bad-input corpus that tests/test_formats.py reads (binary, gzip and Parquet files included).
+"""Write the bad-input corpus that tests/unit/data/test_readers.py reads (binary, gzip and Parquet files included).
 
     .venv/bin/python tests/data/bad/make_corpus.py            # rewrites the files next to this script
     .venv/bin/python tests/data/bad/make_corpus.py OUT_DIR    # or somewhere else (the test compares)
 
 Each file holds one kind of problem, next to good rows that must survive it. The expected outcome
-of every file is in the CASES table of tests/test_formats.py; change both together.
+of every file is in the CASES table of tests/unit/data/test_readers.py; change both together.
 """
 
 from __future__ import annotations

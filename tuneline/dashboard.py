@@ -1,0 +1,162 @@
+"""HTML pages for the dashboard: the evaluation comparison and the data validation summary."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+
+from tuneline.eval.evaluate import EvalReport
+
+
+def _bar_chart(report: EvalReport) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report.task)
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    vals = [report.task[n].accuracy for n in names]
+    ax.bar(names, vals, color=["#999"] + ["#4a7"] * (len(names) - 1))
+    for i, v in enumerate(vals):
+        ax.text(i, v + 0.01, f"{v:.1%}", ha="center")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel(f"task {report.task['base'].metric}")
+    ax.tick_params(axis="x", labelrotation=20)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _diff(d) -> str:
+    sig = "significant" if d.ci_low > 0 or d.ci_high < 0 else "not significant"
+    return f"{d.diff:+.1%} [{d.ci_low:+.1%}, {d.ci_high:+.1%}] ({sig}, p={d.p_value:.3f})"
+
+
+def _forgetting_rows(report: EvalReport) -> str:
+    """One row per benchmark and checked candidate, each paired with the base on the same items."""
+    changes = report.benchmark_changes or {report.final: report.benchmarks_vs_base}
+    rows = ""
+    for cand, diffs in changes.items():
+        for name, d in diffs.items():
+            base = report.benchmarks["base"][name]
+            rows += f"<tr><td>{name}</td><td>{cand}</td><td>{base.score:.1%}</td><td>{d.mean_candidate:.1%}</td><td>{base.n}</td><td>{_diff(d)}</td></tr>"
+    nll = report.nll_changes or ({report.final: report.nll_vs_base} if report.nll_vs_base else {})
+    for cand, d in nll.items():
+        verdict = "significant rise" if d.ci_low > 0 else ("significant fall" if d.ci_high < 0 else "no significant change")
+        rows += (f"<tr><td>general-text perplexity (lower is better)</td><td>{cand}</td><td>{report.perplexity['base'].ppl:.2f}</td>"
+                 f"<td>{report.perplexity[cand].ppl:.2f}</td><td>{d.n}</td>"
+                 f"<td>NLL {d.diff:+.3f} [{d.ci_low:+.3f}, {d.ci_high:+.3f}] ({verdict})</td></tr>")
+    return rows
+
+
+def _export_row(e: dict) -> str:
+    ppl = (f"{e['perplexity']:.3f} ({e['perplexity_increase']:+.2%})" if e.get("perplexity_increase") is not None else "-")
+    auto = {"picked": " (auto's pick)", "tried": " (tried by auto)"}.get(e.get("auto", ""), "")
+    return (f"<tr><td>{e.get('format', 'gguf')}</td><td>{e['qtype']}{auto}</td><td>{e['size_bytes'] / 2**20:.1f} MB</td>"
+            f"<td>{e['accuracy']:.1%}</td><td>{ppl}</td>"
+            f"<td>{format(e.get('eos_share', 0), '.0%') if e.get('format', 'gguf') == 'gguf' else '-'}</td>"
+            f"<td>{'pass' if e['passed'] else 'REJECTED'}</td><td>{html.escape(e.get('reason', ''))}</td></tr>")
+
+
+def evaluation_markdown(report: EvalReport) -> str:
+    """The candidates' task metric, benchmarks and general-text perplexity as a Markdown table (model card)."""
+    metric = report.task["base"].metric
+    benches = sorted({b for r in report.benchmarks.values() for b in r})
+    head = f"| candidate | task {metric} (n={report.task['base'].n}) | " + " | ".join(benches) + " | general-text perplexity |"
+    rows = [head, "|" + "---|" * (len(benches) + 3)]
+    for name, task in report.task.items():
+        d = report.task_vs_base.get(name)
+        vs = f" ({d.diff:+.1%} vs base, 95% CI {d.ci_low:+.1%}..{d.ci_high:+.1%})" if d else ""
+        scores = [f"{report.benchmarks[name][b].score:.1%}" if b in report.benchmarks.get(name, {}) else "-" for b in benches]
+        ppl = f"{report.perplexity[name].ppl:.2f}" if name in report.perplexity else "-"
+        rows.append(f"| {name} | {task.accuracy:.1%}{vs} | " + " | ".join(scores) + f" | {ppl} |")
+    return "\n".join(rows) + "\n"
+
+
+def evaluation_html(report: EvalReport, decision_text: str | None = None, exports: list[dict] | None = None) -> str:
+    metric = report.task["base"].metric
+    rows = "".join(
+        f"<tr><td>{n}</td><td>{r.accuracy:.1%}</td><td>{r.n}</td>"
+        f"<td>{_diff(report.task_vs_base[n]) if n in report.task_vs_base else '-'}</td></tr>"
+        for n, r in report.task.items()
+    )
+    export_rows = "".join(_export_row(e) for e in exports or [])
+    return f"""<html><body style="font-family:sans-serif;max-width:1000px">
+<h2>tuneline evaluation</h2>
+{f'<p><b>{html.escape(decision_text)}</b></p>' if decision_text else ''}
+<h3>Task ({report.task['base'].n} held-out rows, {metric}; every candidate on the same rows)</h3>
+<img src="data:image/png;base64,{_bar_chart(report)}"/>
+<table border=1 cellpadding=4><tr><th>candidate</th><th>{metric}</th><th>n</th><th>vs base (95% CI)</th></tr>{rows}</table>
+<h3>Forgetting checks (each candidate vs base, paired)</h3>
+<table border=1 cellpadding=4><tr><th>benchmark</th><th>candidate</th><th>base</th><th>candidate</th><th>n</th><th>change (95% CI)</th></tr>{_forgetting_rows(report)}</table>
+{f'<h3>Exports (judged against the merged model)</h3><table border=1 cellpadding=4><tr><th>format</th><th>type</th><th>size</th><th>{metric}</th><th>perplexity (vs merged)</th><th>stopped at EOS</th><th>check</th><th>why</th></tr>{export_rows}</table>' if export_rows else ''}
+<p style="color:#666">Evaluated in {report.seconds:.0f} s. CIs: paired bootstrap over the same items.</p>
+</body></html>"""
+
+
+def data_html(v) -> str:
+    """The validation report: gate verdict, row accounting, each check with its policy, balance, GX results."""
+    from tuneline.data import expectations
+
+    verdict = ("<p style='color:#a00'><b>Gate FAILED</b>: " + "<br>".join(map(html.escape, v.gate_failures)) + "</p>"
+               if v.gate_failures else "<p style='color:#070'><b>Gate passed</b>: the data may be used for training.</p>")
+    counts = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(x))}</td></tr>"
+                     for k, x in v.counts.items() if k != "reasons")
+    checks = "".join(f"<tr><td>{k}</td><td>{c['policy']}</td><td>{c['flagged']}</td><td>{c.get('truncated', '')}</td></tr>"
+                     for k, c in v.checks.items())
+    reasons = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{x}</td></tr>" for k, x in v.counts.get("reasons", {}).items())
+    bal = v.balance.get("train") or {}
+    balance = (f"<p>{bal['classes']} classes, {bal['rows']} training rows; min {bal['min']}, max {bal['max']}, "
+               f"max/min {bal['max_min_ratio']}, normalized entropy {bal['normalized_entropy']}</p>" if bal else
+               "<p>No labels or categories: balance not measured.</p>")
+    preview = v.rejected.head(50).to_dict("records")
+    rej = "".join(
+        f"<tr><td>{html.escape(str(r['source']).rsplit('/', 1)[-1])}:{r['line']}</td><td>{r['action']}</td>"
+        f"<td>{html.escape(str(r['reason']))}</td><td>{html.escape(str(r['field']))}</td><td>{html.escape(str(r['detail']))}</td></tr>"
+        for r in preview
+    )
+    gx = "".join(f"<h3>Great Expectations: {g['source']} ({g['shape']})</h3>" + _body(expectations.gx_html(g["result"], g["shape"]))
+                 for g in v.gx)
+    return f"""<html><body style="font-family:sans-serif;max-width:1000px">
+<h2>Data validation</h2>{verdict}
+<h3>Rows (accepted + dropped + unused = input)</h3><table border=1 cellpadding=4>{counts}</table>
+<h3>Checks</h3><table border=1 cellpadding=4><tr><th>check</th><th>policy</th><th>rows flagged</th><th>truncated</th></tr>{checks}</table>
+<h3>Reasons</h3><table border=1 cellpadding=4><tr><th>reason</th><th>rows</th></tr>{reasons}</table>
+<h3>Balance (training split)</h3>{balance}
+{gx}
+<h3>Quarantined and flagged rows (first {len(preview)}; all are in the rejected_rows artifact)</h3>
+<table border=1 cellpadding=4><tr><th>file:line</th><th>action</th><th>reason</th><th>field</th><th>detail</th></tr>{rej}</table>
+</body></html>"""
+
+
+def _body(page: str) -> str:
+    """The inside of <body> of a full HTML page, so reports can be nested."""
+    lo, hi = page.find("<body"), page.rfind("</body>")
+    return page[page.index(">", lo) + 1 : hi] if lo >= 0 and hi > lo else page
+
+
+def run_summary(report: EvalReport, exports: list[dict], decision: str, model_name: str | None) -> str:
+    """The plain-text summary printed at the end of a run."""
+    base = report.task["base"]
+    lines = ["", "=" * 72, "tuneline run summary", "-" * 72, f"task {base.metric} ({base.n} held-out rows):"]
+    for n, r in report.task.items():
+        d = report.task_vs_base.get(n)
+        lines.append(f"  {n:<12} {r.accuracy:6.1%}" + (f"  vs base {d.diff:+.1%} (95% CI {d.ci_low:+.1%}..{d.ci_high:+.1%})" if d else ""))
+    for cand, diffs in (report.benchmark_changes or {report.final: report.benchmarks_vs_base}).items():
+        for name, d in diffs.items():
+            lines.append(f"{name}: base {d.mean_base:.1%} -> {cand} {d.mean_candidate:.1%} "
+                         f"(change {d.diff:+.1%}, 95% CI {d.ci_low:+.1%}..{d.ci_high:+.1%}, n={d.n})")
+    for name, p in report.perplexity.items():
+        lines.append(f"general-text perplexity ({name}): {p.ppl:.2f}")
+    for e in exports:
+        ppl = f", perplexity {e['perplexity_increase']:+.2%} vs merged" if e.get("perplexity_increase") is not None else ""
+        name = e["path"] if e.get("format", "gguf") == "gguf" else f"{e['format']}-{e['qtype']}"  # a GPTQ/AWQ dir: "model"
+        lines.append(f"export {name}{' (auto)' if e.get('auto') == 'picked' else ''}: {e['size_bytes'] / 2**20:.1f} MB, "
+                     f"accuracy {e['accuracy']:.1%}{ppl}, {'passed' if e['passed'] else 'REJECTED: ' + e['reason']}")
+    lines.append(f"model {model_name or '-'}: {decision}")
+    lines.append("=" * 72)
+    return "\n".join(lines)

@@ -1,0 +1,132 @@
+"""lm-eval over a GGUF file with llama.cpp (llama-cpp-python), in process: MMLU and GSM8K on exports.
+
+    python -m tuneline.eval.gguf_lm model.gguf configs/default.yaml   # prints MMLU / GSM8K as configured
+
+The same custom tasks as the HF candidates (`tuneline.eval.benchmarks`), so an export's per-item scores
+pair with the base model's. Prompts are raw text (no chat template, no BOS), as HFLM scores them.
+loglikelihood evaluates each context once and every continuation on top of it, reusing llama.cpp's
+KV cache (a cloze MMLU item: one context, four answers); generate_until decodes greedily.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+from lm_eval.api.model import LM
+
+
+class GGUFLM(LM):
+    def __init__(self, path: str | Path, n_ctx: int = 2048) -> None:
+        super().__init__()
+        import llama_cpp
+
+        self.path = str(path)
+        self.llm = llama_cpp.Llama(model_path=self.path, n_ctx=n_ctx, logits_all=True, verbose=False,
+                                   n_threads=os.cpu_count())
+
+    def close(self) -> None:
+        self.llm.close()
+
+    def tokens(self, text: str) -> list[int]:
+        return self.llm.tokenize(text.encode(), add_bos=False, special=True) if text else []
+
+    def _split(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        # As HFLM: trailing spaces of the context belong to the continuation, and the continuation's
+        # tokens are those of context + continuation after the context's (tokenizers merge across).
+        n_spaces = len(context) - len(context.rstrip())
+        if n_spaces:
+            context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+        whole, ctx = self.tokens(context + continuation), self.tokens(context)
+        return whole[: len(ctx)], whole[len(ctx):]
+
+    def _score(self, ctx: list[int], cont: list[int]) -> tuple[float, bool]:
+        """Log-probability of `cont` after `ctx`, with the KV cache already holding `ctx`."""
+        self.llm.n_tokens = len(ctx)  # eval() drops the cache past this point
+        self.llm.eval(cont)
+        rows = self.llm.scores[len(ctx) - 1: len(ctx) + len(cont) - 1].astype(np.float64)
+        logp = rows - np.logaddexp.reduce(rows, axis=1, keepdims=True)
+        picked = logp[np.arange(len(cont)), cont]
+        return float(picked.sum()), bool((rows.argmax(axis=1) == np.array(cont)).all())
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        out: list[tuple[float, bool] | None] = [None] * len(requests)
+        by_context: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}
+        for i, req in enumerate(requests):
+            ctx, cont = self._split(*req.args)
+            if not ctx:  # nothing to condition on: the first continuation token becomes the context
+                ctx, cont = cont[:1], cont[1:]
+            by_context.setdefault(tuple(ctx), []).append((i, cont))
+        for ctx, items in by_context.items():
+            self.llm.reset()
+            self.llm.eval(list(ctx))
+            for i, cont in items:
+                out[i] = self._score(list(ctx), cont) if cont else (0.0, True)
+        return out  # type: ignore[return-value]
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        raise NotImplementedError("GGUFLM scores loglikelihood and generate_until tasks only (MMLU, GSM8K); "
+                                  "export perplexity goes through gguf_perplexity, on the HF tokenizer's ids")
+
+    def nll(self, ids: list[int]) -> float:
+        """Summed next-token NLL of ids[1:] given the tokens before each (the first is not scored)."""
+        self.llm.reset()
+        self.llm.eval(ids)
+        rows = self.llm.scores[: len(ids) - 1].astype(np.float64)
+        logp = rows - np.logaddexp.reduce(rows, axis=1, keepdims=True)
+        return float(-logp[np.arange(len(ids) - 1), ids[1:]].sum())
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        outs = []
+        for req in requests:
+            context, kwargs = req.args
+            until = kwargs.get("until") or []
+            until = [until] if isinstance(until, str) else list(until)
+            self.llm.reset()
+            res = self.llm.create_completion(prompt=self.tokens(context), max_tokens=kwargs.get("max_gen_toks", 256),
+                                             temperature=0.0, stop=until or None)
+            outs.append(res["choices"][0]["text"])
+        return outs
+
+
+def run_gguf_benchmarks(path: str | Path, cfg) -> dict:
+    """Every benchmark `cfg` (an EvaluateConfig) configures, on one GGUF file."""
+    from tuneline.eval.benchmarks import run_gsm8k, run_mmlu
+
+    if cfg.mmlu is None and cfg.gsm8k is None:
+        return {}
+    lm = GGUFLM(path)
+    try:
+        out = {}
+        if cfg.mmlu is not None:
+            out["mmlu"] = run_mmlu(lm, cfg.mmlu, cfg.seed)
+        if cfg.gsm8k is not None:
+            out["gsm8k"] = run_gsm8k(lm, cfg.gsm8k, cfg.seed)
+        return out
+    finally:
+        lm.close()
+
+
+def gguf_perplexity(path: str | Path, encoded: list[list[int]]):
+    """Perplexity of a GGUF file on token ids from `benchmarks.encode_texts`: the same tokens and the
+    same per-text NLLs as `benchmarks.perplexity` on the HF model, so the two compare item by item."""
+    import time
+
+    from tuneline.eval.benchmarks import perplexity_result
+
+    start = time.perf_counter()
+    lm = GGUFLM(path, n_ctx=max(2048, max(map(len, encoded)) + 1))
+    try:
+        nll = [lm.nll(ids) for ids in encoded]
+    finally:
+        lm.close()
+    return perplexity_result(nll, [len(ids) - 1 for ids in encoded], start)
+
+
+if __name__ == "__main__":
+    from tuneline.config import load
+
+    for name, r in run_gguf_benchmarks(sys.argv[1], load(sys.argv[2]).evaluate).items():
+        print(f"{name}: {r.score:.3f} on {r.n} items ({r.seconds:.0f} s)")

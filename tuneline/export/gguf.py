@@ -1,0 +1,438 @@
+"""Export a merged Hugging Face model dir to GGUF with llama.cpp's own tools, and check each file.
+
+    python -m tuneline.export.gguf MODEL_DIR OUT_DIR --eval rows.jsonl --types f16 Q8_0 auto \\
+        --reference-accuracy 0.8 --max-drop 0.05
+
+`rows.jsonl` holds one `{"messages": [{"role": ..., "content": ...}, ...], "answer": "..."}` a line,
+the messages ending with the user turn. Needs `make setup` (or `scripts/install_llama_cpp.sh VENV`),
+which installs llama-cpp-python and copies llama.cpp's `convert_hf_to_gguf.py` from the same sdist.
+
+The first type (f16/bf16/f32) is converted from the HF dir; the others are quantized from it; `auto`
+tries a list of types smallest first and keeps the first that passes. No file is trusted: each is
+loaded back by llama.cpp, scored on held-out general text (perplexity on the merged model's own token
+ids) and asked the held-out questions through the chat template embedded in the GGUF. It passes only
+if its perplexity and accuracy stay near the merged model's and its answers end at EOS (a broken
+quantization rambles to the length limit or answers gibberish). A rejected file is kept and marked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from tuneline.model.base import sha256_file
+from tuneline.export.gguf_types import GGUF_FTYPES
+from tuneline.eval.scoring import score_items
+from tuneline.versions import package_versions
+
+log = logging.getLogger(__name__)
+
+BASE_TYPES = ("F32", "F16", "BF16")  # what convert_hf_to_gguf.py writes and quantize can start from
+MIN_EOS_SHARE = 0.9
+
+
+class ExportSample(BaseModel):
+    prompt: str
+    expected: str
+    predicted: str
+    finish_reason: str
+
+
+class GGUFCheck(BaseModel):
+    accuracy: float
+    eos_share: float
+    samples: list[ExportSample]
+    per_item: list[float] = []
+
+
+class ExportFile(BaseModel):
+    qtype: str
+    path: str
+    size_bytes: int = 0
+    sha256: str = ""
+    accuracy: float = 0.0
+    eos_share: float = 0.0
+    passed: bool = False
+    reason: str = ""
+    seconds: float = 0.0  # making this file plus checking it
+    samples: list[ExportSample] = []
+    per_item: list[float] = []  # task metric per checked row, in row order (paired with other candidates)
+    modelfile: str = ""  # Ollama Modelfile beside a passed file
+    perplexity: float | None = None  # on the general texts, same token ids as the merged model's
+    perplexity_increase: float | None = None  # relative to the merged model (0.01 = +1 %)
+    nll_per_item: list[float] = []  # per text, pairs with the candidates' PerplexityResult.per_item
+    auto: str = ""  # "tried" / "picked" when `auto` in the types chose among export.auto_types
+    versions: dict[str, str | None] = {}  # the tools that made and checked the file
+
+    def score_perplexity(self, ppl, reference_ppl: float) -> None:
+        """Record a PerplexityResult on the general texts and its rise over the merged model's."""
+        self.perplexity, self.nll_per_item = ppl.ppl, ppl.per_item
+        self.perplexity_increase = ppl.ppl / reference_ppl - 1
+    benchmarks: dict = {}  # MMLU / GSM8K on this file (benchmark -> BenchmarkResult fields), when configured
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+# --- locating and running llama.cpp's converter -------------------------------------------------
+
+
+def converter_dir() -> Path:
+    """Where convert_hf_to_gguf.py and its vendored gguf-py live ($TUNELINE_LLAMA_CPP_DIR wins)."""
+    env = os.environ.get("TUNELINE_LLAMA_CPP_DIR")
+    path = Path(env) if env else Path(sys.prefix) / "share" / "tuneline" / "llama.cpp"
+    if not (path / "convert_hf_to_gguf.py").is_file():
+        raise FileNotFoundError(
+            f"llama.cpp's converter is not at {path / 'convert_hf_to_gguf.py'}: run `make setup` or "
+            f"`scripts/install_llama_cpp.sh {sys.prefix}` (or set TUNELINE_LLAMA_CPP_DIR to a llama.cpp checkout)"
+        )
+    return path
+
+
+def _base_type(qtype: str) -> str:
+    name = qtype.upper()
+    if name not in BASE_TYPES:
+        raise ValueError(f"'{qtype}' cannot be converted directly: the first type must be one of {', '.join(BASE_TYPES)}")
+    return name
+
+
+def convert(model_dir: str | Path, out_file: str | Path, outtype: str = "f16") -> Path:
+    """Run llama.cpp's convert_hf_to_gguf.py on a HF dir; returns the GGUF path."""
+    out_file = Path(out_file)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    cdir = converter_dir()
+    # Write beside the target and rename, so a failed or killed run never leaves half a GGUF.
+    part = out_file.with_name(out_file.name + ".part")
+    cmd = [sys.executable, str(cdir / "convert_hf_to_gguf.py"), str(model_dir),
+           "--outtype", _base_type(outtype).lower(), "--outfile", str(part)]
+    env = dict(os.environ)
+    # The vendored gguf-py must win over the PyPI `gguf`: the converter is written against it,
+    # and the PyPI release can lag behind the architectures and keys this converter emits.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(cdir / "gguf-py"), env.get("PYTHONPATH")]))
+    env.pop("NO_LOCAL_GGUF", None)
+    # transformers would take a model_dir that does not exist for a hub id and try to download it.
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0 or not part.is_file():
+        part.unlink(missing_ok=True)
+        tail = "\n".join(proc.stderr.strip().splitlines()[-25:])
+        raise ExportError(f"convert_hf_to_gguf.py failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
+    part.replace(out_file)
+    return out_file
+
+
+# --- quantizing ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _llama_log(level: int = logging.DEBUG):
+    """Collect llama.cpp's log (it prints through a Python callback to sys.stderr) for error messages.
+
+    DEBUG, because llama-cpp-python 0.3.36 maps ggml's log levels off by one (ggml ERROR arrives
+    as logging.DEBUG), so any stricter level drops exactly the error lines we want.
+    """
+    import llama_cpp._logger as llog
+
+    buf, old = io.StringIO(), llog.logger.level
+    llog.logger.setLevel(level)
+    try:
+        with contextlib.redirect_stderr(buf):
+            yield buf
+    finally:
+        llog.logger.setLevel(old)
+
+
+def _error_lines(logtext: str, n: int = 5) -> str:
+    """The log lines that say what went wrong (the full log is hundreds of lines per model)."""
+    lines = logtext.strip().splitlines()
+    errors = [line for line in lines if re.search(r"fail|error|invalid|disabled", line, re.I)]
+    return "\n".join((errors or lines)[-n:])
+
+
+def quantize(src: str | Path, dst: str | Path, qtype: str) -> Path:
+    """Quantize a f16/bf16/f32 GGUF to `qtype` with llama.cpp's own quantizer."""
+    import llama_cpp
+
+    name = qtype.upper()
+    if name not in GGUF_FTYPES:
+        raise ValueError(f"unknown GGUF type '{qtype}': known {', '.join(GGUF_FTYPES)}")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = GGUF_FTYPES[name]
+    params.nthread = os.cpu_count() or 1
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    with _llama_log() as logbuf:
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+    notes = logbuf.getvalue()
+    if rc != 0 or not Path(dst).is_file():
+        Path(dst).unlink(missing_ok=True)
+        raise ExportError(f"llama_model_quantize({src} -> {dst}, {name}) returned {rc}: {_error_lines(notes)}")
+    # K-quants need rows divisible by 256; llama.cpp silently falls back for other tensors.
+    fallback = re.search(r"WARNING: (\d+ of \d+ tensor\(s\) required fallback quantization)", notes)
+    if fallback:
+        log.warning("%s: %s", Path(dst).name, fallback.group(1))
+    return Path(dst)
+
+
+# --- reading a GGUF back ------------------------------------------------------------------------
+
+
+def _field(reader, key: str, index: int | None = None):
+    field = reader.fields.get(key)
+    if field is None:
+        return None
+    return field.contents(index) if index is not None else field.contents()
+
+
+def read_metadata(path: str | Path) -> dict:
+    """Architecture, file type, chat template and bos/eos ids and texts stored in a GGUF."""
+    from gguf import GGUFReader  # memory-mapped: reads the header, not the weights
+
+    reader = GGUFReader(str(path))
+    meta = {
+        "architecture": _field(reader, "general.architecture"),
+        "file_type": _field(reader, "general.file_type"),
+        "chat_template": _field(reader, "tokenizer.chat_template"),
+        "bos_token_id": _field(reader, "tokenizer.ggml.bos_token_id"),
+        "eos_token_id": _field(reader, "tokenizer.ggml.eos_token_id"),
+    }
+    for kind in ("bos", "eos"):
+        tid = meta[f"{kind}_token_id"]
+        meta[f"{kind}_token"] = _field(reader, "tokenizer.ggml.tokens", tid) if tid is not None else None
+    return meta
+
+
+# --- checking a GGUF by asking it questions -----------------------------------------------------
+
+
+def _last_user(messages: list[dict]) -> str:
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+
+
+def check(path: str | Path, conversations: list[list[dict]], answers: list[str], max_tokens: int,
+          n_ctx: int = 2048, metric: str = "exact_match") -> GGUFCheck:
+    """Greedy answers from llama.cpp through the GGUF's own chat template, scored by the task metric."""
+    import llama_cpp
+
+    if len(conversations) != len(answers) or not conversations:
+        raise ValueError(f"need as many answers as conversations, at least one: got {len(conversations)} and {len(answers)}")
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, verbose=False, n_threads=os.cpu_count())
+    try:
+        # Without an embedded template llama-cpp-python guesses a format; that would test the guess.
+        if "tokenizer.chat_template" not in llm.metadata:
+            raise ExportError(f"{path} has no tokenizer.chat_template: the converter found no chat template in the HF dir")
+        samples = [_ask(llm, conv, ans, max_tokens) for conv, ans in zip(conversations, answers)]
+    finally:
+        llm.close()  # frees the llama.cpp model and context now, not whenever GC runs
+    n = len(samples)
+    scores = score_items([s.predicted for s in samples], [s.expected for s in samples], metric)
+    return GGUFCheck(
+        accuracy=sum(scores) / n,
+        eos_share=sum(s.finish_reason == "stop" for s in samples) / n,
+        samples=samples,
+        per_item=scores,
+    )
+
+
+def _ask(llm, messages: list[dict], answer: str, max_tokens: int) -> ExportSample:
+    out = llm.create_chat_completion(messages=messages, temperature=0, max_tokens=max_tokens)
+    choice = out["choices"][0]
+    return ExportSample(prompt=_last_user(messages), expected=answer,
+                      predicted=choice["message"]["content"] or "", finish_reason=choice["finish_reason"] or "")
+
+
+# --- Ollama -------------------------------------------------------------------------------------
+
+# Ollama's Go template for ChatML. The default system turn, if the GGUF template adds one, goes to
+# SYSTEM: Ollama inserts it only when the request has no system message, as the Jinja template does.
+_CHATML_TEMPLATE = """{{- range .Messages }}<|im_start|>{{ .Role }}
+{{ .Content }}<|im_end|>
+{{ end }}<|im_start|>assistant
+"""
+
+
+def write_modelfile(gguf_path: str | Path, metadata: dict) -> Path:
+    """An Ollama Modelfile beside the GGUF (`<stem>.Modelfile`, so several types share one dir)."""
+    gguf_path = Path(gguf_path)
+    template = metadata.get("chat_template") or ""
+    if "<|im_start|>" not in template:
+        raise ValueError(f"{gguf_path.name}: only ChatML chat templates are translated to Ollama, got {template[:80]!r}")
+    eos = metadata.get("eos_token")
+    if not eos:
+        raise ValueError(f"{gguf_path.name}: no eos token in the GGUF metadata to stop on")
+    lines = [f"FROM ./{gguf_path.name}", f'TEMPLATE """{_CHATML_TEMPLATE}"""']
+    default_system = re.search(r"<\|im_start\|>system\n(.*?)<\|im_end\|>", template, re.S)
+    if default_system:
+        lines.append(f'SYSTEM """{default_system.group(1)}"""')
+    # Stop on the eos text; a ChatML turn also ends at <|im_end|> when the eos is another token.
+    for stop in dict.fromkeys([eos, "<|im_end|>"]):
+        lines.append(f'PARAMETER stop "{stop}"')
+    lines.append("PARAMETER temperature 0")
+    out = gguf_path.with_suffix(".Modelfile")
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+# --- the whole export ---------------------------------------------------------------------------
+
+
+class Gate(BaseModel):
+    """What each file is judged against: the merged HF model, on the same rows and the same tokens."""
+
+    reference_accuracy: float
+    max_accuracy_drop: float
+    reference_ppl: float | None = None  # None: no perplexity check
+    # Allowed relative perplexity rise per type (upper-case names); "*" for every other type.
+    max_ppl_increase: dict[str, float] = {"*": 0.05}
+    min_eos_share: float = MIN_EOS_SHARE
+
+    def ppl_limit(self, qtype: str) -> float:
+        return self.max_ppl_increase.get(qtype, self.max_ppl_increase.get("*", 0.05))
+
+
+class Probe(BaseModel):
+    """What each file is asked: the held-out chats (task metric, EOS) and general text (perplexity)."""
+
+    conversations: list[list[dict]]
+    answers: list[str]
+    max_tokens: int
+    metric: str = "exact_match"
+    ppl_ids: list[list[int]] = []  # benchmarks.encode_texts of the general texts; [] skips perplexity
+
+
+def verdict(entry: ExportFile, gate: Gate) -> tuple[bool, str]:
+    floor = gate.reference_accuracy - gate.max_accuracy_drop
+    problems, fine = [], []
+    if entry.accuracy < floor:
+        problems.append(f"accuracy {entry.accuracy:.3f} < {floor:.3f} "
+                        f"(reference {gate.reference_accuracy:.3f} - allowed drop {gate.max_accuracy_drop:.3f})")
+    else:
+        fine.append(f"accuracy {entry.accuracy:.3f} >= {floor:.3f}")
+    if entry.perplexity_increase is not None:
+        limit = gate.ppl_limit(entry.qtype)
+        text = (f"perplexity {entry.perplexity:.3f} vs merged {gate.reference_ppl:.3f} "
+                f"({entry.perplexity_increase:+.2%}, limit +{limit:.2%})")
+        (problems if entry.perplexity_increase > limit else fine).append(text)
+    if entry.eos_share < gate.min_eos_share:
+        problems.append(f"only {entry.eos_share:.0%} of answers stopped at EOS (need {gate.min_eos_share:.0%}); "
+                        "the rest ran to the token limit")
+    elif gate.min_eos_share > 0:  # 0: not checked (GPTQ/AWQ answer through the merged model's generation config)
+        fine.append(f"{entry.eos_share:.0%} of answers stopped at EOS")
+    return (False, "; ".join(problems)) if problems else (True, ", ".join(fine))
+
+
+def _make_and_check(entry: ExportFile, make, probe: Probe, gate: Gate) -> ExportFile:
+    """Make one file and check it; any failure becomes passed=False with the error as reason."""
+    start = time.monotonic()
+    # llama-cpp-python's llama.cpp made, quantized and checked the file; gguf-py is the converter's.
+    entry.versions = package_versions("llama_cpp_python", "gguf", "transformers")
+    try:
+        path = make()
+        entry.size_bytes, entry.sha256 = path.stat().st_size, sha256_file(path)
+        if probe.ppl_ids and gate.reference_ppl:
+            from tuneline.eval.gguf_lm import gguf_perplexity
+
+            entry.score_perplexity(gguf_perplexity(path, probe.ppl_ids), gate.reference_ppl)
+        result = check(path, probe.conversations, probe.answers, probe.max_tokens, metric=probe.metric)
+        entry.accuracy, entry.eos_share, entry.samples = result.accuracy, result.eos_share, result.samples
+        entry.per_item = result.per_item
+        entry.passed, entry.reason = verdict(entry, gate)
+        if entry.passed:
+            entry.modelfile = str(write_modelfile(path, read_metadata(path)))
+    except Exception as exc:  # one broken type must not hide the results of the others
+        entry.passed, entry.reason = False, f"{type(exc).__name__}: {exc}"
+    entry.seconds = round(time.monotonic() - start, 3)
+    log.info("%s: %s (%s)", entry.qtype, "passed" if entry.passed else "REJECTED", entry.reason)
+    return entry
+
+
+def _validate_types(types: list[str], auto_types: list[str] = ()) -> list[str]:
+    names = [t.upper() for t in types]
+    if not names:
+        raise ValueError("no GGUF types to export")
+    _base_type(names[0])
+    unknown = [t for t in names + [a.upper() for a in auto_types] if t not in GGUF_FTYPES and t != "AUTO"]
+    if unknown:
+        raise ValueError(f"unknown GGUF types {unknown}: known {', '.join(GGUF_FTYPES)} (and auto)")
+    if len(set(names)) != len(names):
+        raise ValueError(f"GGUF types repeat: {types}")
+    if "AUTO" in names and not auto_types:
+        raise ValueError("gguf_types has auto but export.auto_types is empty: list the types auto may pick from")
+    return names
+
+
+def export(model_dir: str | Path, out_dir: str | Path, types: list[str], probe: Probe, gate: Gate,
+           name: str = "model", auto_types: list[str] = ()) -> list[ExportFile]:
+    """Convert to types[0], quantize to the rest, check every file; one ExportFile per type tried, in order.
+
+    `auto` in `types` tries `auto_types` (smallest first) and stops at the first that passes the gate:
+    every type tried stays in the result, rejected ones with their reason, the pick with auto="picked".
+    """
+    names = _validate_types(types, auto_types)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base = out_dir / f"{name}-{names[0]}.gguf"
+    # Without the converted file there is nothing to quantize from: a convert failure raises.
+    start = time.monotonic()
+    convert(model_dir, base, names[0])
+    results = [_make_and_check(ExportFile(qtype=names[0], path=str(base)), lambda: base, probe, gate)]
+    results[0].seconds = round(time.monotonic() - start, 3)  # the conversion counts as making it
+
+    def make(qtype: str, auto: str = "") -> ExportFile:
+        dst = out_dir / f"{name}-{qtype}.gguf"
+        return _make_and_check(ExportFile(qtype=qtype, path=str(dst), auto=auto),
+                               lambda: quantize(base, dst, qtype), probe, gate)
+
+    for qtype in names[1:]:
+        if qtype != "AUTO":
+            results.append(make(qtype))
+            continue
+        for candidate in [t.upper() for t in auto_types if t.upper() not in names]:
+            results.append(make(candidate, auto="tried"))
+            if results[-1].passed:
+                results[-1].auto = "picked"
+                break
+        else:
+            log.warning("auto: none of %s passed the gate; see each file's reason", list(auto_types))
+    return results
+
+
+def _load_rows(path: Path) -> tuple[list[list[dict]], list[str]]:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r["messages"] for r in rows], [r["answer"] for r in rows]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("model_dir")
+    p.add_argument("out_dir")
+    p.add_argument("--eval", required=True, type=Path, help="JSONL of {messages, answer}")
+    p.add_argument("--types", nargs="+", default=["f16", "Q8_0"])
+    p.add_argument("--auto-types", nargs="*", default=["Q4_K_M", "Q5_K_M", "Q6_K"])
+    p.add_argument("--reference-accuracy", type=float, default=0.0)
+    p.add_argument("--max-drop", type=float, default=0.05)
+    p.add_argument("--max-tokens", type=int, default=32)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    conversations, answers = _load_rows(args.eval)
+    probe = Probe(conversations=conversations, answers=answers, max_tokens=args.max_tokens)
+    gate = Gate(reference_accuracy=args.reference_accuracy, max_accuracy_drop=args.max_drop)
+    files = export(args.model_dir, args.out_dir, args.types, probe, gate, auto_types=args.auto_types)
+    for f in files:
+        print(json.dumps(f.model_dump(exclude={"samples", "per_item", "nll_per_item"})))
+    return 0 if all(f.passed for f in files) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

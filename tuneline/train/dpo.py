@@ -1,0 +1,254 @@
+"""Preference alignment with TRL's DPOTrainer (or ORPO, SimPO, KTO: `dpo.loss_type`), from the SFT adapter.
+
+    python -m tuneline.train.dpo configs/default.yaml /tmp/sft-adapter /tmp/dpo-adapter
+
+Lineage: the SFT adapter is loaded trainable as "default"; TRL copies it to a frozen "ref"
+adapter, so the reference is exactly the SFT model and the base weights exist once in memory.
+The saved DPO adapter is the trained "default" only (same shape as its SFT parent).
+A full-weight SFT model (sft.method full, bitfit, galore) is trained in full (bitfit: its biases; galore:
+with plain AdamW) and saved as a full model dir; TRL loads the reference from the SFT dir (a second copy).
+Prompt-based and X-LoRA adapters cannot be re-trained by DPO (config.py refuses dpo.enabled with them).
+
+Pairs come from two sources:
+- mined: the SFT model answers unused training rows; each wrong answer becomes a pair
+  (chosen = the gold label, rejected = what the model said): on-policy negatives;
+- user pairs (HH-RLHF shape) from the validated preference data.
+An SFT (NLL) term on the chosen answer (`sft_weight`) keeps DPO from lowering both
+log-probabilities, the known way plain DPO wrecks a small model.
+
+`loss_type` orpo (TRL's ORPOTrainer) and simpo (CPOTrainer, loss simpo) are reference-free: no "ref"
+adapter, and `beta` is ORPO's lambda / SimPO's reward scale; kto (KTOTrainer) splits every pair into
+a desirable and an undesirable answer and keeps the SFT model as its reference, like DPO.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from peft import PeftModel
+from pydantic import BaseModel
+from trl import DPOConfig as TRLDPOConfig
+from trl import DPOTrainer
+
+from tuneline.model.base import BaseModelRef, load_model, load_tokenizer
+from tuneline.config import DPOConfig
+from tuneline.data.validate import messages
+from tuneline.eval.task import generate
+from tuneline.train.methods import is_adapter_dir, load_adapter, load_full
+from tuneline.eval.scoring import exact_match
+from tuneline.train.common import (
+    CheckpointMirror,
+    TrainResult,
+    checkpoint_dir,
+    common_args,
+    loss_span,
+    mirror_callbacks,
+    peak_memory_mb,
+    resume_point,
+    run_key,
+    trainable_parameters,
+)
+
+
+class Pair(BaseModel):
+    prompt: list[dict]
+    chosen: str
+    rejected: str
+    origin: str
+
+
+def mine_pairs(model, tokenizer, records: list[dict], max_new_tokens: int, batch_size: int) -> list[Pair]:
+    preds = generate(model, tokenizer, [messages(r, with_answer=False) for r in records], max_new_tokens, batch_size)
+    return [
+        Pair(prompt=messages(r, with_answer=False), chosen=r["assistant"], rejected=p.strip(), origin=r["id"])
+        for r, p in zip(records, preds)
+        if not exact_match(p, r["assistant"])  # an empty answer is a mistake too
+    ]
+
+
+def user_pairs(rows: list[dict]) -> list[Pair]:
+    return [Pair(prompt=json.loads(r["prompt"]), chosen=r["chosen"], rejected=r["rejected"], origin=r["id"]) for r in rows]
+
+
+def to_dataset(pairs: list[Pair]) -> Dataset:
+    return Dataset.from_list([
+        {"prompt": p.prompt, "chosen": [{"role": "assistant", "content": p.chosen}],
+         "rejected": [{"role": "assistant", "content": p.rejected}]}
+        for p in pairs
+    ])
+
+
+@torch.no_grad()
+def preference_accuracy(model, tokenizer, pairs: list[Pair]) -> dict:
+    """Share of pairs where the mean per-token log-likelihood of chosen beats rejected, and the mean margin.
+
+    TRL's rewards/accuracies is 0 before training by construction (policy == reference); this
+    length-normalized comparison means the same thing before and after.
+    """
+    if not pairs:
+        return {"accuracy": None, "margin": None, "n": 0}
+    was_training = model.training
+    model.eval()
+    wins, margins = 0, []
+    for p in pairs:
+        c, r = (_mean_logprob(model, tokenizer, p.prompt, ans) for ans in (p.chosen, p.rejected))
+        wins += c > r
+        margins.append(c - r)
+    model.train(was_training)
+    return {"accuracy": wins / len(pairs), "margin": sum(margins) / len(margins), "n": len(pairs)}
+
+
+def _mean_logprob(model, tokenizer, prompt: list[dict], answer: str) -> float:
+    head = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": answer}], tokenize=False)
+    n_head = len(tokenizer(head, add_special_tokens=False).input_ids)
+    ids = tokenizer(full, add_special_tokens=False, return_tensors="pt").input_ids.to(model.device)
+    logits = model(ids, use_cache=False).logits[0, :-1].float()
+    logp = torch.log_softmax(logits, -1).gather(-1, ids[0, 1:, None])[:, 0]
+    return logp[n_head - 1 :].mean().item()
+
+
+def trl_args(cfg: DPOConfig, out: Path):
+    """The TRL config of the trainer that implements `cfg.loss_type` (see `preference_trainer`)."""
+    common = dict(**common_args(out, cfg.seed, logging_steps=2, bf16=cfg.bf16), learning_rate=cfg.learning_rate,
+                  num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
+                  lr_scheduler_type="cosine", warmup_steps=0.1, beta=cfg.beta, max_length=cfg.max_length)
+    if cfg.loss_type == "orpo":
+        from trl.experimental.orpo import ORPOConfig
+
+        return ORPOConfig(**common)  # beta is ORPO's lambda; its loss holds the NLL term itself
+    if cfg.loss_type == "simpo":
+        from trl.experimental.cpo import CPOConfig
+
+        return CPOConfig(**common, loss_type="simpo", simpo_gamma=cfg.simpo_gamma, cpo_alpha=cfg.sft_weight)
+    if cfg.loss_type == "kto":
+        from trl import KTOConfig
+
+        return KTOConfig(**common)
+    losses, weights = [cfg.loss_type], [1.0]
+    if cfg.sft_weight > 0:
+        losses.append("sft")
+        weights.append(cfg.sft_weight)
+    return TRLDPOConfig(**common, loss_type=losses, loss_weights=weights)
+
+
+def unpaired(pairs: list[Pair]) -> Dataset:
+    """KTO's data shape: each pair gives a desirable (chosen) and an undesirable (rejected) answer."""
+    return Dataset.from_list([
+        {"prompt": p.prompt, "completion": [{"role": "assistant", "content": answer}], "label": good}
+        for p in pairs for answer, good in ((p.chosen, True), (p.rejected, False))
+    ])
+
+
+def preference_trainer(cfg: DPOConfig, model, tok, pairs: list[Pair], ckpt: Path, callbacks: list):
+    """DPOTrainer for sigmoid/ipo/hinge; ORPO and SimPO (CPOTrainer) need no reference model; KTO
+    learns from unpaired answers. DPO and KTO copy the SFT adapter to a frozen "ref" adapter."""
+    args = trl_args(cfg, ckpt)
+    kwargs = dict(model=model, args=args, processing_class=tok, callbacks=callbacks)
+    if cfg.loss_type == "orpo":
+        from trl.experimental.orpo import ORPOTrainer
+
+        return ORPOTrainer(**kwargs, train_dataset=to_dataset(pairs))
+    if cfg.loss_type == "simpo":
+        from trl.experimental.cpo import CPOTrainer
+
+        return CPOTrainer(**kwargs, train_dataset=to_dataset(pairs))
+    if cfg.loss_type == "kto":
+        from trl import KTOTrainer
+
+        return KTOTrainer(**kwargs, train_dataset=unpaired(pairs))
+    return DPOTrainer(**kwargs, train_dataset=to_dataset(pairs))
+
+
+def load_sft(ref: BaseModelRef, sft_dir: str, method: str, trainable: bool):
+    if not is_adapter_dir(sft_dir):
+        return load_full(sft_dir, method, trainable)
+    model = load_model(ref, quantize_4bit=method == "qlora")
+    model.config.use_cache = False
+    return load_adapter(model, sft_dir, trainable=trainable)
+
+
+def copy_to_ref_adapter(model) -> None:
+    """Make TRL's frozen "ref" adapter an exact copy of "default" (the SFT adapter).
+
+    TRL 1.16 copies only parameters whose name contains ".default.", which misses adapters stored in
+    ParameterDicts (IA3's ia3_l.default, AdaLoRA's lora_A/B/E.default): their reference would silently be
+    the freshly initialised adapter, i.e. the base model, not the SFT model.
+    """
+    if not isinstance(model, PeftModel) or "ref" not in model.peft_config:
+        return
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, param in params.items():
+            ref = name.replace(".default.", ".ref.") if ".default." in name else name.removesuffix(".default") + ".ref"
+            if ref != name and ref in params:
+                params[ref].copy_(param)
+
+
+def train(ref: BaseModelRef, sft_dir: str, sft_method: str, mining_records: list[dict], pref_rows: list[dict],
+          cfg: DPOConfig, out_dir: Path, max_new_tokens: int = 12, batch_size: int = 32,
+          mirror: CheckpointMirror | None = None) -> TrainResult:
+    tok = load_tokenizer(ref)
+    model = load_sft(ref, sft_dir, sft_method, trainable=True)
+    t0 = time.perf_counter()
+    mined = mine_pairs(model, tok, mining_records, max_new_tokens, batch_size) if cfg.mine_mistakes else []
+    mining_seconds = time.perf_counter() - t0
+    pairs = mined + user_pairs(pref_rows)
+    if len(pairs) < 2:
+        raise ValueError(
+            f"DPO needs preference pairs but got {len(pairs)} (mined {len(mined)} mistakes from {len(mining_records)} rows). "
+            "Raise data.mining_rows or data.preference_rows, or set dpo.enabled: false."
+        )
+    random.Random(cfg.seed).shuffle(pairs)
+    held = pairs[: max(1, len(pairs) // 5)]
+    train_pairs = pairs[len(held):]
+    before = preference_accuracy(model, tok, held)
+    key = run_key(ref.sha256, cfg.model_dump_json(), *(p.model_dump_json() for p in train_pairs))
+    ckpt = checkpoint_dir("dpo", key)
+    trainer = preference_trainer(cfg, model, tok, train_pairs, ckpt, mirror_callbacks(ckpt, mirror))
+    copy_to_ref_adapter(trainer.model)
+    trainable, total = trainable_parameters(trainer.model)
+    t1 = time.perf_counter()
+    resume = resume_point(ckpt, mirror)
+    trainer.train(resume_from_checkpoint=resume)
+    seconds = time.perf_counter() - t1
+    if isinstance(trainer.model, PeftModel):
+        trainer.model.set_adapter("default")
+    after = preference_accuracy(trainer.model, tok, held)
+    if isinstance(trainer.model, PeftModel):
+        trainer.model.save_pretrained(out_dir, selected_adapters=["default"])
+    else:
+        trainer.model.config.use_cache = True
+        trainer.model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    history = trainer.state.log_history
+    metrics = {
+        "pairs_mined": len(mined), "pairs_user": len(pref_rows), "pairs_train": len(train_pairs),
+        "pairs_heldout": len(held), "mining_seconds": round(mining_seconds, 1), "train_seconds": round(seconds, 1),
+        "heldout_pref_accuracy_before": before["accuracy"], "heldout_pref_accuracy_after": after["accuracy"],
+        "heldout_margin_before": before["margin"], "heldout_margin_after": after["margin"],
+        "trainable_params": trainable, "total_params": total, "peak_memory_mb": round(peak_memory_mb(), 1),
+        "first_loss": loss_span(history)[0], "final_loss": loss_span(history)[1], "resumed_from": resume,
+        "steps": trainer.state.global_step,
+    }
+    return TrainResult(adapter_dir=str(out_dir), history=history, metrics=metrics)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from tuneline.model.base import prepare
+    from tuneline.config import load
+    from tuneline.data.validate import validate
+
+    cfg = load(sys.argv[1])
+    ref = prepare(cfg.base_model)
+    v = validate(cfg.data, load_tokenizer(ref))
+    mining = v.task[v.task.split == "mining"].to_dict("records")
+    res = train(ref, sys.argv[2], cfg.sft.method, mining, v.preferences.to_dict("records"), cfg.dpo, Path(sys.argv[3]))
+    print(json.dumps(res.metrics, indent=2))
