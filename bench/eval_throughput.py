@@ -4,7 +4,7 @@
     python bench/eval_throughput.py --model tiny --rows 64 --mmlu-items 8 --metric token_f1
 
 Measures examples/s for
-  (a) the task metric: `tuneline.eval.task.task_accuracy` (greedy generation + scoring) on the first N
+  (a) the task metric: `tuneline.eval.task.score_task` (greedy generation + scoring) on the first N
       held-out Banking77 eval rows (`tuneline.data.validate.validate(DataConfig(), tok)`, split == "eval"),
       batch 32 vs batch 1;
   (b) lm-eval loglikelihood: MMLU cloze on 2 subjects x k items through `tuneline.eval.benchmarks`
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     from tuneline.eval.benchmarks import run_benchmarks
     from tuneline.config import BaseModelConfig, DataConfig, EvaluateConfig, MMLUConfig
     from tuneline.data.validate import validate
-    from tuneline.eval.task import task_accuracy
+    from tuneline.eval.task import score_task
     from tuneline.eval.scoring import check_metric
 
     check_metric(args.metric)
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # Warm-up (first-call costs: kernels, lm-eval's task machinery, the datasets CSV builder) so
     # neither side of a comparison pays them.
-    task_accuracy(model, tok, rows[:2], max_new, 2, args.metric)
+    score_task(model, tok, rows[:2], max_new, 2, args.metric)
     spent = timed_loglikelihood()
     mmlu(1, SUBJECTS[:1], 1)
 
@@ -115,10 +115,10 @@ def main(argv: list[str] | None = None) -> None:
     # (a) task metric: generation + scoring.
     task_runs = {}
     for batch in (args.task_batch, 1):
-        runs = [task_accuracy(model, tok, rows, max_new, batch, args.metric) for _ in range(args.repeats)]
+        runs = [score_task(model, tok, rows, max_new, batch, args.metric) for _ in range(args.repeats)]
         assert all(x.per_item == runs[0].per_item for x in runs), "greedy generation is not deterministic"
         task_runs[batch] = r = min(runs, key=lambda x: x.seconds)
-        record(f"task {args.metric} (generate {max_new} tok)", batch, r.n, r.seconds, r.accuracy)
+        record(f"task {args.metric} (generate {max_new} tok)", batch, r.n, r.seconds, r.score)
     a, b = task_runs[args.task_batch], task_runs[1]
     differ = sum(x != y for x, y in zip(a.predictions, b.predictions))
     assert a.per_item == b.per_item, f"batching changed task scores: {a.per_item} vs {b.per_item}"

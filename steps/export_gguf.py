@@ -24,7 +24,7 @@ def export_gguf(merged: ModelDir, task_data: pd.DataFrame, config: ExportConfig,
     log({
         "reference_accuracy": res.reference_accuracy,
         "reference_perplexity": round(res.reference_perplexity.ppl, 4) if res.reference_perplexity else None,
-        **{f"{f.qtype}": {"size_mb": round(f.size_bytes / 2**20, 1), "sha256": f.sha256, "accuracy": f.accuracy,
+        **{f"{f.qtype}": {"size_mb": round(f.size_bytes / 2**20, 1), "sha256": f.sha256, "score": f.score,
                           "perplexity": f.perplexity, "perplexity_increase": f.perplexity_increase,
                           "passed": f.passed, "reason": f.reason, "auto": f.auto,
                           **{k: round(b["score"], 4) for k, b in f.benchmarks.items()}} for f in res.files},

@@ -24,7 +24,7 @@ def _export(method: str, merged: ModelDir, task_data: pd.DataFrame, quantize: Qu
     res = export_quantized(merged.path, out, method, train, rows, quantize, config, evaluate.metric, evaluate)
     f = res.file
     log({"method": method, "qtype": f.qtype, "size_mb": round(f.size_bytes / 2**20, 1), "sha256": f.sha256,
-         "accuracy": f.accuracy, "reference_accuracy": res.reference.accuracy, "perplexity": f.perplexity,
+         "score": f.score, "reference_accuracy": res.reference.score, "perplexity": f.perplexity,
          "perplexity_increase": f.perplexity_increase, "passed": f.passed, "reason": f.reason,
          "seconds": f.seconds, "versions": res.export["versions"],
          "calibration_samples": res.export["calibration_samples"],

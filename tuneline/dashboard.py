@@ -17,7 +17,7 @@ def _bar_chart(report: EvalReport) -> str:
 
     names = list(report.task)
     fig, ax = plt.subplots(figsize=(7, 3.2))
-    vals = [report.task[n].accuracy for n in names]
+    vals = [report.task[n].score for n in names]
     ax.bar(names, vals, color=["#999"] + ["#4a7"] * (len(names) - 1))
     for i, v in enumerate(vals):
         ax.text(i, v + 0.01, f"{v:.1%}", ha="center")
@@ -57,7 +57,7 @@ def _export_row(e: dict) -> str:
     ppl = (f"{e['perplexity']:.3f} ({e['perplexity_increase']:+.2%})" if e.get("perplexity_increase") is not None else "-")
     auto = {"picked": " (auto's pick)", "tried": " (tried by auto)"}.get(e.get("auto", ""), "")
     return (f"<tr><td>{e.get('format', 'gguf')}</td><td>{e['qtype']}{auto}</td><td>{e['size_bytes'] / 2**20:.1f} MB</td>"
-            f"<td>{e['accuracy']:.1%}</td><td>{ppl}</td>"
+            f"<td>{e['score']:.1%}</td><td>{ppl}</td>"
             f"<td>{format(e.get('eos_share', 0), '.0%') if e.get('format', 'gguf') == 'gguf' else '-'}</td>"
             f"<td>{'pass' if e['passed'] else 'REJECTED'}</td><td>{html.escape(e.get('reason', ''))}</td></tr>")
 
@@ -73,14 +73,14 @@ def evaluation_markdown(report: EvalReport) -> str:
         vs = f" ({d.diff:+.1%} vs base, 95% CI {d.ci_low:+.1%}..{d.ci_high:+.1%})" if d else ""
         scores = [f"{report.benchmarks[name][b].score:.1%}" if b in report.benchmarks.get(name, {}) else "-" for b in benches]
         ppl = f"{report.perplexity[name].ppl:.2f}" if name in report.perplexity else "-"
-        rows.append(f"| {name} | {task.accuracy:.1%}{vs} | " + " | ".join(scores) + f" | {ppl} |")
+        rows.append(f"| {name} | {task.score:.1%}{vs} | " + " | ".join(scores) + f" | {ppl} |")
     return "\n".join(rows) + "\n"
 
 
 def evaluation_html(report: EvalReport, decision_text: str | None = None, exports: list[dict] | None = None) -> str:
     metric = report.task["base"].metric
     rows = "".join(
-        f"<tr><td>{n}</td><td>{r.accuracy:.1%}</td><td>{r.n}</td>"
+        f"<tr><td>{n}</td><td>{r.score:.1%}</td><td>{r.n}</td>"
         f"<td>{_diff(report.task_vs_base[n]) if n in report.task_vs_base else '-'}</td></tr>"
         for n, r in report.task.items()
     )
@@ -145,7 +145,7 @@ def run_summary(report: EvalReport, exports: list[dict], decision: str, model_na
     lines = ["", "=" * 72, "tuneline run summary", "-" * 72, f"task {base.metric} ({base.n} held-out rows):"]
     for n, r in report.task.items():
         d = report.task_vs_base.get(n)
-        lines.append(f"  {n:<12} {r.accuracy:6.1%}" + (f"  vs base {d.diff:+.1%} (95% CI {d.ci_low:+.1%}..{d.ci_high:+.1%})" if d else ""))
+        lines.append(f"  {n:<12} {r.score:6.1%}" + (f"  vs base {d.diff:+.1%} (95% CI {d.ci_low:+.1%}..{d.ci_high:+.1%})" if d else ""))
     for cand, diffs in (report.benchmark_changes or {report.final: report.benchmarks_vs_base}).items():
         for name, d in diffs.items():
             lines.append(f"{name}: base {d.mean_base:.1%} -> {cand} {d.mean_candidate:.1%} "
@@ -156,7 +156,7 @@ def run_summary(report: EvalReport, exports: list[dict], decision: str, model_na
         ppl = f", perplexity {e['perplexity_increase']:+.2%} vs merged" if e.get("perplexity_increase") is not None else ""
         name = e["path"] if e.get("format", "gguf") == "gguf" else f"{e['format']}-{e['qtype']}"  # a GPTQ/AWQ dir: "model"
         lines.append(f"export {name}{' (auto)' if e.get('auto') == 'picked' else ''}: {e['size_bytes'] / 2**20:.1f} MB, "
-                     f"accuracy {e['accuracy']:.1%}{ppl}, {'passed' if e['passed'] else 'REJECTED: ' + e['reason']}")
+                     f"score {e['score']:.1%}{ppl}, {'passed' if e['passed'] else 'REJECTED: ' + e['reason']}")
     lines.append(f"model {model_name or '-'}: {decision}")
     lines.append("=" * 72)
     return "\n".join(lines)

@@ -101,7 +101,7 @@ def test_llama_cpp_greedy_matches_transformers(ggufs, model_dir, tokenizer):
 def test_check_scores_and_reports_finish(ggufs):
     result = export_gguf.check(ggufs["Q8_0"], CONVERSATIONS, ["lost_card", "top_up_failed"], max_tokens=4)
     assert len(result.samples) == 2 and result.samples[1].prompt.endswith("top up failed")
-    assert result.accuracy == 0.0  # a random model does not know banking intents
+    assert result.score == 0.0  # a random model does not know banking intents
     assert all(s.finish_reason in ("stop", "length") for s in result.samples)
     assert result.eos_share == sum(s.finish_reason == "stop" for s in result.samples) / 2
 

@@ -13,7 +13,7 @@ EXPORTS = [{"qtype": "F16", "passed": True, "reason": "ok"}]
 
 
 def _task(scores):
-    return TaskResult(accuracy=float(np.mean(scores)), n=len(scores), per_item=list(map(float, scores)),
+    return TaskResult(score=float(np.mean(scores)), n=len(scores), per_item=list(map(float, scores)),
                       item_ids=[str(i) for i in range(len(scores))], predictions=[""] * len(scores), seconds=0)
 
 
@@ -81,7 +81,7 @@ def test_worse_than_the_current_version_is_not_promoted():
 
 
 def _export(qtype, scores):
-    return {"qtype": qtype, "format": "gguf", "passed": True, "reason": "ok", "accuracy": float(np.mean(scores)),
+    return {"qtype": qtype, "format": "gguf", "passed": True, "reason": "ok", "score": float(np.mean(scores)),
             "per_item": list(map(float, scores)), "predictions": ["x"] * len(scores)}
 
 

@@ -19,7 +19,7 @@ from tuneline.model.base import BaseModelRef, load_model, load_tokenizer
 from tuneline.eval.benchmarks import BenchmarkResult, PerplexityResult, perplexity, run_benchmarks
 from tuneline.config import EvaluateConfig, resolve
 from tuneline.data.validate import read_general_texts
-from tuneline.eval.task import TaskResult, task_accuracy
+from tuneline.eval.task import TaskResult, score_task
 from tuneline.train.methods import align_logits, is_adapter_dir, load_adapter, load_full
 from tuneline.eval.stats import PairedDiff, paired_bootstrap
 
@@ -39,7 +39,7 @@ class EvalReport(BaseModel):
 
     def summary(self) -> dict:
         """Flat numbers for ZenML metadata and the run summary."""
-        out = {f"task_accuracy/{k}": round(v.accuracy, 4) for k, v in self.task.items()}
+        out = {f"task_accuracy/{k}": round(v.score, 4) for k, v in self.task.items()}
         for cand, res in self.benchmarks.items():
             out.update({f"{name}/{cand}": round(r.score, 4) for name, r in res.items()})
         for k, d in self.task_vs_base.items():
@@ -72,7 +72,7 @@ def evaluate(ref: BaseModelRef, adapters: dict[str, str], sft_method: str, recor
     texts = general_texts(cfg)
     ppl: dict[str, PerplexityResult] = {}
     # The base is scored before any adapter goes into it (PEFT wraps the model in place).
-    task["base"] = task_accuracy(model, tok, records, cfg.max_new_tokens, cfg.batch_size, cfg.metric)
+    task["base"] = score_task(model, tok, records, cfg.max_new_tokens, cfg.batch_size, cfg.metric)
     bench_base = run_benchmarks(model, tok, cfg)
     if texts:
         ppl["base"] = perplexity(model, tok, texts, cfg.perplexity.batch_size)
@@ -87,7 +87,7 @@ def evaluate(ref: BaseModelRef, adapters: dict[str, str], sft_method: str, recor
             candidate = peft.eval()
         else:
             candidate = load_full(adapters[name]).eval()
-        task[name] = task_accuracy(candidate, tok, records, cfg.max_new_tokens, cfg.batch_size, cfg.metric)
+        task[name] = score_task(candidate, tok, records, cfg.max_new_tokens, cfg.batch_size, cfg.metric)
         if name == final or cfg.benchmark_candidates == "all":
             bench[name] = run_benchmarks(candidate, tok, cfg)
             if texts:
@@ -126,7 +126,7 @@ def with_exports(report: EvalReport, reference: TaskResult, exports: list[dict],
         if e.get("per_item"):
             n = len(e["per_item"])
             candidates[f"{e.get('format', 'gguf')}-{e['qtype']}"] = TaskResult(
-                accuracy=e["accuracy"], n=n, per_item=e["per_item"], item_ids=reference.item_ids[:n],
+                score=e["score"], n=n, per_item=e["per_item"], item_ids=reference.item_ids[:n],
                 predictions=e.get("predictions", []), seconds=e.get("seconds", 0.0), metric=reference.metric)
     for name, res in candidates.items():
         ids = [i for i in res.item_ids if i in base]

@@ -19,8 +19,7 @@ from tuneline.eval.scoring import check_metric, score_items
 
 
 class TaskResult(BaseModel):
-    # Mean of per_item under `metric` (named accuracy for the callers that predate other metrics).
-    accuracy: float
+    score: float  # mean of per_item under `metric` (exact match, token F1, ROUGE...)
     n: int
     per_item: list[float]
     item_ids: list[str]
@@ -57,7 +56,7 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
     return out
 
 
-def task_accuracy(
+def score_task(
     model, tokenizer, records: list[dict], max_new_tokens: int, batch_size: int, metric: str = "exact_match"
 ) -> TaskResult:
     """Score generated answers on task records (dicts with user/assistant/system) with a
@@ -67,7 +66,7 @@ def task_accuracy(
     preds = generate(model, tokenizer, [messages(r, with_answer=False) for r in records], max_new_tokens, batch_size)
     scores = score_items(preds, [r["assistant"] for r in records], metric)
     return TaskResult(
-        accuracy=sum(scores) / max(len(scores), 1), n=len(scores), per_item=scores,
+        score=sum(scores) / max(len(scores), 1), n=len(scores), per_item=scores,
         item_ids=[r["id"] for r in records], predictions=preds, seconds=time.perf_counter() - t0, metric=metric,
     )
 
@@ -85,5 +84,5 @@ if __name__ == "__main__":
     task = validate(cfg.data, tok).task
     rows = task[task.split == "eval"].to_dict("records")
     metric = sys.argv[2] if len(sys.argv) > 2 else "exact_match"
-    r = task_accuracy(load_model(ref), tok, rows, cfg.evaluate.max_new_tokens, cfg.evaluate.batch_size, metric)
-    print(f"{r.metric} {r.accuracy:.3f} on {r.n} rows in {r.seconds:.1f}s; e.g. {r.predictions[:5]}")
+    r = score_task(load_model(ref), tok, rows, cfg.evaluate.max_new_tokens, cfg.evaluate.batch_size, metric)
+    print(f"{r.metric} {r.score:.3f} on {r.n} rows in {r.seconds:.1f}s; e.g. {r.predictions[:5]}")

@@ -29,7 +29,7 @@ class GGUFExportResult(BaseModel):
 
     @property
     def reference_accuracy(self) -> float:
-        return self.reference.accuracy
+        return self.reference.score
 
 
 class MergedResults(BaseModel):
@@ -45,11 +45,11 @@ def merged_results(model_dir: str, records: list[dict], max_new_tokens: int, met
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tuneline.eval.benchmarks import encode_texts, perplexity, run_benchmarks
-    from tuneline.eval.task import task_accuracy
+    from tuneline.eval.task import score_task
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32").eval()
-    out = MergedResults(task=task_accuracy(model, tok, records, max_new_tokens, batch_size=32, metric=metric))
+    out = MergedResults(task=score_task(model, tok, records, max_new_tokens, batch_size=32, metric=metric))
     if bench is not None:
         out.benchmarks = run_benchmarks(model, tok, bench)
     if texts:
@@ -68,7 +68,7 @@ def export_gguf(model_dir: str, out_dir: Path, records: list[dict], cfg: ExportC
     merged = merged_results(model_dir, rows, cfg.max_new_tokens, metric, bench, texts)
     probe = Probe(conversations=[messages(r, with_answer=False) for r in rows], answers=[r["assistant"] for r in rows],
                   max_tokens=cfg.max_new_tokens, metric=metric, ppl_ids=merged.ppl_ids)
-    gate = Gate(reference_accuracy=merged.task.accuracy, max_accuracy_drop=cfg.max_accuracy_drop,
+    gate = Gate(reference_accuracy=merged.task.score, max_accuracy_drop=cfg.max_accuracy_drop,
                 reference_ppl=merged.perplexity.ppl if merged.perplexity else None, max_ppl_increase=cfg.ppl_limits())
     files = export(model_dir, out_dir, cfg.gguf_types, probe, gate, auto_types=cfg.auto_types)
     if bench is not None:
@@ -98,7 +98,7 @@ def export_quantized(model_dir: str, out_dir: Path, method: str, train_records: 
     from transformers import AutoTokenizer
 
     from tuneline.eval.benchmarks import perplexity, run_benchmarks
-    from tuneline.eval.task import task_accuracy
+    from tuneline.eval.task import score_task
     from tuneline.export.quantize import calibration_texts, load_quantized, quantize
 
     rows = records[: cfg.check_rows] if cfg.check_rows else records
@@ -109,13 +109,13 @@ def export_quantized(model_dir: str, out_dir: Path, method: str, train_records: 
     q = quantize(model_dir, out_dir, method, qcfg, calib)
     entry = ExportFile(qtype=f"W{q.bits}G{q.group_size}", path=q.path, size_bytes=q.size_bytes, sha256=q.sha256)
     model, tok = load_quantized(q.path)
-    task = task_accuracy(model, tok, rows, cfg.max_new_tokens, batch_size=32, metric=metric)
+    task = score_task(model, tok, rows, cfg.max_new_tokens, batch_size=32, metric=metric)
     # EOS is not measured here (min_eos_share 0 below): transformers stops on the merged model's generation
     # config, copied into the export; the report shows "-" for it.
-    entry.accuracy, entry.per_item = task.accuracy, task.per_item
+    entry.score, entry.per_item = task.score, task.per_item
     entry.samples = [ExportSample(prompt=messages(r, with_answer=False)[-1]["content"], expected=r["assistant"],
                                   predicted=p, finish_reason="") for r, p in zip(rows, task.predictions)]
-    gate = Gate(reference_accuracy=merged.task.accuracy, max_accuracy_drop=cfg.max_accuracy_drop, min_eos_share=0.0,
+    gate = Gate(reference_accuracy=merged.task.score, max_accuracy_drop=cfg.max_accuracy_drop, min_eos_share=0.0,
                 reference_ppl=merged.perplexity.ppl if merged.perplexity else None, max_ppl_increase=cfg.ppl_limits())
     if texts:
         entry.score_perplexity(perplexity(model, tok, texts), merged.perplexity.ppl)
@@ -138,7 +138,7 @@ if __name__ == "__main__":
     v = validate(cfg.data, load_tokenizer(prepare(cfg.base_model)))
     res = export_gguf(sys.argv[2], Path(sys.argv[3]), v.task[v.task.split == "eval"].to_dict("records"), cfg.export,
                       cfg.evaluate.metric, cfg.evaluate)
-    print(f"merged: {res.reference.accuracy:.3f} on {res.reference.n} rows")
+    print(f"merged: {res.reference.score:.3f} on {res.reference.n} rows")
     for f in res.files:
-        print(f"{f.qtype}{' (auto)' if f.auto else ''}: {f.size_bytes / 2**20:.1f} MB, {f.accuracy:.3f}, "
+        print(f"{f.qtype}{' (auto)' if f.auto else ''}: {f.size_bytes / 2**20:.1f} MB, {f.score:.3f}, "
               f"ppl {f.perplexity or 0:.3f}, {'passed' if f.passed else 'REJECTED'} ({f.reason})")

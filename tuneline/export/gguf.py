@@ -50,7 +50,7 @@ class ExportSample(BaseModel):
 
 
 class GGUFCheck(BaseModel):
-    accuracy: float
+    score: float
     eos_share: float
     samples: list[ExportSample]
     per_item: list[float] = []
@@ -61,7 +61,7 @@ class ExportFile(BaseModel):
     path: str
     size_bytes: int = 0
     sha256: str = ""
-    accuracy: float = 0.0
+    score: float = 0.0  # mean task metric on the checked rows
     eos_share: float = 0.0
     passed: bool = False
     reason: str = ""
@@ -238,7 +238,7 @@ def check(path: str | Path, conversations: list[list[dict]], answers: list[str],
     n = len(samples)
     scores = score_items([s.predicted for s in samples], [s.expected for s in samples], metric)
     return GGUFCheck(
-        accuracy=sum(scores) / n,
+        score=sum(scores) / n,
         eos_share=sum(s.finish_reason == "stop" for s in samples) / n,
         samples=samples,
         per_item=scores,
@@ -314,11 +314,11 @@ class Probe(BaseModel):
 def verdict(entry: ExportFile, gate: Gate) -> tuple[bool, str]:
     floor = gate.reference_accuracy - gate.max_accuracy_drop
     problems, fine = [], []
-    if entry.accuracy < floor:
-        problems.append(f"accuracy {entry.accuracy:.3f} < {floor:.3f} "
+    if entry.score < floor:
+        problems.append(f"score {entry.score:.3f} < {floor:.3f} "
                         f"(reference {gate.reference_accuracy:.3f} - allowed drop {gate.max_accuracy_drop:.3f})")
     else:
-        fine.append(f"accuracy {entry.accuracy:.3f} >= {floor:.3f}")
+        fine.append(f"score {entry.score:.3f} >= {floor:.3f}")
     if entry.perplexity_increase is not None:
         limit = gate.ppl_limit(entry.qtype)
         text = (f"perplexity {entry.perplexity:.3f} vs merged {gate.reference_ppl:.3f} "
@@ -345,7 +345,7 @@ def _make_and_check(entry: ExportFile, make, probe: Probe, gate: Gate) -> Export
 
             entry.score_perplexity(gguf_perplexity(path, probe.ppl_ids), gate.reference_ppl)
         result = check(path, probe.conversations, probe.answers, probe.max_tokens, metric=probe.metric)
-        entry.accuracy, entry.eos_share, entry.samples = result.accuracy, result.eos_share, result.samples
+        entry.score, entry.eos_share, entry.samples = result.score, result.eos_share, result.samples
         entry.per_item = result.per_item
         entry.passed, entry.reason = verdict(entry, gate)
         if entry.passed:

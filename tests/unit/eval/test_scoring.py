@@ -171,19 +171,19 @@ def test_rouge_loads_from_the_repo_with_no_network(monkeypatch):
         scoring._rouge.cache_clear()
 
 
-# ---------------------------------------------------------------- task_accuracy
+# ---------------------------------------------------------------- score_task
 
 
-def test_task_accuracy_uses_the_metric(monkeypatch):
+def test_score_task_uses_the_metric(monkeypatch):
     records = [{"id": f"r{i}", "prompt": '[{"role": "user", "content": "q"}]', "assistant": a}
                for i, a in enumerate(["card_arrival", "the cat sat on the mat"])]
     monkeypatch.setattr(gen, "generate", lambda *a, **k: ["Card_arrival.", "the cat sat"])
-    default = gen.task_accuracy(None, None, records, max_new_tokens=4, batch_size=2)
-    assert (default.metric, default.per_item, default.accuracy) == ("exact_match", [1.0, 0.0], 0.5)
-    f1 = gen.task_accuracy(None, None, records, max_new_tokens=4, batch_size=2, metric="token_f1")
+    default = gen.score_task(None, None, records, max_new_tokens=4, batch_size=2)
+    assert (default.metric, default.per_item, default.score) == ("exact_match", [1.0, 0.0], 0.5)
+    f1 = gen.score_task(None, None, records, max_new_tokens=4, batch_size=2, metric="token_f1")
     assert f1.metric == "token_f1" and f1.per_item == pytest.approx([1.0, 2 / 3])
-    assert f1.accuracy == pytest.approx((1 + 2 / 3) / 2) and f1.item_ids == ["r0", "r1"]
+    assert f1.score == pytest.approx((1 + 2 / 3) / 2) and f1.item_ids == ["r0", "r1"]
     with pytest.raises(ValueError, match="unknown task metric"):
-        gen.task_accuracy(None, None, records, max_new_tokens=4, batch_size=2, metric="acc")
+        gen.score_task(None, None, records, max_new_tokens=4, batch_size=2, metric="acc")
     # Results stored before the metric field existed still load.
-    assert gen.TaskResult(accuracy=1, n=0, per_item=[], item_ids=[], predictions=[], seconds=0).metric == "exact_match"
+    assert gen.TaskResult(score=1, n=0, per_item=[], item_ids=[], predictions=[], seconds=0).metric == "exact_match"
