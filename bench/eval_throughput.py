@@ -7,7 +7,7 @@ Measures examples/s for
   (a) the task metric: `tuneline.eval.task.score_task` (greedy generation + scoring) on the first N
       held-out Banking77 eval rows (`tuneline.data.validate.validate(DataConfig(), tok)`, split == "eval"),
       batch 32 vs batch 1;
-  (b) lm-eval loglikelihood: MMLU cloze on 2 subjects x k items through `tuneline.eval.benchmarks`
+  (b) lm-eval loglikelihood: MMLU cloze on 2 subjects x k items through `tuneline.eval.harness`
       (`run_benchmarks` with `EvaluateConfig(benchmark_batch_size=...)`), batch 4 vs batch 1.
       "ll s" is the time inside HFLM.loglikelihood alone (the rest is lm-eval building the tasks).
 and asserts that each pair of runs gave the same per-item scores: batching must not change results.
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from tuneline.model.base import load_model, load_tokenizer, prepare
-    from tuneline.eval.benchmarks import run_benchmarks
+    from tuneline.eval.harness import run_benchmarks
     from tuneline.config import BaseModelConfig, DataConfig, EvaluateConfig, MMLUConfig
     from tuneline.data.validate import validate
     from tuneline.eval.task import score_task

@@ -112,13 +112,13 @@ def instrument(meter: Meter):
 
 
 def run_tuneline(ref, records, steps: int, **overrides) -> None:
-    import tuneline.train.common as training
+    import tuneline.train.checkpoints as checkpoints
     from tuneline.config import SFTConfig
     from tuneline.train.sft import train
 
     cfg = SFTConfig(max_steps=steps, batch_size=BATCH, logging_steps=max(steps, 1), **overrides)
     with tempfile.TemporaryDirectory(prefix="tuneline-bench-") as tmp:
-        training.CHECKPOINT_ROOT = Path(tmp) / "ckpt"  # fresh: never resume another run's checkpoint
+        checkpoints.CHECKPOINT_ROOT = Path(tmp) / "ckpt"  # fresh: never resume another run's checkpoint
         train(ref, records, cfg, Path(tmp) / "adapter")
 
 
@@ -130,7 +130,7 @@ def run_plain(ref, records, steps: int, max_length: int, mode: str) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from tuneline.data.validate import messages
+    from tuneline.data.records import messages
 
     tok = AutoTokenizer.from_pretrained(ref.path)
     model = AutoModelForCausalLM.from_pretrained(ref.path, dtype=torch.float32)
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     from tuneline.model.base import load_tokenizer, prepare
     from tuneline.config import BaseModelConfig, DataConfig
     from tuneline.data.validate import validate
-    from tuneline.train.common import use_bf16
+    from tuneline.model.precision import use_bf16
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -7,9 +7,11 @@ returns a handle whose `path` is the stored copy itself when the artifact store 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
+from pathlib import Path
 from typing import Any, ClassVar
 
 from zenml.enums import ArtifactType, VisualizationType
@@ -18,9 +20,11 @@ from zenml.materializers.base_materializer import BaseMaterializer
 
 from tuneline.artifacts import AdapterDir, CheckpointDir, ExportDir, ModelDir
 from tuneline.data.snapshot import RawDataDir
+from tuneline.model.base import sha256_file
 
 HANDLE = "handle.json"
 FILES = "files"
+MODEL_CARD = "README.md"
 
 
 def _copy_tree(src: str, dst: str) -> None:
@@ -54,6 +58,18 @@ class DirectoryMaterializer(BaseMaterializer):
             _copy_tree(stored, local)
             fields["path"] = local
         return data_type(**fields)
+
+    def compute_content_hash(self, data: Any) -> str | None:
+        """A merged model's handle and files, its model card left out: the card's evaluation table changes
+        with evaluate's knobs (bootstrap_resamples), the weights do not, so the exports built from them stay
+        cached. Other handles: None (ZenML keys on the artifact id)."""
+        if not isinstance(data, ModelDir):
+            return None
+        digest = hashlib.sha256(json.dumps(data.model_dump(mode="json", exclude={"path"}), sort_keys=True).encode())
+        root = Path(data.path)
+        for f in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MODEL_CARD):
+            digest.update(f"{f.relative_to(root)} {sha256_file(f)}\n".encode())
+        return digest.hexdigest()
 
     def extract_metadata(self, data: Any) -> dict:
         total = 0

@@ -23,6 +23,7 @@ from steps.train_sft import train_sft
 from steps.validate_data import validate_data
 from tuneline.config import TunelineConfig
 from tuneline.data.snapshot import fingerprint
+from tuneline.export.gate import ExportChecks
 
 
 @pipeline(enable_cache=True)
@@ -46,9 +47,12 @@ def finetune(config: TunelineConfig = TunelineConfig()) -> None:
     # The model card carries the lineage (data hash, adapters, config) and the evaluation table.
     training = {"sft": config.sft.model_dump(mode="json"), "dpo": config.dpo.model_dump(mode="json")}
     merged = merge(base, final, config.merge, evaluation, data_sha256, training)
-    gguf = export_gguf(merged, task_data, config.export, config.evaluate)
+    # The exports take of `evaluate` only what they check with, so its other knobs (bootstrap_resamples)
+    # re-run the evaluation and the promotion, not the exports.
+    checks = ExportChecks.of(config.evaluate, config.export)
+    gguf = export_gguf(merged, task_data, config.export, checks)
     # One step per format: a failed quantization fails only its own step, the others stay cached.
-    q = (merged, task_data, config.quantize, config.export, config.evaluate)
+    q = (merged, task_data, config.quantize, config.export, checks)
     gptq = export_gptq(*q) if "gptq" in config.quantize.methods else None
     awq = export_awq(*q) if "awq" in config.quantize.methods else None
     promote(evaluation, gguf, config.promote, gptq_export=gptq, awq_export=awq)

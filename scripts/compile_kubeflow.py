@@ -41,6 +41,8 @@ from typing import Any
 
 import yaml
 
+from tuneline.config import read_run
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "default.yaml"
 DEFAULT_ENV = PROJECT_ROOT / "configs" / "env" / "kubeflow.yaml"
@@ -52,21 +54,9 @@ PLACEHOLDER = "<set by ZenML at submission>"
 SNAPSHOT_PLACEHOLDER = "<snapshot id>"
 
 
-def deep_merge(base: Any, overlay: Any) -> Any:
-    """Overlay wins; mappings merge key by key, anything else is replaced."""
-    if isinstance(base, dict) and isinstance(overlay, dict):
-        out = dict(base)
-        for key, value in overlay.items():
-            out[key] = deep_merge(base[key], value) if key in base else value
-        return out
-    return overlay
-
-
 def merged_run_config(config: Path, env: Path | None) -> dict:
-    raw = yaml.safe_load(config.read_text()) or {}
-    if env is not None:
-        raw = deep_merge(raw, yaml.safe_load(env.read_text()) or {})
-    return raw
+    """The run config with the overlay merged over it (tuneline config merge's rule: later wins)."""
+    return read_run([config] if env is None else [config, env])
 
 
 def normalize(doc: dict) -> dict:

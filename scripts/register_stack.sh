@@ -2,7 +2,7 @@
 # Register tuneline's remote ZenML stack: Kubernetes orchestrator, S3 or GCS artifact store,
 # container registry, image builder (Kaniko in the cluster, or the local Docker engine), and the
 # credentials they need as ZenML secrets (or Kubernetes Secrets for the Kaniko pod). Idempotent:
-# existing components are updated. Walkthrough: README.md "Run on Kubernetes".
+# existing components are updated. Walkthrough: docs/kubernetes.md.
 #
 #   export ZENML_STORE_URL=https://zenml.example.com ZENML_STORE_API_KEY=...   # or: zenml login URL
 #   export K8S_CONTEXT=my-cluster ARTIFACT_STORE_URI=s3://my-bucket/tuneline \
@@ -169,6 +169,6 @@ else
     zenml stack register "$STACK_NAME" -o "$ORCHESTRATOR" -a "$ARTIFACT_STORE" -c "$REGISTRY" -i "$BUILDER"
 fi
 zenml stack set "$STACK_NAME"
-log "done: $STACK_NAME is active. Next (README.md "Run on Kubernetes"):"
-log "  python -m tuneline.runconfig configs/default.yaml configs/env/kubernetes.yaml -o build/kubernetes.yaml"
+log "done: $STACK_NAME is active. Next (docs/kubernetes.md):"
+log "  tuneline config merge configs/default.yaml configs/env/kubernetes.yaml -o build/kubernetes.yaml"
 log "  zenml pipeline run pipelines.finetune.finetune -c build/kubernetes.yaml"

@@ -1,11 +1,13 @@
 """Step: stop the run before training when the data validation gate failed.
 
+    tuneline run configs/default.yaml               # in the pipeline, after validate_data
+
 Cached like any step: the verdict is a pure function of the validation summary it reads.
 """
 
 from zenml import step
 
-from tuneline.data.validate import DataError
+from tuneline.data.readers import DataError
 
 
 @step

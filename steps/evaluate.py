@@ -1,4 +1,4 @@
-"""Step: task accuracy for base/SFT/DPO, lm-eval benchmarks for base and final, paired CIs."""
+"""Step: task metric for base/SFT/DPO, benchmarks and perplexity for base and final, paired CIs."""
 
 from typing import Annotated
 
@@ -10,7 +10,7 @@ from steps._metadata import log
 from tuneline.artifacts import AdapterDir
 from tuneline.model.base import BaseModelRef
 from tuneline.config import EvaluateConfig
-from tuneline.eval.evaluate import EvalReport
+from tuneline.eval.report import EvalReport
 from tuneline.eval.evaluate import evaluate as run_evaluation
 from tuneline.dashboard import evaluation_html
 

@@ -12,7 +12,7 @@ from steps._metadata import log
 from tuneline.artifacts import AdapterDir, ModelDir
 from tuneline.model.base import BaseModelRef
 from tuneline.config import MergeConfig
-from tuneline.eval.evaluate import EvalReport
+from tuneline.eval.report import EvalReport
 from tuneline.export.merge import merge as merge_adapter
 from tuneline.dashboard import evaluation_markdown
 

@@ -9,9 +9,8 @@ from zenml.types import HTMLString
 from steps._metadata import log
 from tuneline.artifacts import ExportDir
 from tuneline.config import PromoteConfig
-from tuneline.eval.evaluate import EvalReport, with_exports
-from tuneline.eval.task import TaskResult
-from tuneline.promote import Decision, decide
+from tuneline.eval.report import EvalReport
+from tuneline.promote import Decision, decide, with_exports
 from tuneline.dashboard import evaluation_html, run_summary
 
 
@@ -35,10 +34,9 @@ def promote(
            Annotated[HTMLString, "final_report"]]:
     exports = [e for e in (gguf_export, gptq_export, awq_export) if e is not None]
     files = [f for e in exports for f in e.files]
-    ref = next((e for e in exports if e.reference), None)
+    ref = exports[0] if exports else None
     if ref is not None:  # the merged model and each export join the candidates, paired with base
-        evaluation = with_exports(evaluation, TaskResult(**ref.reference), files,
-                                  reference_benchmarks=ref.reference_benchmarks,
+        evaluation = with_exports(evaluation, ref.reference, files, reference_benchmarks=ref.reference_benchmarks,
                                   reference_perplexity=ref.reference_perplexity)
     model = get_step_context().model
     current = current_evaluation(model.name, config.stage, model.id) if model is not None else None

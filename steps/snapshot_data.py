@@ -1,4 +1,7 @@
-"""Step: copy the raw data files into the artifact store, so each run links to the exact bytes it used."""
+"""Step: copy the raw data files into the artifact store, so each run links to the exact bytes it used.
+
+    tuneline run configs/default.yaml               # the pipeline's first data step
+"""
 
 import tempfile
 from pathlib import Path

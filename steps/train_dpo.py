@@ -12,10 +12,10 @@ from materializers import DirectoryMaterializer
 from steps._checkpoints import mirror
 from steps._metadata import log
 from tuneline.artifacts import AdapterDir
+from tuneline.dashboard import loss_curve_html
 from tuneline.model.base import BaseModelRef
 from tuneline.config import DPOConfig
 from tuneline.train.dpo import train
-from tuneline.train.common import loss_curve_html
 
 
 @step(output_materializers={"dpo_adapter": DirectoryMaterializer})
@@ -28,7 +28,7 @@ def train_dpo(
     mining = task_data[task_data.split == "mining"].to_dict("records")
     res = train(base, sft_adapter.path, sft_adapter.method, mining, preference_data.to_dict("records"), config, out,
                 config.mining_max_new_tokens, config.mining_batch_size, mirror=mirror(checkpoint_artifacts))
-    log(res.metrics)
+    log(res.metadata())  # the metrics, seed, data hash, base sha256 and library versions
     adapter = AdapterDir(path=str(out), base=base, kind="dpo", method=sft_adapter.method,
-                         parent=sft_adapter.path, metrics=res.metrics)
+                         parent=sft_adapter.path, metrics=res.metadata())
     return adapter, HTMLString(loss_curve_html(res.history, "DPO loss"))

@@ -15,10 +15,10 @@ from materializers import DirectoryMaterializer
 from steps._checkpoints import mirror
 from steps._metadata import log
 from tuneline.artifacts import AdapterDir
+from tuneline.dashboard import loss_curve_html
 from tuneline.model.base import BaseModelRef
 from tuneline.config import SFTConfig
 from tuneline.train.sft import train
-from tuneline.train.common import loss_curve_html
 
 
 @step(output_materializers={"sft_adapter": DirectoryMaterializer})
@@ -30,7 +30,7 @@ def train_sft(
     out = Path(tempfile.mkdtemp(prefix="sft-adapter-"))
     res = train(base, task_data[task_data.split == "train"].to_dict("records"), config, out, max_tokens,
                 mirror=mirror(checkpoint_artifacts), eval_records=task_data[task_data.split == "eval"].to_dict("records"))
-    log(res.metrics)
+    log(res.metadata())  # the metrics, seed, data hash, base sha256 and library versions
     # method: auto is resolved by train() on this machine; the adapter records what actually trained.
-    adapter = AdapterDir(path=str(out), base=base, kind="sft", method=res.metrics["method"], metrics=res.metrics)
+    adapter = AdapterDir(path=str(out), base=base, kind="sft", method=res.metrics["method"], metrics=res.metadata())
     return adapter, HTMLString(loss_curve_html(res.history, "SFT loss"))

@@ -1,7 +1,10 @@
 """Step: check and split the raw data snapshot; rejected rows and the validation report are kept as artifacts.
 
-The gate verdict is an output too; `data_gate` stops the run on it, after these artifacts are stored,
-so a failed run still shows why in the dashboard.
+    tuneline run configs/default.yaml               # in the pipeline; `tuneline validate` runs the same check
+
+The snapshot's copies are read under their configured names. The gate verdict is an output too;
+`data_gate` stops the run on it, after these artifacts are stored, so a failed run still shows why
+in the dashboard.
 """
 
 from typing import Annotated
@@ -14,7 +17,8 @@ from steps._metadata import log
 from tuneline.model.base import BaseModelRef, load_tokenizer
 from tuneline.config import DataConfig
 from tuneline.dashboard import data_html
-from tuneline.data.snapshot import RawDataDir, validate
+from tuneline.data.snapshot import RawDataDir
+from tuneline.data.validate import validate
 
 
 @step
@@ -27,7 +31,7 @@ def validate_data(
     Annotated[dict, "data_validation"],
     Annotated[HTMLString, "data_report"],
 ]:
-    v = validate(raw_data, config, load_tokenizer(base.ensure()), mmlu_subjects)
+    v = validate(config, load_tokenizer(base.ensure()), mmlu_subjects, copies=raw_data.copies())
     summary = {"counts": v.counts, "checks": v.checks, "balance": v.balance, "gate_failures": v.gate_failures,
                "expectations": [{"source": g["source"], "shape": g["shape"], "success": g["result"].success,
                                  "statistics": g["result"].statistics, "result": g["result"].raw} for g in v.gx]}

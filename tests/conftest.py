@@ -61,7 +61,7 @@ def tiny_data(tiny_cfg, tiny_tok):
 
 @pytest.fixture()
 def isolated_checkpoints(tmp_path, monkeypatch) -> Path:
-    import tuneline.train.common as training
+    import tuneline.train.checkpoints as training
 
     monkeypatch.setattr(training, "CHECKPOINT_ROOT", tmp_path / "ckpt")
     return tmp_path / "ckpt"

@@ -1,5 +1,7 @@
 """Typed handles for the directories steps hand each other (adapters, merged models, exports).
 
+    ModelDir(path="/tmp/merged", base=ref, adapters=["sft", "dpo"])   # what the merge step returns
+
 They hold a path and the lineage a later step needs; materializers/ stores the directory
 itself in the artifact store, so a handle loaded in another step points at a real copy.
 """
@@ -10,6 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from tuneline.export.records import ExportResult
 from tuneline.model.base import BaseModelRef
 
 
@@ -35,15 +38,11 @@ class ModelDir(BaseModel):
     adapters: list[str] = []
 
 
-class ExportDir(BaseModel):
-    """Exported files of one format (e.g. GGUF), with a per-file record of checks."""
+class ExportDir(ExportResult):
+    """The exported files of one format, each with its checks and verdict (ExportFile.path is relative
+    to `path`), and the merged model's results they were judged against."""
 
     path: str
-    format: str
-    files: list[dict] = []  # one per file: qtype, size, sha256, per-row scores and predictions, verdict
-    reference: dict = {}  # the merged model's TaskResult on the same rows (what each file is judged against)
-    reference_benchmarks: dict = {}  # the merged model's MMLU / GSM8K (benchmark -> BenchmarkResult fields)
-    reference_perplexity: dict = {}  # the merged model's general-text PerplexityResult fields
 
 
 class CheckpointDir(BaseModel):

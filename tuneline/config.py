@@ -1,18 +1,20 @@
 """Every knob of a tuneline run, as pydantic models mirrored one to one by the YAML in configs/.
 
-Check a config without loading any model:
+Check a config without loading any model (overrides are dotted keys under `parameters.config`):
 
-    python -m tuneline.config configs/default.yaml
+    tuneline config check configs/default.yaml sft.learning_rate=5e-4
 
 A wrong key or value fails here, at load time, with the key, the value and the fix.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
-import sys
+import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -143,9 +145,9 @@ class DataConfig(Section):
     @field_validator("prompt_template")
     @classmethod
     def _has_text(cls, v: str) -> str:
-        if "{text}" not in v:
-            raise ValueError(f"prompt_template {v!r} must contain '{{text}}' where the input text goes")
-        return v
+        from tuneline.data.shapes import check_template  # imported here: tuneline.data imports this module
+
+        return check_template(v)
 
 
 # How each sft.method trains (tuneline/train/methods.py has the details):
@@ -169,7 +171,7 @@ class SFTConfig(Section):
     # | xlora (a learned per-token mix of the LoRA adapters in xlora_experts) | full | bitfit (biases only)
     # | galore (every weight, Adam on rank-r projected gradients)
     # | auto (the planner picks lora or qlora, with gradient checkpointing if needed, for the memory of the
-    #   machine train_sft runs on: `python -m tuneline.train.plan configs/default.yaml` shows the table).
+    #   machine train_sft runs on: `tuneline plan configs/default.yaml` shows the table).
     method: SFTMethod = "lora"
     # LoRA family: rank (adalora: the final average rank), alpha, dropout. galore: the projection rank.
     r: int = Field(16, ge=1)
@@ -242,12 +244,15 @@ class DPOConfig(Section):
     # SimPO's target reward margin (gamma).
     simpo_gamma: float = Field(0.5, ge=0)
     learning_rate: float = Field(5e-5, gt=0)
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
     epochs: float = Field(1.0, gt=0)
     batch_size: int = Field(8, ge=1)
     max_length: int = Field(128, ge=16)
     bf16: Literal["auto", "true", "false"] = "auto"
     seed: int = 0
     max_steps: int = -1
+    logging_steps: int = Field(2, ge=1)
     # Generation settings for mining the SFT model's answers.
     mining_max_new_tokens: int = Field(12, ge=1)
     mining_batch_size: int = Field(32, ge=1)
@@ -369,7 +374,7 @@ class ExportConfig(Section):
         return self
 
     def ppl_limits(self) -> dict[str, float]:
-        """max_perplexity_increase with upper-case type names and `*` for the rest (export_gguf.Gate)."""
+        """max_perplexity_increase with upper-case type names and `*` for the rest (tuneline.export.gate.Gate)."""
         limits = {k.upper(): x for k, x in self.max_perplexity_increase.items() if k != "default"}
         return limits | {"*": self.max_perplexity_increase.get("default", 0.05)}
 
@@ -465,36 +470,151 @@ class TunelineConfig(Section):
         return self
 
 
-def explain(err: ValidationError, source: str) -> str:
-    """One line per problem: key path, value, what to do."""
-    lines = [f"{source}: the config is not valid:"]
+
+# --- run config files: read, merge, override, validate ------------------------------------------------
+
+# `key=value` on a command line: a dotted key under parameters.config, then the value as YAML.
+OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.[\w-]+)*=")
+
+
+class ConfigError(ValueError):
+    """A run config that cannot be used: the message names the file or key and the fix."""
+
+
+def explain(err: ValidationError, source: str, overrides: dict[str, str] | None = None) -> str:
+    """One line per problem: key path (or the `key=value` override that set it), value, what to do."""
+    overrides = overrides or {}
+    lines, from_file = [], False
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
-        value = e.get("input")
         msg = e["msg"].removeprefix("Value error, ")
-        lines.append(f"  - {key or '(top level)'} = {value!r}: {msg}")
-    lines.append("Fix the keys above in the YAML (see configs/default.yaml for every key with a comment).")
-    return "\n".join(lines)
+        given = _override_for(key, overrides)
+        from_file |= given is None
+        lines.append(f"{given}={overrides[given]}: {msg}" if given else
+                     f"{key or '(top level)'} = {e.get('input')!r}: {msg}")
+    if not from_file:  # every problem came from a key=value on the command line: one line each
+        return "\n".join(lines)
+    return "\n".join([f"{source}: the config is not valid:", *(f"  - {line}" for line in lines),
+                      "Fix the keys above in the YAML (see configs/default.yaml for every key with a comment)."])
 
 
-def load(path: str | Path) -> TunelineConfig:
-    """Read `parameters.config` from a ZenML run YAML and validate it."""
-    path = Path(path)
-    raw = yaml.safe_load(path.read_text()) or {}
-    section = (raw.get("parameters") or {}).get("config", {})
+def _override_for(key: str, overrides: dict[str, str]) -> str | None:
+    """The override that set `key`, or one below it (a section's own check names the section)."""
+    for given in overrides:
+        if given == key or given.startswith(key + ".") or key.startswith(given + "."):
+            return given
+    return None
+
+
+def deep_merge(base: Any, overlay: Any) -> Any:
+    """`overlay` onto `base`: mappings merge key by key, anything else (lists, scalars) is replaced whole."""
+    if isinstance(base, dict) and isinstance(overlay, dict):
+        out = dict(base)
+        for key, value in overlay.items():
+            out[key] = deep_merge(base[key], value) if key in base else copy.deepcopy(value)
+        return out
+    return copy.deepcopy(overlay)
+
+
+def read_run(paths: Sequence[str | Path]) -> dict:
+    """The run config files merged in order (later files win), as one mapping."""
+    result: dict = {}
+    for path in paths:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such file (a run config such as configs/default.yaml)") from None
+        except yaml.YAMLError as err:
+            where = getattr(err, "problem_mark", None)
+            line = f" at line {where.line + 1}" if where else ""
+            raise ConfigError(f"{path}: not valid YAML{line}: {getattr(err, 'problem', None) or err}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a run config must be a mapping, not {type(data).__name__}")
+        result = deep_merge(result, data)
+    return result
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, str]:
+    """`key=value` strings as {dotted key: value text}; the keys are checked against the config's sections."""
+    out = {}
+    for pair in pairs:
+        if not OVERRIDE.match(pair):
+            raise ConfigError(f"{pair!r}: an override is key=value with a dotted key under parameters.config, "
+                              "e.g. sft.learning_rate=5e-4")
+        key, value = pair.split("=", 1)
+        _check_key(key, value)
+        out[key] = value
+    return out
+
+
+def _check_key(key: str, value: str) -> None:
+    section: type[Section] | None = TunelineConfig
+    where: list[str] = []
+    for part in key.split("."):
+        if section is None:  # inside a mapping field (e.g. export.max_perplexity_increase): free keys
+            return
+        if part not in section.model_fields:
+            place = f"in {'.'.join(where)}" if where else "in parameters.config"
+            raise ConfigError(f"{key}={value}: unknown key '{part}' {place}; {hint(part, section.model_fields)}")
+        section = _section_of(section.model_fields[part].annotation)
+        where.append(part)
+
+
+def _section_of(annotation: Any) -> type[Section] | None:
+    if isinstance(annotation, type) and issubclass(annotation, Section):
+        return annotation
+    return next((s for s in map(_section_of, get_args(annotation)) if s is not None), None)
+
+
+def apply_overrides(run: dict, overrides: dict[str, str]) -> dict:
+    """A copy of `run` with each dotted key set under parameters.config (values parsed as YAML)."""
+    run = copy.deepcopy(run)
+    for key, text in overrides.items():
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{key}={text}: not a YAML value ({getattr(err, 'problem', None) or err})") from None
+        *parents, last = ["parameters", "config", *key.split(".")]
+        node = run
+        for part in parents:
+            if not isinstance(node.get(part), dict):  # absent or null (e.g. data.general_mix: null)
+                node[part] = {}
+            node = node[part]
+        node[last] = value
+    return run
+
+
+def load_run(paths: Sequence[str | Path], overrides: Sequence[str] = ()) -> tuple[dict, TunelineConfig]:
+    """The merged run config with `overrides` applied, and its validated `parameters.config`."""
+    given = parse_overrides(overrides)
+    run = apply_overrides(read_run(paths), given)
+    section = (run.get("parameters") or {}).get("config") or {}
     try:
-        return TunelineConfig.model_validate(section)
+        return run, TunelineConfig.model_validate(section)
     except ValidationError as err:
-        raise SystemExit(explain(err, str(path))) from None
+        raise ConfigError(explain(err, " + ".join(map(str, paths)), given)) from None
+
+
+def load(path: str | Path, overrides: Sequence[str] = ()) -> TunelineConfig:
+    """Read `parameters.config` from a ZenML run YAML, apply `key=value` overrides, and validate it."""
+    return load_run([path], overrides)[1]
+
+
+def write_run(paths: Sequence[str | Path], out: str | Path, overrides: Sequence[str] = ()) -> Path:
+    """Merge `paths` (later wins) and `overrides` into `out`, the one file `zenml pipeline run -c` takes.
+
+    The result is validated first, so a bad overlay or override fails here, not in a pod."""
+    run, _ = load_run(paths, overrides)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sources = [f"#   {p}\n" for p in paths] + ([f"#   {' '.join(overrides)}\n"] if overrides else [])
+    out.write_text("# Generated by `tuneline config merge` from (later wins):\n" + "".join(sources)
+                   + "# Do not edit: change those files and generate it again.\n"
+                   + yaml.safe_dump(run, sort_keys=False, width=120))
+    return out
 
 
 def resolve(path: str) -> Path:
     """Data paths in configs are relative to the project root unless absolute."""
     p = Path(path).expanduser()
     return p if p.is_absolute() else PROJECT_ROOT / p
-
-
-if __name__ == "__main__":
-    for arg in sys.argv[1:]:
-        load(arg)
-        print(f"{arg}: ok")

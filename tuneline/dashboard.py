@@ -1,4 +1,8 @@
-"""HTML pages for the dashboard: the evaluation comparison and the data validation summary."""
+"""HTML pages and text the ZenML dashboard and the run log show, from the steps' typed results.
+
+    evaluation_html(report, decision.sentence(), files)   # promote's final_report (evaluate's, without exports)
+    data_html(validated)                                   # validate_data's data_report
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,8 @@ import base64
 import html
 import io
 
-from tuneline.eval.evaluate import EvalReport
+from tuneline.eval.report import EvalReport
+from tuneline.export.records import ExportFile
 
 
 def _bar_chart(report: EvalReport) -> str:
@@ -53,13 +58,13 @@ def _forgetting_rows(report: EvalReport) -> str:
     return rows
 
 
-def _export_row(e: dict) -> str:
-    ppl = (f"{e['perplexity']:.3f} ({e['perplexity_increase']:+.2%})" if e.get("perplexity_increase") is not None else "-")
-    auto = {"picked": " (auto's pick)", "tried": " (tried by auto)"}.get(e.get("auto", ""), "")
-    return (f"<tr><td>{e.get('format', 'gguf')}</td><td>{e['qtype']}{auto}</td><td>{e['size_bytes'] / 2**20:.1f} MB</td>"
-            f"<td>{e['score']:.1%}</td><td>{ppl}</td>"
-            f"<td>{format(e.get('eos_share', 0), '.0%') if e.get('format', 'gguf') == 'gguf' else '-'}</td>"
-            f"<td>{'pass' if e['passed'] else 'REJECTED'}</td><td>{html.escape(e.get('reason', ''))}</td></tr>")
+def _export_row(e: ExportFile) -> str:
+    ppl = f"{e.perplexity:.3f} ({e.perplexity_increase:+.2%})" if e.perplexity_increase is not None else "-"
+    auto = {"picked": " (auto's pick)", "tried": " (tried by auto)"}.get(e.auto, "")
+    return (f"<tr><td>{e.format}</td><td>{e.qtype}{auto}</td><td>{e.size_bytes / 2**20:.1f} MB</td>"
+            f"<td>{e.score:.1%}</td><td>{ppl}</td>"
+            f"<td>{format(e.eos_share, '.0%') if e.eos_measured else '-'}</td>"
+            f"<td>{'pass' if e.passed else 'REJECTED'}</td><td>{html.escape(e.reason)}</td></tr>")
 
 
 def evaluation_markdown(report: EvalReport) -> str:
@@ -77,7 +82,7 @@ def evaluation_markdown(report: EvalReport) -> str:
     return "\n".join(rows) + "\n"
 
 
-def evaluation_html(report: EvalReport, decision_text: str | None = None, exports: list[dict] | None = None) -> str:
+def evaluation_html(report: EvalReport, decision_text: str | None = None, exports: list[ExportFile] | None = None) -> str:
     metric = report.task["base"].metric
     rows = "".join(
         f"<tr><td>{n}</td><td>{r.score:.1%}</td><td>{r.n}</td>"
@@ -139,7 +144,7 @@ def _body(page: str) -> str:
     return page[page.index(">", lo) + 1 : hi] if lo >= 0 and hi > lo else page
 
 
-def run_summary(report: EvalReport, exports: list[dict], decision: str, model_name: str | None) -> str:
+def run_summary(report: EvalReport, exports: list[ExportFile], decision: str, model_name: str | None) -> str:
     """The plain-text summary printed at the end of a run."""
     base = report.task["base"]
     lines = ["", "=" * 72, "tuneline run summary", "-" * 72, f"task {base.metric} ({base.n} held-out rows):"]
@@ -153,10 +158,58 @@ def run_summary(report: EvalReport, exports: list[dict], decision: str, model_na
     for name, p in report.perplexity.items():
         lines.append(f"general-text perplexity ({name}): {p.ppl:.2f}")
     for e in exports:
-        ppl = f", perplexity {e['perplexity_increase']:+.2%} vs merged" if e.get("perplexity_increase") is not None else ""
-        name = e["path"] if e.get("format", "gguf") == "gguf" else f"{e['format']}-{e['qtype']}"  # a GPTQ/AWQ dir: "model"
-        lines.append(f"export {name}{' (auto)' if e.get('auto') == 'picked' else ''}: {e['size_bytes'] / 2**20:.1f} MB, "
-                     f"score {e['score']:.1%}{ppl}, {'passed' if e['passed'] else 'REJECTED: ' + e['reason']}")
+        ppl = f", perplexity {e.perplexity_increase:+.2%} vs merged" if e.perplexity_increase is not None else ""
+        name = e.path if e.format == "gguf" else e.candidate  # a GGUF file's name says its type; a GPTQ/AWQ dir is "model"
+        lines.append(f"export {name}{' (auto)' if e.auto == 'picked' else ''}: {e.size_bytes / 2**20:.1f} MB, "
+                     f"score {e.score:.1%}{ppl}, {'passed' if e.passed else 'REJECTED: ' + e.reason}")
     lines.append(f"model {model_name or '-'}: {decision}")
     lines.append("=" * 72)
     return "\n".join(lines)
+
+
+def loss_curve_html(history: list[dict], title: str) -> str:
+    """A self-contained HTML page with the training (and eval) loss plot as an inline PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for key, label in (("loss", "train loss"), ("eval_loss", "eval loss")):
+        pts = [(h["step"], h[key]) for h in history if key in h]
+        if pts:
+            ax.plot(*zip(*pts), marker="." if key == "eval_loss" else None, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    img = base64.b64encode(buf.getvalue()).decode()
+    rows = "".join(f"<tr><td>{h.get('step')}</td><td>{h.get('loss', '')}</td><td>{h.get('eval_loss', '')}</td></tr>"
+                   for h in history if "loss" in h or "eval_loss" in h)
+    return (
+        f"<html><body style='font-family:sans-serif'><h3>{title}</h3><img src='data:image/png;base64,{img}'/>"
+        "<details><summary>values</summary><table><tr><th>step</th><th>train loss</th><th>eval loss</th></tr>"
+        f"{rows}</table></details></body></html>"
+    )
+
+
+def memory_plan_html(rows: list[dict], title: str, auto_reason: str | None, available_gb: float) -> str:
+    """The plan step's table (tuneline.train.plan.table rows): one coloured row per method, fits or not."""
+    cols = ["method", "estimated_gb", "fits", "relative_time", "trainable_params", "weights_gb", "gradients_gb",
+            "optimizer_gb", "autocast_copies_gb", "activations_gb", "logits_gb"]
+    head = "".join(f"<th style='padding:2px 8px'>{c}</th>" for c in cols)
+    body = ""
+    for r in rows:
+        color = "#e6f4ea" if r["fits"] else "#fce8e6"
+        body += f"<tr style='background:{color}'>" + "".join(
+            f"<td style='padding:2px 8px;text-align:right'>{r[c]}</td>" for c in cols) + "</tr>"
+    pick = f"<p><b>auto picks:</b> {auto_reason}</p>" if auto_reason is not None else "<p><b>auto:</b> nothing fits</p>"
+    return (f"<html><body style='font-family:sans-serif'><h3>{title}</h3><p>available: {available_gb:.1f} GB</p>{pick}"
+            f"<table style='border-collapse:collapse'><tr>{head}</tr>{body}</table>"
+            f"<p style='color:#666'>Estimates from the model config (no weights): weights + gradients + AdamW "
+            f"(2 fp32 states) + bf16 autocast copies + activations + logits. Relative time/cost: LoRA = 1.</p></body></html>")

@@ -1,5 +1,8 @@
 """The promotion gate: a pure decision from the evaluation report and the export checks.
 
+    report = with_exports(evaluation, gguf.reference, [*gguf.files, *gptq.files])   # merged + exports join
+    decision = decide(report, files, cfg.promote, current)          # the pipeline's promote step
+
 Rules (config `promote`):
 - task: the final model's accuracy gain over the base must be significant (bootstrap CI above 0)
   and at least `min_task_gain`;
@@ -21,8 +24,12 @@ import math
 from pydantic import BaseModel
 
 from tuneline.config import PromoteConfig
-from tuneline.eval.evaluate import EvalReport
-from tuneline.eval.stats import paired_bootstrap
+from tuneline.eval.harness import BenchmarkResult
+from tuneline.eval.perplexity import PerplexityResult
+from tuneline.eval.report import EvalReport
+from tuneline.eval.stats import PairedDiff, paired_bootstrap
+from tuneline.eval.task import TaskResult
+from tuneline.export.records import ExportFile
 
 
 class Decision(BaseModel):
@@ -63,7 +70,7 @@ def merged_vs_final(report: EvalReport) -> tuple[bool, str]:
     return True, text
 
 
-def decide(report: EvalReport, exports: list[dict], cfg: PromoteConfig, current: EvalReport | None = None) -> Decision:
+def decide(report: EvalReport, exports: list[ExportFile], cfg: PromoteConfig, current: EvalReport | None = None) -> Decision:
     ok, reasons = True, []
     d = report.task_vs_base[report.final]
     if d.ci_low <= 0 or d.diff < cfg.min_task_gain:
@@ -102,10 +109,76 @@ def decide(report: EvalReport, exports: list[dict], cfg: PromoteConfig, current:
         fine, text = merged_vs_final(report)
         ok = ok and fine
         reasons.append(text)
-    passed = [e for e in exports if e.get("passed")]
+    passed = [e for e in exports if e.passed]
     if exports and not passed:
         ok = False
-        reasons.append("no exported file passed its check: " + "; ".join(f"{e['qtype']}: {e['reason']}" for e in exports))
+        reasons.append("no exported file passed its check: " + "; ".join(f"{e.qtype}: {e.reason}" for e in exports))
     elif exports:
-        reasons.append("exports passing their check: " + ", ".join(e["qtype"] for e in passed))
+        reasons.append("exports passing their check: " + ", ".join(e.qtype for e in passed))
     return Decision(promote=ok, stage=cfg.stage if ok else None, reasons=reasons)
+
+
+def with_exports(report: EvalReport, reference: TaskResult, exports: list[ExportFile], resamples: int = 2000,
+                 seed: int = 0, reference_benchmarks: dict[str, BenchmarkResult] | None = None,
+                 reference_perplexity: PerplexityResult | None = None) -> EvalReport:
+    """`report` plus the merged model and every exported file as task candidates, paired with base.
+
+    The exports were scored on the same eval rows (`reference.item_ids`, the merged model's run),
+    so each gets a paired CI against the base like the adapters do; so do their MMLU / GSM8K results
+    (`reference_benchmarks` for the merged model, each export's `benchmarks`), item by item.
+    """
+    task, diffs = dict(report.task), dict(report.task_vs_base)
+    base = dict(zip(report.task["base"].item_ids, report.task["base"].per_item))
+    candidates = {"merged": reference}
+    for e in exports:
+        if e.per_item:
+            n = len(e.per_item)
+            candidates[e.candidate] = TaskResult(
+                score=e.score, n=n, per_item=e.per_item, item_ids=reference.item_ids[:n],
+                predictions=e.predictions, seconds=e.seconds, metric=reference.metric)
+    for name, res in candidates.items():
+        ids = [i for i in res.item_ids if i in base]
+        if len(ids) != len(res.item_ids):
+            raise ValueError(f"{name} was scored on {len(res.item_ids) - len(ids)} rows the base was not: "
+                             "exports must be checked on the evaluation rows")
+        task[name] = res
+        diffs[name] = paired_bootstrap(res.per_item, [base[i] for i in ids], resamples=resamples, seed=seed)
+    bench, changes = dict(report.benchmarks), dict(report.benchmark_changes)
+    named = {"merged": reference_benchmarks or {}} | {e.candidate: e.benchmarks for e in exports}
+    for name, results in named.items():
+        if results:
+            bench[name] = dict(results)
+            changes[name] = {k: _paired_items(r, report.benchmarks["base"][k], resamples, seed)
+                             for k, r in bench[name].items() if k in report.benchmarks.get("base", {})}
+    ppl, nll = _export_perplexity(report, exports, reference_perplexity, resamples, seed)
+    return report.model_copy(update={"task": task, "task_vs_base": diffs, "benchmarks": bench,
+                                     "benchmark_changes": changes, "perplexity": ppl, "nll_changes": nll})
+
+
+def _export_perplexity(report: EvalReport, exports: list[ExportFile], reference: PerplexityResult | None,
+                       resamples: int, seed: int) -> tuple[dict, dict]:
+    """The merged model's and each export's general-text perplexity, paired with base text by text
+    (they scored evaluate.perplexity's texts, in order, on the same token ids)."""
+    ppl, nll = dict(report.perplexity), dict(report.nll_changes)
+    base = report.perplexity.get("base")
+    named = {"merged": reference} | {e.candidate: PerplexityResult(ppl=e.perplexity, per_item=e.nll_per_item)
+                                     for e in exports if e.nll_per_item}
+    for name, res in named.items():
+        if res is None or base is None:
+            continue
+        if len(res.per_item) != len(base.per_item):
+            raise ValueError(f"{name} was scored on {len(res.per_item)} general texts, the base on {len(base.per_item)}: "
+                             "exports must be checked on evaluate.perplexity's texts")
+        ppl[name] = res
+        nll[name] = paired_bootstrap(res.per_item, base.per_item, resamples=resamples, seed=seed)
+    return ppl, nll
+
+
+def _paired_items(res: BenchmarkResult, base: BenchmarkResult, resamples: int, seed: int) -> PairedDiff:
+    """Candidate - base on the items both scored (by item id)."""
+    b = dict(zip(base.item_ids, base.per_item))
+    ids = [i for i in res.item_ids if i in b]
+    if len(ids) != len(res.item_ids):
+        raise ValueError(f"{res.name}: {len(res.item_ids) - len(ids)} items the base was not scored on")
+    mine = dict(zip(res.item_ids, res.per_item))
+    return paired_bootstrap([mine[i] for i in ids], [b[i] for i in ids], resamples=resamples, seed=seed)

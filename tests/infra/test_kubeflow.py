@@ -17,6 +17,7 @@ import sys
 import pytest
 import yaml
 
+from tuneline.config import deep_merge
 from tuneline.paths import PROJECT_ROOT
 
 GOLDEN = PROJECT_ROOT / "tests" / "golden" / "finetune_kfp.yaml"
@@ -156,4 +157,4 @@ def test_overlay_merges_over_a_run_config(tmp_path):
     merged = mod.merged_run_config(PROJECT_ROOT / "configs" / "default.yaml", OVERLAY)
     assert merged["parameters"] == yaml.safe_load((PROJECT_ROOT / "configs" / "default.yaml").read_text())["parameters"]
     assert merged["steps"]["train_sft"]["settings"]["resources"]["gpu_count"] == 1
-    assert mod.deep_merge({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}}) == {"a": {"b": 1, "c": 3}}
+    assert deep_merge({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}}) == {"a": {"b": 1, "c": 3}}

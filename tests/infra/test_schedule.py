@@ -28,7 +28,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from tuneline import runconfig
+from tuneline.config import write_run
 from tuneline.paths import PROJECT_ROOT
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install -e '.[k8s]'")
@@ -123,7 +123,7 @@ def compile_pipeline(tmp):
         image_builder=component(LocalImageBuilder, LocalImageBuilderConfig(), "local",
                                 StackComponentType.IMAGE_BUILDER, "builder"),
     )
-    config_path = runconfig.write(CONFIGS, tmp / "weekly.yaml")
+    config_path = write_run(CONFIGS, tmp / "weekly.yaml")
     run_config = PipelineRunConfiguration.model_validate(yaml.safe_load(config_path.read_text()))
     pipeline = finetune.with_options(config_path=str(config_path))
     pipeline._prepare_if_possible()

@@ -14,6 +14,7 @@ import pytest  # noqa: E402
 from tuneline.export import gguf as export_gguf  # noqa: E402
 from tuneline.model.base import prepare, sha256_file  # noqa: E402
 from tuneline.config import BaseModelConfig  # noqa: E402
+from tuneline.export.gate import Gate, Probe  # noqa: E402
 from tuneline.export.gguf_types import GGUF_FTYPES  # noqa: E402
 
 export_gguf.converter_dir()  # fails loudly with what to run when the converter is missing
@@ -122,29 +123,29 @@ def test_convert_failure_names_command(tmp_path):
         export_gguf.convert(tmp_path, tmp_path / "x.gguf", "f16")
 
 
-def _probe(answers, **kw) -> export_gguf.Probe:
-    return export_gguf.Probe(conversations=CONVERSATIONS, answers=answers, max_tokens=4, **kw)
+def _probe(answers, **kw) -> Probe:
+    return Probe(conversations=CONVERSATIONS, answers=answers, max_tokens=4, **kw)
 
 
 def test_export_flags_accuracy_drop_and_keeps_going(model_dir, tmp_path, monkeypatch):
     # An ftype llama.cpp rejects: its entry must fail with the error while the others are checked.
     monkeypatch.setitem(export_gguf.GGUF_FTYPES, "BOGUS", 999)
-    gate = export_gguf.Gate(reference_accuracy=1.0, max_accuracy_drop=0.05)
-    files = export_gguf.export(model_dir, tmp_path, ["f16", "BOGUS", "Q8_0"], _probe(["lost_card", "top_up_failed"]), gate)
+    gate = Gate(reference_accuracy=1.0, max_accuracy_drop=0.05)
+    files = export_gguf.export_files(model_dir, tmp_path, ["f16", "BOGUS", "Q8_0"], _probe(["lost_card", "top_up_failed"]), gate)
     assert [f.qtype for f in files] == ["F16", "BOGUS", "Q8_0"]
     assert not any(f.passed for f in files)
     assert "invalid output file type 999" in files[1].reason
     for f in (files[0], files[2]):
         assert f.sha256 == sha256_file(Path(f.path)) and f.size_bytes == Path(f.path).stat().st_size
-        assert "accuracy 0.000 < 0.950" in f.reason and len(f.samples) == 2 and f.seconds > 0
+        assert "score 0.000 < 0.950" in f.reason and len(f.samples) == 2 and f.seconds > 0
         assert not f.modelfile and f.perplexity is None  # no texts given: no perplexity check
 
 
 def test_export_passes_within_tolerance(ggufs, model_dir, tmp_path, monkeypatch):
     # Conversion is tested above; reuse its file so this test only exercises the verdict.
     monkeypatch.setattr(export_gguf, "convert", lambda src, dst, outtype: Path(shutil.copy(ggufs["F16"], dst)))
-    gate = export_gguf.Gate(reference_accuracy=0.0, max_accuracy_drop=0.0, min_eos_share=0.0)
-    files = export_gguf.export(model_dir, tmp_path, ["F16", "Q8_0"], _probe(["a", "b"]), gate)
+    gate = Gate(reference_accuracy=0.0, max_accuracy_drop=0.0, min_eos_share=0.0)
+    files = export_gguf.export_files(model_dir, tmp_path, ["F16", "Q8_0"], _probe(["a", "b"]), gate)
     assert all(f.passed for f in files), [f.reason for f in files]
     assert all(Path(f.modelfile).is_file() for f in files)
     assert files[0].versions["llama_cpp_python"] == llama_cpp.__version__ and files[0].versions["gguf"]
@@ -156,8 +157,7 @@ def test_gguf_perplexity_equals_transformers(ggufs, model_dir, tokenizer):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tuneline.eval.benchmarks import encode_texts, perplexity
-    from tuneline.eval.gguf_lm import gguf_perplexity
+    from tuneline.eval.perplexity import encode_texts, gguf_perplexity, perplexity
 
     texts = ["My card was lost yesterday and I need a new one.", "How long does a transfer to another bank take?"]
     hf = perplexity(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), tokenizer, texts)
@@ -171,15 +171,14 @@ def test_gguf_perplexity_equals_transformers(ggufs, model_dir, tokenizer):
 def test_auto_rejects_over_the_perplexity_limit_and_picks_the_next(ggufs, model_dir, tokenizer, tmp_path, monkeypatch):
     """A type over its perplexity limit is kept but rejected with the numbers; auto goes on to the next
     type and marks the first that passes; nothing raises."""
-    from tuneline.eval.benchmarks import encode_texts
-    from tuneline.eval.gguf_lm import gguf_perplexity
+    from tuneline.eval.perplexity import encode_texts, gguf_perplexity
 
     monkeypatch.setattr(export_gguf, "convert", lambda src, dst, outtype: Path(shutil.copy(ggufs["F16"], dst)))
     ids = encode_texts(tokenizer, ["My card was lost yesterday and I need a new one.", "Where is my top up?"])
     ref = gguf_perplexity(ggufs["F16"], ids).ppl * 0.9  # every file is ~11 % above this reference
-    gate = export_gguf.Gate(reference_accuracy=0.0, max_accuracy_drop=0.0, min_eos_share=0.0, reference_ppl=ref,
+    gate = Gate(reference_accuracy=0.0, max_accuracy_drop=0.0, min_eos_share=0.0, reference_ppl=ref,
                             max_ppl_increase={"Q4_0": 0.05, "*": 0.5})
-    files = export_gguf.export(model_dir, tmp_path, ["F16", "auto"], _probe(["a", "b"], ppl_ids=ids), gate,
+    files = export_gguf.export_files(model_dir, tmp_path, ["F16", "auto"], _probe(["a", "b"], ppl_ids=ids), gate,
                                auto_types=["Q4_0", "Q6_K", "Q5_K_M"])
     assert [(f.qtype, f.auto, f.passed) for f in files] == [("F16", "", True), ("Q4_0", "tried", False), ("Q6_K", "picked", True)]
     q4 = files[1]
@@ -204,7 +203,8 @@ def test_lm_eval_on_the_gguf_matches_transformers(ggufs, model_dir, tokenizer):
     from transformers import AutoModelForCausalLM
 
     from tuneline.config import EvaluateConfig, GSM8KConfig, MMLUConfig
-    from tuneline.eval.gguf_lm import GGUFLM, run_gguf_benchmarks
+    from tuneline.eval.gguf_lm import GGUFLM
+    from tuneline.eval.harness import run_gguf_benchmarks
 
     pairs = [("Question: where is my card?\nAnswer:", " lost"), ("Question: where is my card?\nAnswer:", " in the mail"),
              ("The capital of France is ", "Paris"), ("Numbers: 1 2 3", " 4 5")]

@@ -7,6 +7,7 @@ One fixed batch of two rows, a constant learning rate far above a real run's (th
 needs it) and three steps keep each method to seconds on CPU. Each method trains once per session.
 """
 
+import dataclasses
 import json
 
 import pytest
@@ -16,14 +17,15 @@ from pydantic import ValidationError
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 import tuneline.train.sft as sft
+from tuneline.model.adapters import is_adapter_dir, load_adapter, load_full
 from tuneline.model.base import load_model, prepare
 from tuneline.config import BaseModelConfig, DPOConfig, EvaluateConfig, PerplexityConfig, SFTConfig, TunelineConfig
 from tuneline.train.dpo import copy_to_ref_adapter
 from tuneline.train.dpo import train as train_dpo
 from tuneline.eval.evaluate import evaluate
 from tuneline.export.merge import merge
-from tuneline.train.methods import MERGEABLE, is_adapter_dir, load_adapter, load_full, peft_config, set_trainable
-from tuneline.train.common import checkpoint_dir, last_checkpoint, run_key
+from tuneline.train.checkpoints import checkpoint_dir, last_checkpoint, run_key
+from tuneline.train.methods import METHODS, method_for
 
 IDS = torch.tensor([[1, 20, 30, 40, 50, 60]])
 
@@ -61,7 +63,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
-    import tuneline.train.common as training
+    import tuneline.train.checkpoints as training
 
     mp = pytest.MonkeyPatch()
     mp.setattr(training, "CHECKPOINT_ROOT", tmp_path_factory.mktemp("ckpt"))
@@ -116,17 +118,15 @@ def trained(tiny_ref, biased_ref, experts, ckpts, tmp_path_factory):
             ref = biased_ref if method == "bitfit" else tiny_ref
             before = {k: v.clone() for k, v in load_model(ref, quantize_4bit=method == "qlora").state_dict().items()}
             captured = {}
-            save = sft.save
+            record = METHODS[method]
 
-            def grab(model, out, cfg):
+            def grab(model, out):
                 captured["model"] = model
-                save(model, out, cfg)
+                record.save(model, out)
 
-            sft.save = grab
-            try:
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setitem(METHODS, method, dataclasses.replace(record, save=grab))
                 res = sft.train(ref, ROWS, method_cfg(method, experts), tmp_path_factory.mktemp(method))
-            finally:
-                sft.save = save
             cache[method] = (ref, res, captured["model"], before)
         return cache[method]
 
@@ -194,7 +194,7 @@ def test_method_learns_keeps_frozen_weights_and_reloads(method, trained):
 @pytest.mark.parametrize("method", [m for m in ADAPTERS + FULL if m != "qlora"])
 def test_merge_folds_in_or_refuses(method, trained, tmp_path):
     ref, res, _, _ = trained(method)
-    if method not in MERGEABLE:
+    if not method_for(method).mergeable:
         with pytest.raises(ValueError, match=f"a {method} adapter cannot be merged"):
             merge(ref, res.adapter_dir, tmp_path / "merged", dtype="float32")
         return
@@ -255,23 +255,27 @@ def test_galore_rerun_resumes_its_optimizer_state(trained, tmp_path):
 @pytest.mark.parametrize("method, resumable", [("adalora", False), ("xlora", False), ("ia3", True)])
 def test_checkpoints_only_where_a_rerun_can_resume(method, resumable, trained, experts):
     ref, res, _, _ = trained(method)
-    key = run_key(ref.sha256, method_cfg(method, experts).model_dump_json(), res.metrics["data_hash"])
+    key = run_key(ref.sha256, method_cfg(method, experts).model_dump_json(), res.data_hash)
     assert (last_checkpoint(checkpoint_dir("sft", key)) is not None) == resumable
 
 
 def test_bitfit_refuses_a_model_without_biases(tiny_ref):
     with pytest.raises(ValueError, match="bitfit trains only bias terms"):
-        set_trainable(load_model(tiny_ref), "bitfit")
+        method_for("bitfit").set_trainable(load_model(tiny_ref))
+
+
+def _peft_config(cfg: SFTConfig, num_layers: int, total_steps: int | None = None):
+    return method_for(cfg).peft_config(cfg, num_layers, None, total_steps)
 
 
 def test_presets_and_explicit_target_modules():
-    cfg = peft_config(SFTConfig(method="dora", target_modules="attention"), num_layers=2)
+    cfg = _peft_config(SFTConfig(method="dora", target_modules="attention"), num_layers=2)
     assert cfg.use_dora and set(cfg.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj"}
-    cfg = peft_config(SFTConfig(method="rslora", target_modules=["q_proj", "v_proj"], r=4, alpha=8), num_layers=2)
+    cfg = _peft_config(SFTConfig(method="rslora", target_modules=["q_proj", "v_proj"], r=4, alpha=8), num_layers=2)
     assert cfg.use_rslora and set(cfg.target_modules) == {"q_proj", "v_proj"} and (cfg.r, cfg.lora_alpha) == (4, 8)
-    ia3 = peft_config(SFTConfig(method="ia3"), num_layers=2)
+    ia3 = _peft_config(SFTConfig(method="ia3"), num_layers=2)
     assert "gate_proj" in ia3.target_modules and ia3.feedforward_modules == {"down_proj"}
-    ada = peft_config(SFTConfig(method="adalora", r=8, top_layers=1), num_layers=4, total_steps=20)
+    ada = _peft_config(SFTConfig(method="adalora", r=8, top_layers=1), num_layers=4, total_steps=20)
     assert (ada.target_r, ada.init_r, ada.total_step, ada.layers_to_transform) == (8, 12, 20, [3])
     assert ada.tinit < ada.total_step - ada.tfinal
 

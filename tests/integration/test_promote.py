@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 
 from tuneline.config import PromoteConfig
-from tuneline.eval.evaluate import EvalReport, with_exports
+from tuneline.eval.report import EvalReport
 from tuneline.eval.task import TaskResult
-from tuneline.promote import decide
+from tuneline.export.records import ExportFile, ExportSample
+from tuneline.promote import decide, with_exports
 from tuneline.eval.stats import paired_bootstrap
 
-EXPORTS = [{"qtype": "F16", "passed": True, "reason": "ok"}]
+EXPORTS = [ExportFile(format="gguf", qtype="F16", path="model-F16.gguf", passed=True, reason="ok")]
 
 
 def _task(scores):
@@ -56,7 +57,7 @@ def test_benchmark_noise_does_not_block():
 
 
 def test_no_passing_export_blocks_promotion():
-    d = decide(_report(np.zeros(N), np.ones(N), BASE, BASE), [{"qtype": "Q4_K_M", "passed": False, "reason": "gibberish"}],
+    d = decide(_report(np.zeros(N), np.ones(N), BASE, BASE), [ExportFile(format="gguf", qtype="Q4_K_M", path="m.gguf", reason="gibberish")],
                PromoteConfig())
     assert not d.promote and "Q4_K_M: gibberish" in d.sentence()
 
@@ -80,9 +81,10 @@ def test_worse_than_the_current_version_is_not_promoted():
     assert decide(current, EXPORTS, PromoteConfig(), current=worse).promote
 
 
-def _export(qtype, scores):
-    return {"qtype": qtype, "format": "gguf", "passed": True, "reason": "ok", "score": float(np.mean(scores)),
-            "per_item": list(map(float, scores)), "predictions": ["x"] * len(scores)}
+def _export(qtype, scores, **fields) -> ExportFile:
+    samples = [ExportSample(prompt="", expected="", predicted="x", finish_reason="stop") for _ in scores]
+    return ExportFile(format="gguf", qtype=qtype, path=f"model-{qtype}.gguf", passed=True, reason="ok",
+                      score=float(np.mean(scores)), per_item=list(map(float, scores)), samples=samples, **fields)
 
 
 def test_merged_and_exports_join_the_candidates_paired_with_base():
@@ -114,7 +116,7 @@ def test_merge_that_lost_accuracy_blocks_promotion():
 
 
 def _bench(scores, ids):
-    from tuneline.eval.benchmarks import BenchmarkResult
+    from tuneline.eval.harness import BenchmarkResult
 
     return BenchmarkResult(name="mmlu_cloze", metric="acc", score=float(np.mean(scores)), n=len(scores),
                            per_item=list(map(float, scores)), item_ids=ids, seconds=0)
@@ -124,39 +126,40 @@ def test_export_benchmarks_join_the_forgetting_table_paired_by_item():
     ids = [f"marketing:{i:04d}" for i in range(N)]
     rep = _report(np.zeros(N), np.ones(N), BASE, BASE).model_copy(update={"benchmarks": {"base": {"mmlu": _bench(BASE, ids)}}})
     forgot = BASE * (rng.random(N) < 0.3)
-    q4 = _export("Q4_K_M", np.ones(N)) | {"benchmarks": {"mmlu": _bench(forgot[::-1], ids[::-1]).model_dump()}}
+    q4 = _export("Q4_K_M", np.ones(N), benchmarks={"mmlu": _bench(forgot[::-1], ids[::-1])})
     full = with_exports(rep, _task(np.ones(N)), [q4], reference_benchmarks={"mmlu": _bench(BASE, ids)})
     assert set(full.benchmark_changes) == {"merged", "gguf-Q4_K_M"}
     assert full.benchmark_changes["merged"]["mmlu"].diff == 0
     # Paired by item id, not by position: the reversed list gives the same difference as the original.
     assert full.benchmark_changes["gguf-Q4_K_M"]["mmlu"].diff == pytest.approx(float(np.mean(forgot - BASE)))
     assert full.benchmark_changes["gguf-Q4_K_M"]["mmlu"].ci_high < 0
-    bad = _export("F16", np.ones(N)) | {"benchmarks": {"mmlu": _bench(BASE[:3], ["x", "y", "z"]).model_dump()}}
+    bad = _export("F16", np.ones(N), benchmarks={"mmlu": _bench(BASE[:3], ["x", "y", "z"])})
     with pytest.raises(ValueError, match="items the base was not scored on"):
         with_exports(rep, _task(np.ones(N)), [bad])
 
 
 def test_export_perplexity_joins_the_report_paired_with_base_text_by_text():
-    from tuneline.eval.benchmarks import PerplexityResult
+    from tuneline.eval.perplexity import PerplexityResult
     from tuneline.dashboard import evaluation_html, run_summary
 
     base_nll = rng.normal(2.0, 0.3, 50)
     rep = _report(np.zeros(N), np.ones(N), BASE, BASE).model_copy(update={"benchmarks_vs_base": {}})
     rep.perplexity = {"base": PerplexityResult(ppl=float(np.exp(base_nll.mean())), per_item=list(base_nll))}
-    q4 = _export("Q4_K_M", np.ones(N)) | {"perplexity": 9.9, "perplexity_increase": 0.08, "auto": "tried",
-                                           "nll_per_item": list(base_nll + 0.3), "size_bytes": 2**20, "eos_share": 1.0}
-    merged = PerplexityResult(ppl=7.5, per_item=list(base_nll + 0.01)).model_dump()
+    q4 = _export("Q4_K_M", np.ones(N), perplexity=9.9, perplexity_increase=0.08, auto="tried",
+                 nll_per_item=list(base_nll + 0.3), size_bytes=2**20, eos_share=1.0)
+    merged = PerplexityResult(ppl=7.5, per_item=list(base_nll + 0.01))
     full = with_exports(rep, _task(np.ones(N)), [q4], reference_perplexity=merged)
     assert set(full.perplexity) == {"base", "merged", "gguf-Q4_K_M"}
     assert full.nll_changes["gguf-Q4_K_M"].ci_low > 0.29 and full.nll_changes["gguf-Q4_K_M"].n == 50
     assert "+8.00%" in evaluation_html(full, "x", [q4]) and "tried by auto" in evaluation_html(full, "x", [q4])
-    gptq = q4 | {"format": "gptq", "qtype": "W4G32", "path": "model", "auto": "", "passed": False, "reason": "too far"}
-    summary = run_summary(full, [q4 | {"path": "model-Q4_K_M.gguf"}, gptq], "not promoted", "m")
-    assert "export model-Q4_K_M.gguf: 1.0 MB, accuracy 100.0%, perplexity +8.00% vs merged, passed" in summary
+    gptq = q4.model_copy(update={"format": "gptq", "qtype": "W4G32", "path": "model", "auto": "", "passed": False,
+                                 "reason": "too far"})
+    summary = run_summary(full, [q4, gptq], "not promoted", "m")
+    assert "export model-Q4_K_M.gguf: 1.0 MB, score 100.0%, perplexity +8.00% vs merged, passed" in summary
     assert "export gptq-W4G32: 1.0 MB" in summary and "REJECTED: too far" in summary
     page = evaluation_html(full, "x", [q4, gptq])
     assert "<td>100%</td><td>pass</td>" in page and "<td>-</td><td>REJECTED</td>" in page  # EOS: GGUF only
-    short = q4 | {"nll_per_item": list(base_nll[:10])}
+    short = q4.model_copy(update={"nll_per_item": list(base_nll[:10])})
     with pytest.raises(ValueError, match="10 general texts, the base on 50"):
         with_exports(rep, _task(np.ones(N)), [short])
 

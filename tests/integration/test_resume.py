@@ -25,12 +25,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import tuneline.train.common as training
+import tuneline.train.checkpoints as training
 from tuneline.config import DataConfig, SFTConfig, resolve
-from tuneline.data.validate import load_records, to_record
+from tuneline.data.records import to_record
+from tuneline.data.sources import locate, read_source
 from tuneline.paths import PROJECT_ROOT
 from tuneline.train.sft import train
-from tuneline.train.common import checkpoint_complete, last_checkpoint
+from tuneline.train.checkpoints import checkpoint_complete, last_checkpoint
 
 CFG = SFTConfig(max_steps=8, batch_size=4, learning_rate=5e-3, dropout=0.1, logging_steps=1, seed=7)
 ROWS = 16  # 4 steps per epoch: the kill lands in the second epoch, so data skipping is exercised too
@@ -97,7 +98,8 @@ def _assert_same_adapter(a: dict, b: dict):
 def records() -> list[dict]:
     """The first Banking77 training rows as task records (read directly: the full validation is not needed)."""
     cfg = DataConfig()
-    recs, _, _ = load_records(str(resolve(cfg.train_file)), cfg, None, "auto", {}, [])
+    recs = read_source(locate(str(resolve(cfg.train_file))), [], template=cfg.prompt_template,
+                       system_prompt=cfg.system_prompt).records
     return [to_record(r, "train") for r in recs[:ROWS]]
 
 

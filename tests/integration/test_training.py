@@ -8,9 +8,9 @@ from tuneline.model.base import load_model
 from tuneline.config import DPOConfig, SFTConfig
 from tuneline.train.dpo import preference_accuracy, user_pairs
 from tuneline.train.dpo import train as train_dpo
-from tuneline.train.sft import lora_config
+from tuneline.train.methods import lora_config
 from tuneline.train.sft import train as train_sft
-from tuneline.train.common import last_checkpoint
+from tuneline.train.checkpoints import last_checkpoint
 
 SFT = SFTConfig(epochs=4, batch_size=8, learning_rate=5e-3, logging_steps=2)
 
@@ -64,11 +64,21 @@ def test_sft_rerun_resumes_from_checkpoint(tiny_ref, tiny_data, tmp_path, isolat
     assert first.metrics["resumed_from"] is None and second.metrics["resumed_from"].endswith(f"checkpoint-{first.metrics['steps']}")
 
 
+def _assert_reproducible(res, ref, seed: int) -> None:
+    """The step metadata of a training result: its metrics plus seed, data hash, base sha256, library versions."""
+    meta = res.metadata()
+    assert meta["seed"] == seed and len(meta["data_hash"]) == 16 and meta["base_sha256"] == ref.sha256
+    assert meta["version_torch"] == torch.__version__ and meta["version_trl"] and meta["version_python"]
+    assert meta["final_loss"] == res.metrics["final_loss"]
+
+
 def test_dpo_starts_from_sft_and_saves_one_adapter(tiny_ref, tiny_data, tmp_path, isolated_checkpoints):
-    train_sft(tiny_ref, _records(tiny_data, "train"), SFT, tmp_path / "sft")
+    sft_res = train_sft(tiny_ref, _records(tiny_data, "train"), SFT, tmp_path / "sft")
     cfg = DPOConfig(batch_size=4, max_length=96, learning_rate=1e-3)
     res = train_dpo(tiny_ref, str(tmp_path / "sft"), "lora", _records(tiny_data, "mining"),
                     tiny_data.preferences.to_dict("records"), cfg, tmp_path / "dpo", max_new_tokens=4)
+    _assert_reproducible(sft_res, tiny_ref, SFT.seed)
+    _assert_reproducible(res, tiny_ref, cfg.seed)
     assert res.metrics["pairs_mined"] > 0 and res.metrics["pairs_user"] == len(tiny_data.preferences)
     assert not (tmp_path / "dpo" / "ref").exists(), "the frozen reference copy must not be saved"
     sft = PeftModel.from_pretrained(load_model(tiny_ref), tmp_path / "sft")
@@ -98,7 +108,7 @@ def test_qlora_switch_trains_on_a_4bit_base(tiny_ref, tiny_data, tmp_path, isola
 
 
 def test_sft_runs_under_accelerate_launch_single_process(tiny_data, tmp_path):
-    """The accelerate path (`accelerate launch -m tuneline.train.sft`), one CPU process: trains and saves the adapter."""
+    """The accelerate path (`accelerate launch -m tuneline.cli train`), one CPU process: trains and saves the adapter."""
     import json
     import os
     import subprocess
@@ -112,8 +122,8 @@ def test_sft_runs_under_accelerate_launch_single_process(tiny_data, tmp_path):
     launch = str(Path(sys.executable).parent / "accelerate")
     env = {**os.environ, "TUNELINE_CHECKPOINTS": str(tmp_path / "ckpt"), "ACCELERATE_USE_CPU": "true"}
     p = subprocess.run([launch, "launch", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
-                        "--dynamo_backend", "no", "--cpu", "-m", "tuneline.train.sft", str(PROJECT_ROOT / "configs" / "tiny.yaml"),
-                        str(tmp_path / "adapter"), "--records", str(records)],
+                        "--dynamo_backend", "no", "--cpu", "-m", "tuneline.cli", "train", str(PROJECT_ROOT / "configs" / "tiny.yaml"),
+                        "--out", str(tmp_path / "adapter"), "--records", str(records)],
                        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
     metrics = json.loads([x for x in p.stdout.splitlines() if x.startswith("METRICS ")][-1][8:])
@@ -124,8 +134,8 @@ def test_sft_runs_under_accelerate_launch_single_process(tiny_data, tmp_path):
 def test_a_new_machine_resumes_from_the_checkpoint_mirror(tiny_ref, tiny_data, tmp_path, monkeypatch):
     """Checkpoints are copied to the mirror as they are written; a run with an empty local checkpoint dir
     (a new pod) copies the newest back and resumes from it instead of training again."""
-    import tuneline.train.common as training
-    from tuneline.train.common import DirMirror
+    import tuneline.train.checkpoints as training
+    from tuneline.train.checkpoints import DirMirror
 
     rows = tiny_data.task[tiny_data.task.split == "train"].to_dict("records")
     cfg = SFTConfig(max_steps=4, batch_size=4, seed=3)
@@ -172,7 +182,7 @@ def test_sft_weight_is_refused_where_the_loss_has_no_such_term():
 
 
 def test_sft_logs_a_held_out_eval_curve(tiny_ref, tiny_data, tmp_path, isolated_checkpoints):
-    from tuneline.train.common import loss_curve_html
+    from tuneline.dashboard import loss_curve_html
 
     cfg = SFT.model_copy(update={"eval_steps": 3, "eval_rows": 8})
     res = train_sft(tiny_ref, _records(tiny_data, "train"), cfg, tmp_path / "a", eval_records=_records(tiny_data, "eval"))

@@ -35,7 +35,7 @@ out["perplexity_candidates"] = sorted(final.perplexity)
 merged = run.steps["merge"].outputs["merged_model"][0]
 out["model_card"] = open(merged.load().path + "/README.md").read()
 out["data_sha256"] = run.steps["snapshot_data"].run_metadata.get("data_sha256")
-out["exports"] = {f"{f['format']}-{f['qtype']}": [f["passed"], f["reason"], f.get("auto", "")]
+out["exports"] = {f.candidate: [f.passed, f.reason, f.auto]
                   for s, name in (("export_gguf", "gguf_export"), ("export_gptq", "gptq_export"), ("export_awq", "awq_export"))
                   for f in run.steps[s].outputs[name][0].load().files}
 out["decision"] = run.steps["promote"].outputs["promotion"][0].load().model_dump()
@@ -112,6 +112,19 @@ def test_rerun_is_cached(first_run):
     _, run = _run(PROJECT_ROOT / "configs" / "tiny.yaml")
     assert {n: s for n, s in run["steps"].items() if n != "promote"} == {n: "cached" for n in STEPS if n != "promote"}
     assert run["steps"]["promote"] == "completed", "the promotion decision is never cached"
+
+
+def test_bootstrap_change_reruns_the_evaluation_not_the_exports(first_run, tmp_path):
+    """evaluate.bootstrap_resamples changes the CIs only: the evaluation re-runs, and so does the merge (its
+    model card shows the evaluation table), but the merged weights are the same, so no export re-runs."""
+    raw = yaml.safe_load((PROJECT_ROOT / "configs" / "tiny.yaml").read_text())
+    raw["parameters"]["config"].setdefault("evaluate", {})["bootstrap_resamples"] = 1000
+    changed = tmp_path / "tiny-bootstrap.yaml"
+    changed.write_text(yaml.safe_dump(raw))
+    _, run = _run(changed)
+    rerun = {"evaluate", "merge", "promote"}
+    assert {n: s for n, s in run["steps"].items() if n in rerun} == {n: "completed" for n in rerun}, run["steps"]
+    assert {n: s for n, s in run["steps"].items() if n not in rerun} == {n: "cached" for n in STEPS if n not in rerun}
 
 
 def test_dpo_change_reruns_dpo_and_downstream_only(first_run, tmp_path):

@@ -7,7 +7,7 @@
     index.find(text)      # ("gsm8k", "the matched n gram") for the first hit, or None
     index.scan(texts)     # {row: (benchmark, n-gram)} for every contaminated row
 
-    python -m tuneline.data.contamination data/banking77/train.csv   # scans a CSV's `text` column
+    tuneline validate configs/default.yaml   # data.checks.contamination scans the training rows
 
 Texts are compared as lowercased word tokens (`\\w+`: punctuation, spacing and case do not matter);
 13 words is the GPT-3 paper's contamination n-gram. A training row is contaminated when it contains one
@@ -27,14 +27,12 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from tuneline.paths import DATA_DIR
+from tuneline.eval.gsm8k import GSM8K_FILE
+from tuneline.eval.mmlu import LETTERS, MMLU_DIR
 
-MMLU_DIR = DATA_DIR / "mmlu" / "data"
-GSM8K_FILE = DATA_DIR / "gsm8k" / "test.jsonl"
 _WORD = re.compile(r"\w+")
 # GSM8K solutions carry calculator annotations (<<16-3-4=9>>) that copies elsewhere usually lack.
 _CALC = re.compile(r"<<[^>]*>>")
-LETTERS = "ABCD"
 
 
 def tokens(text: str) -> list[str]:
@@ -141,20 +139,3 @@ def gsm8k_texts(path: Path = GSM8K_FILE) -> list[str]:
                 raise ValueError(f"{path}:{line_no}: expected a JSON object with question and answer ({e!r})") from None
             texts += [question, f"{question} {answer}"]
     return texts
-
-
-if __name__ == "__main__":
-    import sys
-
-    import pandas as pd
-
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m tuneline.data.contamination FILE.csv  (scans its `text` column)")
-    index = NgramIndex()
-    index.add("mmlu", mmlu_texts())
-    index.add("gsm8k", gsm8k_texts())
-    rows = pd.read_csv(sys.argv[1])["text"].astype(str).tolist()
-    hits = index.scan(rows)
-    print(f"{len(hits)} of {len(rows)} rows contain a benchmark {index.n}-gram ({len(index)} grams indexed)")
-    for i, (name, gram) in list(hits.items())[:20]:
-        print(f"  row {i}: {name}: {gram!r}")

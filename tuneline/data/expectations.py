@@ -1,6 +1,6 @@
 """Great Expectations (GX Core 1.x) suites for the canonical records, one suite per input shape.
 
-    python -m tuneline.data.expectations data.jsonl classification labels.json   # prints the failures
+    tuneline validate configs/default.yaml   # runs each source's suite (data.checks.expectations)
 
 `run_suite(records, shape, labels)` checks a canonical-record DataFrame (columns in COLUMNS) and
 returns a GXResult; `failing_rows(result)` maps positional row index -> failed expectation names
@@ -273,17 +273,3 @@ def gx_html(result: GXResult, shape: str) -> str:
 <p style="color:#666">Derived columns: role_order (prompt roles joined by ",", must match {html.escape(ROLE_ORDER)}),
 prompt_content_ok (every prompt turn has non-blank text), chosen_differs (chosen != rejected after strip).</p>
 </body></html>"""
-
-
-
-if __name__ == "__main__":
-    import sys
-
-    if len(sys.argv) < 3:
-        sys.exit("usage: python -m tuneline.data.expectations RECORDS.jsonl SHAPE [LABELS.json]  (canonical records)")
-    frame = pd.read_json(sys.argv[1], lines=True, dtype=False)
-    labs = json.loads(open(sys.argv[3]).read()) if len(sys.argv) > 3 else None
-    res = run_suite(frame, sys.argv[2], labs)
-    print(json.dumps({"success": res.success, "statistics": res.statistics,
-                      "failures": [{k: f[k] for k in ("name", "unexpected_count", "rows")} for f in res.failures]},
-                     indent=2))

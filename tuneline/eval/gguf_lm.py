@@ -1,9 +1,10 @@
-"""lm-eval over a GGUF file with llama.cpp (llama-cpp-python), in process: MMLU and GSM8K on exports.
+"""An lm-eval model over a GGUF file with llama.cpp (llama-cpp-python), in process: MMLU and GSM8K on exports.
 
-    python -m tuneline.eval.gguf_lm model.gguf configs/default.yaml   # prints MMLU / GSM8K as configured
+    lm = GGUFLM("model-Q4_K_M.gguf")   # harness.run_gguf_benchmarks(path, cfg.evaluate) runs the configured tasks
 
-The same custom tasks as the HF candidates (`tuneline.eval.benchmarks`), so an export's per-item scores
-pair with the base model's. Prompts are raw text (no chat template, no BOS), as HFLM scores them.
+`tuneline export configs/default.yaml` reaches it through the export gate. The same custom tasks as the
+HF candidates (`tuneline.eval.mmlu`, `tuneline.eval.gsm8k`), so an export's per-item scores pair with the
+base model's. Prompts are raw text (no chat template, no BOS), as HFLM scores them.
 loglikelihood evaluates each context once and every continuation on top of it, reusing llama.cpp's
 KV cache (a cloze MMLU item: one context, four answers); generate_until decodes greedily.
 """
@@ -11,7 +12,6 @@ KV cache (a cloze MMLU item: one context, four answers); generate_until decodes 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -68,15 +68,8 @@ class GGUFLM(LM):
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
         raise NotImplementedError("GGUFLM scores loglikelihood and generate_until tasks only (MMLU, GSM8K); "
-                                  "export perplexity goes through gguf_perplexity, on the HF tokenizer's ids")
-
-    def nll(self, ids: list[int]) -> float:
-        """Summed next-token NLL of ids[1:] given the tokens before each (the first is not scored)."""
-        self.llm.reset()
-        self.llm.eval(ids)
-        rows = self.llm.scores[: len(ids) - 1].astype(np.float64)
-        logp = rows - np.logaddexp.reduce(rows, axis=1, keepdims=True)
-        return float(-logp[np.arange(len(ids) - 1), ids[1:]].sum())
+                                  "export perplexity goes through tuneline.eval.perplexity.gguf_perplexity, "
+                                  "on the HF tokenizer's ids")
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         outs = []
@@ -89,44 +82,3 @@ class GGUFLM(LM):
                                              temperature=0.0, stop=until or None)
             outs.append(res["choices"][0]["text"])
         return outs
-
-
-def run_gguf_benchmarks(path: str | Path, cfg) -> dict:
-    """Every benchmark `cfg` (an EvaluateConfig) configures, on one GGUF file."""
-    from tuneline.eval.benchmarks import run_gsm8k, run_mmlu
-
-    if cfg.mmlu is None and cfg.gsm8k is None:
-        return {}
-    lm = GGUFLM(path)
-    try:
-        out = {}
-        if cfg.mmlu is not None:
-            out["mmlu"] = run_mmlu(lm, cfg.mmlu, cfg.seed)
-        if cfg.gsm8k is not None:
-            out["gsm8k"] = run_gsm8k(lm, cfg.gsm8k, cfg.seed)
-        return out
-    finally:
-        lm.close()
-
-
-def gguf_perplexity(path: str | Path, encoded: list[list[int]]):
-    """Perplexity of a GGUF file on token ids from `benchmarks.encode_texts`: the same tokens and the
-    same per-text NLLs as `benchmarks.perplexity` on the HF model, so the two compare item by item."""
-    import time
-
-    from tuneline.eval.benchmarks import perplexity_result
-
-    start = time.perf_counter()
-    lm = GGUFLM(path, n_ctx=max(2048, max(map(len, encoded)) + 1))
-    try:
-        nll = [lm.nll(ids) for ids in encoded]
-    finally:
-        lm.close()
-    return perplexity_result(nll, [len(ids) - 1 for ids in encoded], start)
-
-
-if __name__ == "__main__":
-    from tuneline.config import load
-
-    for name, r in run_gguf_benchmarks(sys.argv[1], load(sys.argv[2]).evaluate).items():
-        print(f"{name}: {r.score:.3f} on {r.n} items ({r.seconds:.0f} s)")

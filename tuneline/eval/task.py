@@ -1,10 +1,11 @@
-"""Batched greedy generation and task accuracy for chat records.
+"""Batched greedy generation and the task metric for chat records.
 
-    python -m tuneline.eval.task configs/default.yaml            # base-model exact match on the eval rows
-    python -m tuneline.eval.task configs/default.yaml token_f1   # or any tuneline.eval.scoring.METRICS name
+    result = score_task(model, tokenizer, eval_rows, max_new_tokens=16, batch_size=32, metric="token_f1")
+    result.score, result.per_item   # the mean, and one score per row in input order
 
-Prompts are left-padded and sorted by length so a batch wastes few pad tokens; results come
-back in the input order.
+`tuneline evaluate configs/default.yaml` scores the base and every candidate this way (the metric is
+evaluate.metric, any tuneline.eval.scoring.METRICS name). Prompts are left-padded and sorted by
+length so a batch wastes few pad tokens; results come back in the input order.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 import torch
 from pydantic import BaseModel
 
-from tuneline.data.validate import messages
+from tuneline.data.records import messages
 from tuneline.eval.scoring import check_metric, score_items
 
 
@@ -60,7 +61,7 @@ def score_task(
     model, tokenizer, records: list[dict], max_new_tokens: int, batch_size: int, metric: str = "exact_match"
 ) -> TaskResult:
     """Score generated answers on task records (dicts with user/assistant/system) with a
-    tuneline.eval.scoring metric; `accuracy` is the mean of the per-item scores."""
+    tuneline.eval.scoring metric; `score` is the mean of the per-item scores."""
     check_metric(metric)  # fail before generating, not after
     t0 = time.perf_counter()
     preds = generate(model, tokenizer, [messages(r, with_answer=False) for r in records], max_new_tokens, batch_size)
@@ -69,20 +70,3 @@ def score_task(
         score=sum(scores) / max(len(scores), 1), n=len(scores), per_item=scores,
         item_ids=[r["id"] for r in records], predictions=preds, seconds=time.perf_counter() - t0, metric=metric,
     )
-
-
-if __name__ == "__main__":
-    import sys
-
-    from tuneline.model.base import load_model, load_tokenizer, prepare
-    from tuneline.config import load
-    from tuneline.data.validate import validate
-
-    cfg = load(sys.argv[1])
-    ref = prepare(cfg.base_model)
-    tok = load_tokenizer(ref)
-    task = validate(cfg.data, tok).task
-    rows = task[task.split == "eval"].to_dict("records")
-    metric = sys.argv[2] if len(sys.argv) > 2 else "exact_match"
-    r = score_task(load_model(ref), tok, rows, cfg.evaluate.max_new_tokens, cfg.evaluate.batch_size, metric)
-    print(f"{r.metric} {r.score:.3f} on {r.n} rows in {r.seconds:.1f}s; e.g. {r.predictions[:5]}")

@@ -1,10 +1,9 @@
-"""Export a merged Hugging Face model dir to GGUF with llama.cpp's own tools, and check each file.
+"""GGUF files of a merged Hugging Face model dir, made with llama.cpp's own tools, each checked by the gate.
 
-    python -m tuneline.export.gguf MODEL_DIR OUT_DIR --eval rows.jsonl --types f16 Q8_0 auto \\
-        --reference-accuracy 0.8 --max-drop 0.05
+    tuneline export configs/default.yaml /tmp/merged --out /tmp/gguf      # as the pipeline's export_gguf step
+    files = export_files(MERGED_DIR, OUT_DIR, ["f16", "Q8_0", "auto"], probe, gate)
 
-`rows.jsonl` holds one `{"messages": [{"role": ..., "content": ...}, ...], "answer": "..."}` a line,
-the messages ending with the user turn. Needs `make setup` (or `scripts/install_llama_cpp.sh VENV`),
+Needs `make setup` (or `scripts/install_llama_cpp.sh VENV`),
 which installs llama-cpp-python and copies llama.cpp's `convert_hf_to_gguf.py` from the same sdist.
 
 The first type (f16/bf16/f32) is converted from the HF dir; the others are quantized from it; `auto`
@@ -17,7 +16,6 @@ quantization rambles to the length limit or answers gibberish). A rejected file 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -31,22 +29,19 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from tuneline.model.base import sha256_file
-from tuneline.export.gguf_types import GGUF_FTYPES
+from tuneline.config import ExportConfig
+from tuneline.data.records import messages
+from tuneline.eval.perplexity import general_texts
 from tuneline.eval.scoring import score_items
+from tuneline.export.gate import ExportChecks, Gate, Probe, checked_rows, gate_for, merged_results, verdict
+from tuneline.export.gguf_types import GGUF_FTYPES
+from tuneline.export.records import ExportFile, ExportResult, ExportSample
+from tuneline.model.base import sha256_file
 from tuneline.versions import package_versions
 
 log = logging.getLogger(__name__)
 
 BASE_TYPES = ("F32", "F16", "BF16")  # what convert_hf_to_gguf.py writes and quantize can start from
-MIN_EOS_SHARE = 0.9
-
-
-class ExportSample(BaseModel):
-    prompt: str
-    expected: str
-    predicted: str
-    finish_reason: str
 
 
 class GGUFCheck(BaseModel):
@@ -54,32 +49,6 @@ class GGUFCheck(BaseModel):
     eos_share: float
     samples: list[ExportSample]
     per_item: list[float] = []
-
-
-class ExportFile(BaseModel):
-    qtype: str
-    path: str
-    size_bytes: int = 0
-    sha256: str = ""
-    score: float = 0.0  # mean task metric on the checked rows
-    eos_share: float = 0.0
-    passed: bool = False
-    reason: str = ""
-    seconds: float = 0.0  # making this file plus checking it
-    samples: list[ExportSample] = []
-    per_item: list[float] = []  # task metric per checked row, in row order (paired with other candidates)
-    modelfile: str = ""  # Ollama Modelfile beside a passed file
-    perplexity: float | None = None  # on the general texts, same token ids as the merged model's
-    perplexity_increase: float | None = None  # relative to the merged model (0.01 = +1 %)
-    nll_per_item: list[float] = []  # per text, pairs with the candidates' PerplexityResult.per_item
-    auto: str = ""  # "tried" / "picked" when `auto` in the types chose among export.auto_types
-    versions: dict[str, str | None] = {}  # the tools that made and checked the file
-
-    def score_perplexity(self, ppl, reference_ppl: float) -> None:
-        """Record a PerplexityResult on the general texts and its rise over the merged model's."""
-        self.perplexity, self.nll_per_item = ppl.ppl, ppl.per_item
-        self.perplexity_increase = ppl.ppl / reference_ppl - 1
-    benchmarks: dict = {}  # MMLU / GSM8K on this file (benchmark -> BenchmarkResult fields), when configured
 
 
 class ExportError(RuntimeError):
@@ -287,51 +256,6 @@ def write_modelfile(gguf_path: str | Path, metadata: dict) -> Path:
 # --- the whole export ---------------------------------------------------------------------------
 
 
-class Gate(BaseModel):
-    """What each file is judged against: the merged HF model, on the same rows and the same tokens."""
-
-    reference_accuracy: float
-    max_accuracy_drop: float
-    reference_ppl: float | None = None  # None: no perplexity check
-    # Allowed relative perplexity rise per type (upper-case names); "*" for every other type.
-    max_ppl_increase: dict[str, float] = {"*": 0.05}
-    min_eos_share: float = MIN_EOS_SHARE
-
-    def ppl_limit(self, qtype: str) -> float:
-        return self.max_ppl_increase.get(qtype, self.max_ppl_increase.get("*", 0.05))
-
-
-class Probe(BaseModel):
-    """What each file is asked: the held-out chats (task metric, EOS) and general text (perplexity)."""
-
-    conversations: list[list[dict]]
-    answers: list[str]
-    max_tokens: int
-    metric: str = "exact_match"
-    ppl_ids: list[list[int]] = []  # benchmarks.encode_texts of the general texts; [] skips perplexity
-
-
-def verdict(entry: ExportFile, gate: Gate) -> tuple[bool, str]:
-    floor = gate.reference_accuracy - gate.max_accuracy_drop
-    problems, fine = [], []
-    if entry.score < floor:
-        problems.append(f"score {entry.score:.3f} < {floor:.3f} "
-                        f"(reference {gate.reference_accuracy:.3f} - allowed drop {gate.max_accuracy_drop:.3f})")
-    else:
-        fine.append(f"score {entry.score:.3f} >= {floor:.3f}")
-    if entry.perplexity_increase is not None:
-        limit = gate.ppl_limit(entry.qtype)
-        text = (f"perplexity {entry.perplexity:.3f} vs merged {gate.reference_ppl:.3f} "
-                f"({entry.perplexity_increase:+.2%}, limit +{limit:.2%})")
-        (problems if entry.perplexity_increase > limit else fine).append(text)
-    if entry.eos_share < gate.min_eos_share:
-        problems.append(f"only {entry.eos_share:.0%} of answers stopped at EOS (need {gate.min_eos_share:.0%}); "
-                        "the rest ran to the token limit")
-    elif gate.min_eos_share > 0:  # 0: not checked (GPTQ/AWQ answer through the merged model's generation config)
-        fine.append(f"{entry.eos_share:.0%} of answers stopped at EOS")
-    return (False, "; ".join(problems)) if problems else (True, ", ".join(fine))
-
-
 def _make_and_check(entry: ExportFile, make, probe: Probe, gate: Gate) -> ExportFile:
     """Make one file and check it; any failure becomes passed=False with the error as reason."""
     start = time.monotonic()
@@ -341,7 +265,7 @@ def _make_and_check(entry: ExportFile, make, probe: Probe, gate: Gate) -> Export
         path = make()
         entry.size_bytes, entry.sha256 = path.stat().st_size, sha256_file(path)
         if probe.ppl_ids and gate.reference_ppl:
-            from tuneline.eval.gguf_lm import gguf_perplexity
+            from tuneline.eval.perplexity import gguf_perplexity
 
             entry.score_perplexity(gguf_perplexity(path, probe.ppl_ids), gate.reference_ppl)
         result = check(path, probe.conversations, probe.answers, probe.max_tokens, metric=probe.metric)
@@ -372,8 +296,8 @@ def _validate_types(types: list[str], auto_types: list[str] = ()) -> list[str]:
     return names
 
 
-def export(model_dir: str | Path, out_dir: str | Path, types: list[str], probe: Probe, gate: Gate,
-           name: str = "model", auto_types: list[str] = ()) -> list[ExportFile]:
+def export_files(model_dir: str | Path, out_dir: str | Path, types: list[str], probe: Probe, gate: Gate,
+                 name: str = "model", auto_types: list[str] = ()) -> list[ExportFile]:
     """Convert to types[0], quantize to the rest, check every file; one ExportFile per type tried, in order.
 
     `auto` in `types` tries `auto_types` (smallest first) and stops at the first that passes the gate:
@@ -386,12 +310,12 @@ def export(model_dir: str | Path, out_dir: str | Path, types: list[str], probe: 
     # Without the converted file there is nothing to quantize from: a convert failure raises.
     start = time.monotonic()
     convert(model_dir, base, names[0])
-    results = [_make_and_check(ExportFile(qtype=names[0], path=str(base)), lambda: base, probe, gate)]
+    results = [_make_and_check(ExportFile(format="gguf", qtype=names[0], path=str(base)), lambda: base, probe, gate)]
     results[0].seconds = round(time.monotonic() - start, 3)  # the conversion counts as making it
 
     def make(qtype: str, auto: str = "") -> ExportFile:
         dst = out_dir / f"{name}-{qtype}.gguf"
-        return _make_and_check(ExportFile(qtype=qtype, path=str(dst), auto=auto),
+        return _make_and_check(ExportFile(format="gguf", qtype=qtype, path=str(dst), auto=auto),
                                lambda: quantize(base, dst, qtype), probe, gate)
 
     for qtype in names[1:]:
@@ -408,31 +332,22 @@ def export(model_dir: str | Path, out_dir: str | Path, types: list[str], probe: 
     return results
 
 
-def _load_rows(path: Path) -> tuple[list[list[dict]], list[str]]:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r["messages"] for r in rows], [r["answer"] for r in rows]
+def export_gguf(model_dir: str, out_dir: Path, records: list[dict], cfg: ExportConfig,
+                checks: ExportChecks) -> ExportResult:
+    """Convert, quantize and check every file against the merged model (task metric, EOS, and perplexity on
+    the checks' general texts); with export.benchmarks, MMLU / GSM8K run on the merged model and on every
+    file that passed, on the evaluation's items."""
+    rows = checked_rows(records, cfg)
+    merged = merged_results(model_dir, rows, cfg.max_new_tokens, checks, general_texts(checks))
+    probe = Probe(conversations=[messages(r, with_answer=False) for r in rows], answers=[r["assistant"] for r in rows],
+                  max_tokens=cfg.max_new_tokens, metric=checks.metric, ppl_ids=merged.ppl_ids)
+    files = export_files(model_dir, out_dir, cfg.gguf_types, probe, gate_for(cfg, merged), auto_types=cfg.auto_types)
+    if checks.benchmarks:
+        from tuneline.eval.harness import run_gguf_benchmarks
 
+        for f in files:
+            if f.passed:  # a rejected file is never shipped: benchmarking it would only cost time
+                f.benchmarks = run_gguf_benchmarks(f.path, checks)
+    return ExportResult(format="gguf", files=files, reference=merged.task, reference_benchmarks=merged.benchmarks,
+                        reference_perplexity=merged.perplexity)
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("model_dir")
-    p.add_argument("out_dir")
-    p.add_argument("--eval", required=True, type=Path, help="JSONL of {messages, answer}")
-    p.add_argument("--types", nargs="+", default=["f16", "Q8_0"])
-    p.add_argument("--auto-types", nargs="*", default=["Q4_K_M", "Q5_K_M", "Q6_K"])
-    p.add_argument("--reference-accuracy", type=float, default=0.0)
-    p.add_argument("--max-drop", type=float, default=0.05)
-    p.add_argument("--max-tokens", type=int, default=32)
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    conversations, answers = _load_rows(args.eval)
-    probe = Probe(conversations=conversations, answers=answers, max_tokens=args.max_tokens)
-    gate = Gate(reference_accuracy=args.reference_accuracy, max_accuracy_drop=args.max_drop)
-    files = export(args.model_dir, args.out_dir, args.types, probe, gate, auto_types=args.auto_types)
-    for f in files:
-        print(json.dumps(f.model_dump(exclude={"samples", "per_item", "nll_per_item"})))
-    return 0 if all(f.passed for f in files) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

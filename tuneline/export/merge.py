@@ -1,6 +1,6 @@
 """Merge an adapter into its base: a full model dir with tokenizer, chat template and EOS.
 
-    python -m tuneline.export.merge configs/default.yaml /tmp/dpo-adapter /tmp/merged
+    tuneline merge configs/default.yaml /tmp/dpo-adapter --out /tmp/merged
 
 With `merge.combination` (linear, ties, dare_linear, dare_ties, magnitude_prune) the adapter is first
 combined with `merge.adapters`: each layer's full weight deltas go through PEFT's merge_utils and the
@@ -12,7 +12,7 @@ never into 4-bit weights). What merges, by sft.method:
 - full, bitfit, galore: the trained dir already is a full model; it is re-saved in `dtype` with the card;
 - prefix_tuning, prompt_tuning, xlora: refused with an error. Virtual tokens are inputs, not weights, and
   X-LoRA picks its expert mix per token at run time, so no single set of weights equals the adapter;
-  serve those as PEFT adapters (tuneline.train.methods.load_adapter) instead of a merged model.
+  serve those as PEFT adapters (tuneline.model.adapters.load_adapter) instead of a merged model.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 from peft import PeftConfig
 
 from tuneline.model.base import BaseModelRef, load_model, load_tokenizer
-from tuneline.train.methods import is_adapter_dir, load_adapter, load_full
+from tuneline.model.adapters import is_adapter_dir, load_adapter, load_full
 
 UNMERGEABLE = {"PREFIX_TUNING": "prefix_tuning", "PROMPT_TUNING": "prompt_tuning", "XLORA": "xlora"}
 
@@ -58,7 +58,7 @@ def _merged(ref: BaseModelRef, adapter_dir: str):
         raise ValueError(
             f"{adapter_dir}: a {UNMERGEABLE[peft_type]} adapter cannot be merged into the base weights "
             "(virtual tokens / a per-token expert mix are not weights). Serve it as an adapter on the base "
-            "(tuneline.train.methods.load_adapter), or train a mergeable method (lora, dora, ia3, full, ...) "
+            "(tuneline.model.adapters.load_adapter), or train a mergeable method (lora, dora, ia3, full, ...) "
             "to get a merged model and GGUF exports."
         )
     return load_adapter(load_model(ref), adapter_dir).merge_and_unload()
@@ -126,14 +126,3 @@ def combine(ref: BaseModelRef, adapter_dirs: list[str], cfg):
                 base = module.get_base_layer().weight
                 base.add_(delta.to(base.dtype))
     return model.unload()  # drops the adapters without folding them in again
-
-
-if __name__ == "__main__":
-    import sys
-
-    from tuneline.model.base import prepare
-    from tuneline.config import load
-
-    cfg = load(sys.argv[1])
-    out = merge(prepare(cfg.base_model), sys.argv[2], Path(sys.argv[3]), cfg.merge.dtype, combination=cfg.merge)
-    print(f"merged model: {out}")

@@ -1,12 +1,11 @@
-"""4-bit GPTQ and AWQ exports of a merged model, quantized on CPU by GPTQModel, loadable by transformers.
+"""4-bit GPTQ and AWQ exports of a merged model, quantized on CPU by GPTQModel, loadable by transformers,
+and checked by the gate like a GGUF file (the pipeline's export_gptq / export_awq steps).
 
-    python -m tuneline.export.quantize MERGED_DIR OUT_DIR --method gptq --calibration rows.jsonl
-    python -m tuneline.export.quantize MERGED_DIR OUT_DIR --method awq --config configs/default.yaml
+    tuneline export configs/default.yaml /tmp/merged --out /tmp/gptq --format gptq   # as export_gptq
+    res, q = export_quantized(MERGED_DIR, OUT_DIR, "gptq", train_rows, eval_rows, cfg.quantize, cfg.export, checks)
 
-`--calibration` is a JSONL file of training records (tuneline's task records with `prompt` and
-`assistant`, or `system`/`user`/`assistant` fields, or plain `text`); `--config` draws them from the
-configured training data instead (validated, split "train"). Needs the `quant` extra:
-`pip install -e '.[quant]'` (gptqmodel pins numpy==2.2.6 and protobuf>=7.34).
+Calibration texts are training rows rendered by the chat template (calibration_texts). Needs the `quant`
+extra: `pip install -e '.[quant]'` (gptqmodel pins numpy==2.2.6 and protobuf>=7.34).
 
 The export dir holds safetensors, config.json (with `quantization_config`), the tokenizer, the chat
 template and the merged model's generation_config, plus `tuneline_quant.json` (the QuantExport below).
@@ -33,8 +32,10 @@ from typing import Literal  # noqa: E402
 
 from pydantic import BaseModel  # noqa: E402
 
+from tuneline.config import ExportConfig, QuantizeConfig  # noqa: E402
+from tuneline.export.gate import ExportChecks, checked_rows, gate_for, merged_results, verdict  # noqa: E402
+from tuneline.export.records import ExportFile, ExportResult, ExportSample  # noqa: E402
 from tuneline.model.base import sha256_file  # noqa: E402
-from tuneline.config import QuantizeConfig  # noqa: E402
 from tuneline.versions import package_versions  # noqa: E402
 
 Method = Literal["gptq", "awq"]
@@ -76,7 +77,7 @@ def record_messages(record: dict) -> list[dict]:
     `assistant`) or plain `system`/`user`/`assistant` dicts. As in data.system_prompt, a None system turn is
     left out (the template may add its default) and "" is kept as an empty system turn."""
     if "prompt" in record:
-        from tuneline.data.validate import messages
+        from tuneline.data.records import messages
 
         return messages(record)
     msgs = [{"role": "system", "content": record["system"]}] if record.get("system") is not None else []
@@ -238,46 +239,40 @@ def load_quantized(out_dir: str | Path, dtype: str | None = None):
     return model, tok
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    with open(path, encoding="utf-8-sig") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m tuneline.export.quantize", description=__doc__.split("\n\n")[0])
-    p.add_argument("model_dir")
-    p.add_argument("out_dir")
-    p.add_argument("--method", choices=["gptq", "awq"], required=True)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--calibration", help="JSONL of training records")
-    src.add_argument("--config", help="a tuneline YAML: calibrate on its validated training rows")
-    p.add_argument("--rows", type=int, default=QuantizeConfig().calibration_rows)
-    p.add_argument("--max-tokens", type=int, default=QuantizeConfig().calibration_max_tokens)
-    p.add_argument("--group-size", type=int, default=QuantizeConfig().group_size)
-    p.add_argument("--symmetric", action="store_true", help="no zero points (default: asymmetric)")
-    p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(argv)
-    cfg = QuantizeConfig(methods=[a.method], group_size=a.group_size, calibration_rows=a.rows,
-                         calibration_max_tokens=a.max_tokens, sym=a.symmetric, seed=a.seed)
+def export_quantized(model_dir: str, out_dir: Path, method: Method, train_records: list[dict], records: list[dict],
+                     qcfg: QuantizeConfig, cfg: ExportConfig, checks: ExportChecks) -> tuple[ExportResult, QuantExport]:
+    """GPTQ or AWQ 4-bit (GPTQModel, calibrated on training rows), loaded back by transformers and judged
+    like a GGUF file against the merged model: task metric and general-text perplexity on the same rows
+    and tokens, the same gate (export.max_accuracy_drop, max_perplexity_increase.default). A file that
+    fails the gate is kept and marked rejected; a quantization that cannot run raises."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(a.model_dir)
-    if a.calibration:
-        records = read_jsonl(a.calibration)
-    else:
-        from tuneline.model.base import load_tokenizer, prepare
-        from tuneline.config import load
-        from tuneline.data.validate import validate
+    from tuneline.data.records import messages
+    from tuneline.eval.harness import run_benchmarks
+    from tuneline.eval.perplexity import general_texts, perplexity
+    from tuneline.eval.task import score_task
 
-        tcfg = load(a.config)
-        task = validate(tcfg.data, load_tokenizer(prepare(tcfg.base_model))).task
-        records = task[task.split == "train"].to_dict("records")
-    texts = calibration_texts(records, cfg.calibration_rows, cfg.seed, tok)
-    res = quantize(a.model_dir, a.out_dir, a.method, cfg, texts)
-    print(res.model_dump_json(indent=2))
+    rows = checked_rows(records, cfg)
+    texts = general_texts(checks)
+    merged = merged_results(model_dir, rows, cfg.max_new_tokens, checks, texts, benchmarks=False)
+    calib = calibration_texts(train_records, qcfg.calibration_rows, qcfg.seed, AutoTokenizer.from_pretrained(model_dir))
+    start = time.monotonic()
+    q = quantize(model_dir, out_dir, method, qcfg, calib)
+    entry = ExportFile(format=method, qtype=f"W{q.bits}G{q.group_size}", path=q.path, size_bytes=q.size_bytes,
+                       sha256=q.sha256)
+    model, tok = load_quantized(q.path)
+    task = score_task(model, tok, rows, cfg.max_new_tokens, batch_size=32, metric=checks.metric)
+    # EOS is not measured here (min_eos_share 0 below): transformers stops on the merged model's generation
+    # config, copied into the export; the report shows "-" for it.
+    entry.score, entry.per_item = task.score, task.per_item
+    entry.samples = [ExportSample(prompt=messages(r, with_answer=False)[-1]["content"], expected=r["assistant"],
+                                  predicted=p, finish_reason="") for r, p in zip(rows, task.predictions)]
+    if texts:
+        entry.score_perplexity(perplexity(model, tok, texts), merged.perplexity.ppl)
+    entry.passed, entry.reason = verdict(entry, gate_for(cfg, merged, min_eos_share=0.0))
+    if entry.passed and checks.benchmarks:
+        entry.benchmarks = run_benchmarks(model, tok, checks)
+    entry.seconds = round(time.monotonic() - start, 3)  # quantizing plus checking, as for a GGUF file
+    return ExportResult(format=method, files=[entry], reference=merged.task,
+                        reference_perplexity=merged.perplexity), q
 
-
-if __name__ == "__main__":
-    main()

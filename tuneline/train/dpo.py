@@ -1,6 +1,6 @@
 """Preference alignment with TRL's DPOTrainer (or ORPO, SimPO, KTO: `dpo.loss_type`), from the SFT adapter.
 
-    python -m tuneline.train.dpo configs/default.yaml /tmp/sft-adapter /tmp/dpo-adapter
+    tuneline train configs/default.yaml --stage dpo --sft-adapter /tmp/sft-adapter --out /tmp/dpo-adapter
 
 Lineage: the SFT adapter is loaded trainable as "default"; TRL copies it to a frozen "ref"
 adapter, so the reference is exactly the SFT model and the base weights exist once in memory.
@@ -35,24 +35,16 @@ from pydantic import BaseModel
 from trl import DPOConfig as TRLDPOConfig
 from trl import DPOTrainer
 
-from tuneline.model.base import BaseModelRef, load_model, load_tokenizer
 from tuneline.config import DPOConfig
-from tuneline.data.validate import messages
-from tuneline.eval.task import generate
-from tuneline.train.methods import is_adapter_dir, load_adapter, load_full
+from tuneline.data.records import messages
 from tuneline.eval.scoring import exact_match
-from tuneline.train.common import (
-    CheckpointMirror,
-    TrainResult,
-    checkpoint_dir,
-    common_args,
-    loss_span,
-    mirror_callbacks,
-    peak_memory_mb,
-    resume_point,
-    run_key,
-    trainable_parameters,
-)
+from tuneline.eval.task import generate
+from tuneline.model.adapters import is_adapter_dir, load_adapter, load_full
+from tuneline.model.base import BaseModelRef, load_model, load_tokenizer
+from tuneline.train.args import TrainResult, loss_span, trainable_parameters, trainer_args
+from tuneline.train.checkpoints import CheckpointMirror, checkpoint_dir, mirror_callbacks, resume_point, run_key
+from tuneline.train.memory import peak_memory_mb
+from tuneline.train.methods import method_for
 
 
 class Pair(BaseModel):
@@ -115,9 +107,7 @@ def _mean_logprob(model, tokenizer, prompt: list[dict], answer: str) -> float:
 
 def trl_args(cfg: DPOConfig, out: Path):
     """The TRL config of the trainer that implements `cfg.loss_type` (see `preference_trainer`)."""
-    common = dict(**common_args(out, cfg.seed, logging_steps=2, bf16=cfg.bf16), learning_rate=cfg.learning_rate,
-                  num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
-                  lr_scheduler_type="cosine", warmup_steps=0.1, beta=cfg.beta, max_length=cfg.max_length)
+    common = dict(**trainer_args(cfg, out), beta=cfg.beta, max_length=cfg.max_length)
     if cfg.loss_type == "orpo":
         from trl.experimental.orpo import ORPOConfig
 
@@ -166,9 +156,14 @@ def preference_trainer(cfg: DPOConfig, model, tok, pairs: list[Pair], ckpt: Path
 
 
 def load_sft(ref: BaseModelRef, sft_dir: str, method: str, trainable: bool):
+    """The SFT result DPO starts from; trainable as `method` trained it (bitfit: biases only)."""
+    m = method_for(method)
     if not is_adapter_dir(sft_dir):
-        return load_full(sft_dir, method, trainable)
-    model = load_model(ref, quantize_4bit=method == "qlora")
+        model = load_full(sft_dir, trainable)
+        if trainable:
+            m.set_trainable(model)
+        return model
+    model = load_model(ref, quantize_4bit=m.quantize_4bit)
     model.config.use_cache = False
     return load_adapter(model, sft_dir, trainable=trainable)
 
@@ -208,7 +203,8 @@ def train(ref: BaseModelRef, sft_dir: str, sft_method: str, mining_records: list
     held = pairs[: max(1, len(pairs) // 5)]
     train_pairs = pairs[len(held):]
     before = preference_accuracy(model, tok, held)
-    key = run_key(ref.sha256, cfg.model_dump_json(), *(p.model_dump_json() for p in train_pairs))
+    pair_keys = [p.model_dump_json() for p in train_pairs]
+    key = run_key(ref.sha256, cfg.model_dump_json(), *pair_keys)
     ckpt = checkpoint_dir("dpo", key)
     trainer = preference_trainer(cfg, model, tok, train_pairs, ckpt, mirror_callbacks(ckpt, mirror))
     copy_to_ref_adapter(trainer.model)
@@ -236,19 +232,5 @@ def train(ref: BaseModelRef, sft_dir: str, sft_method: str, mining_records: list
         "first_loss": loss_span(history)[0], "final_loss": loss_span(history)[1], "resumed_from": resume,
         "steps": trainer.state.global_step,
     }
-    return TrainResult(adapter_dir=str(out_dir), history=history, metrics=metrics)
-
-
-if __name__ == "__main__":
-    import sys
-
-    from tuneline.model.base import prepare
-    from tuneline.config import load
-    from tuneline.data.validate import validate
-
-    cfg = load(sys.argv[1])
-    ref = prepare(cfg.base_model)
-    v = validate(cfg.data, load_tokenizer(ref))
-    mining = v.task[v.task.split == "mining"].to_dict("records")
-    res = train(ref, sys.argv[2], cfg.sft.method, mining, v.preferences.to_dict("records"), cfg.dpo, Path(sys.argv[3]))
-    print(json.dumps(res.metrics, indent=2))
+    return TrainResult(adapter_dir=str(out_dir), history=history, metrics=metrics, seed=cfg.seed,
+                       data_hash=run_key(*pair_keys), base_sha256=ref.sha256)

@@ -1,4 +1,7 @@
-"""What `sft.method` trains, how it is saved, and how the result is loaded again.
+"""What each `sft.method` trains, how, and how it is saved: one `Method` record per method.
+
+    m = method_for(cfg.sft)       # everything sft.train asks about the method, in one place
+    peft = m.peft_config(cfg.sft, num_layers, hidden_size, total_steps)
 
     .venv/bin/pytest -q tests/integration/test_methods.py      # every method on the tiny model (loss, frozen base, reload)
 
@@ -12,8 +15,7 @@ Two kinds of result:
   the bias terms; models without biases, like Llama/SmolLM2, are refused), galore (every weight, Adam on
   rank-r projections of the gradients of the target linear layers: optimizer state of a LoRA-sized model).
 
-Whether a dir is an adapter or a full model is read from the dir itself (`is_adapter_dir`), so
-evaluate, merge and DPO need no method argument to load it.
+Loading a result again needs no method: tuneline/model/adapters.py reads the kind from the dir.
 """
 
 from __future__ import annotations
@@ -21,15 +23,16 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 from peft import (
     AdaLoraConfig,
     IA3Config,
     LoraConfig,
     PeftConfig,
-    PeftModel,
-    PeftType,
     PrefixTuningConfig,
     PromptTuningConfig,
     XLoraConfig,
@@ -37,37 +40,28 @@ from peft import (
 from transformers import Trainer, TrainerCallback
 from trl import SFTTrainer
 
-from tuneline.config import FULL_WEIGHT_METHODS, LORA_FAMILY, SFTConfig
+from tuneline.config import FULL_WEIGHT_METHODS, NO_DPO_METHODS, PROMPT_METHODS, SFTConfig
+from tuneline.train.targets import peft_targets
 
-ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
-MLP = ["gate_proj", "up_proj", "down_proj"]
-MERGEABLE = (*LORA_FAMILY, "ia3", *FULL_WEIGHT_METHODS)  # prompt methods and xlora have no weights to fold in
-
-
-def is_adapter_dir(path: str | Path) -> bool:
-    return (Path(path) / "adapter_config.json").exists()
+# (cfg, num_layers, hidden_size, total_steps) -> the PEFT config, or None for full-weight methods.
+PeftBuilder = Callable[[SFTConfig, int, int | None, int | None], PeftConfig | None]
 
 
-def target_modules(cfg: SFTConfig) -> list[str] | str:
-    """Module names for the preset; 'all-linear' stays a string where PEFT resolves it (never lm_head)."""
-    if cfg.target_modules == "attention":
-        return ATTENTION
-    if cfg.target_modules == "all-linear" and (cfg.top_layers or cfg.method in ("ia3", "galore")):
-        return ATTENTION + MLP  # PEFT needs names when layers are restricted; ia3/galore need them to split/target
-    return cfg.target_modules
+# --- PEFT configs ----------------------------------------------------------------------------------
 
 
-def lora_config(cfg: SFTConfig, num_layers: int, total_steps: int | None = None) -> LoraConfig:
-    """LoRA and its variants: one config class, a flag per variant (adalora: its own subclass)."""
+def lora_config(cfg: SFTConfig, num_layers: int, dora: bool = False, rslora: bool = False) -> LoraConfig:
+    """LoRA and its dora/rslora variants: one config class, a flag per variant."""
+    return LoraConfig(r=cfg.r, use_dora=dora, use_rslora=rslora, **_lora_common(cfg, num_layers))
+
+
+def _lora_common(cfg: SFTConfig, num_layers: int) -> dict:
     layers = list(range(max(num_layers - cfg.top_layers, 0), num_layers)) if cfg.top_layers else None
-    common = dict(lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=target_modules(cfg),
-                  layers_to_transform=layers, task_type="CAUSAL_LM")
-    if cfg.method == "adalora":
-        return adalora_config(cfg, common, total_steps)
-    return LoraConfig(r=cfg.r, use_dora=cfg.method == "dora", use_rslora=cfg.method == "rslora", **common)
+    return dict(lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=peft_targets(cfg),
+                layers_to_transform=layers, task_type="CAUSAL_LM")
 
 
-def adalora_config(cfg: SFTConfig, common: dict, total_steps: int | None) -> AdaLoraConfig:
+def adalora_config(cfg: SFTConfig, num_layers: int, total_steps: int | None) -> AdaLoraConfig:
     """AdaLoRA starts at 1.5x the rank and prunes to `r` on average; its schedule needs the step count.
 
     Budget schedule: tinit warm-up steps at full rank, then ranks are pruned every step, and the last
@@ -78,84 +72,87 @@ def adalora_config(cfg: SFTConfig, common: dict, total_steps: int | None) -> Ada
     tinit = total_steps // 10
     tfinal = min(max(1, total_steps // 5), total_steps - tinit - 1)
     return AdaLoraConfig(init_r=max(cfg.r * 3 // 2, cfg.r + 1), target_r=cfg.r, total_step=total_steps,
-                         tinit=tinit, tfinal=max(tfinal, 0), deltaT=1, **common)
+                         tinit=tinit, tfinal=max(tfinal, 0), deltaT=1, **_lora_common(cfg, num_layers))
 
 
-def peft_config(cfg: SFTConfig, num_layers: int, hidden_size: int | None = None,
-                total_steps: int | None = None) -> PeftConfig | None:
-    """The PEFT config for `cfg.method`, or None for full-weight methods (no adapter)."""
-    match cfg.method:
-        case "lora" | "qlora" | "dora" | "rslora" | "adalora":
-            return lora_config(cfg, num_layers, total_steps)
-        case "ia3":
-            targets = target_modules(cfg)
-            # IA3 scales the *input* of feed-forward layers (the MLP activation, as in the paper) and the
-            # output of the others; feedforward_modules must be a subset of the targets.
-            ff = [m for m in targets if m == "down_proj"]
-            return IA3Config(target_modules=targets, feedforward_modules=ff, task_type="CAUSAL_LM")
-        case "prefix_tuning":
-            return PrefixTuningConfig(num_virtual_tokens=cfg.num_virtual_tokens, task_type="CAUSAL_LM")
-        case "prompt_tuning":
-            return PromptTuningConfig(num_virtual_tokens=cfg.num_virtual_tokens, task_type="CAUSAL_LM")
-        case "xlora":
-            # Keys must be "0", "1", ...: PEFT loads expert i under the name str(i) but activates the dict keys.
-            experts = {str(i): str(Path(p).expanduser().resolve()) for i, p in enumerate(cfg.xlora_experts)}
-            # depth 1: a linear gate (hidden_size -> one weight per expert) on the last hidden state of a
-            # first, adapter-free pass; the experts stay frozen. use_cache must be off (X-LoRA checks it).
-            return XLoraConfig(hidden_size=hidden_size, adapters=experts, xlora_depth=1, task_type="CAUSAL_LM")
-        case "full" | "bitfit" | "galore":
-            return None
+def _lora(cfg, num_layers, hidden_size=None, total_steps=None, **variant) -> LoraConfig:
+    return lora_config(cfg, num_layers, **variant)
 
 
-def total_steps(n_rows: int, cfg: SFTConfig) -> int:
-    """Optimizer steps the Trainer will run (its own arithmetic: batches per epoch, then accumulation)."""
-    if cfg.max_steps > 0:
-        return cfg.max_steps
-    batches = math.ceil(n_rows / cfg.batch_size)
-    per_epoch = max(batches // cfg.grad_accum + int(batches % cfg.grad_accum > 0), 1)
-    return max(math.ceil(cfg.epochs * per_epoch), 1)
+def _adalora(cfg, num_layers, hidden_size=None, total_steps=None) -> AdaLoraConfig:
+    return adalora_config(cfg, num_layers, total_steps)
 
 
-def set_trainable(model, method: str) -> None:
-    """Full-weight methods: which of the model's own weights train (adapters freeze through PEFT)."""
-    if method == "bitfit":
-        biases = [p for n, p in model.named_parameters() if n.endswith(".bias")]
-        if not biases:
-            raise ValueError(
-                f"method bitfit trains only bias terms, and {type(model).__name__} has none (Llama-family models "
-                "such as SmolLM2 are built without biases). Use a model with biases (e.g. Qwen2: q/k/v biases), "
-                "or ia3 for an adapter of similar size."
-            )
-        for n, p in model.named_parameters():
-            p.requires_grad = n.endswith(".bias")
-    elif method in ("full", "galore"):
-        for p in model.parameters():
-            p.requires_grad = True
+def _ia3(cfg, num_layers, hidden_size=None, total_steps=None) -> IA3Config:
+    targets = peft_targets(cfg, named=True)
+    # IA3 scales the *input* of feed-forward layers (the MLP activation, as in the paper) and the
+    # output of the others; feedforward_modules must be a subset of the targets.
+    ff = [m for m in targets if m == "down_proj"]
+    return IA3Config(target_modules=targets, feedforward_modules=ff, task_type="CAUSAL_LM")
 
 
-def optimizer_args(cfg: SFTConfig) -> dict:
-    """GaLore is an optimizer (galore-torch through transformers): the Trainer builds it from these."""
-    if cfg.method != "galore":
-        return {}
-    return dict(optim="galore_adamw", optim_target_modules=target_modules(cfg),
+def _prefix(cfg, num_layers, hidden_size=None, total_steps=None) -> PrefixTuningConfig:
+    return PrefixTuningConfig(num_virtual_tokens=cfg.num_virtual_tokens, task_type="CAUSAL_LM")
+
+
+def _prompt(cfg, num_layers, hidden_size=None, total_steps=None) -> PromptTuningConfig:
+    return PromptTuningConfig(num_virtual_tokens=cfg.num_virtual_tokens, task_type="CAUSAL_LM")
+
+
+def _xlora(cfg, num_layers, hidden_size=None, total_steps=None) -> XLoraConfig:
+    # Keys must be "0", "1", ...: PEFT loads expert i under the name str(i) but activates the dict keys.
+    experts = {str(i): str(Path(p).expanduser().resolve()) for i, p in enumerate(cfg.xlora_experts)}
+    # depth 1: a linear gate (hidden_size -> one weight per expert) on the last hidden state of a
+    # first, adapter-free pass; the experts stay frozen. use_cache must be off (X-LoRA checks it).
+    return XLoraConfig(hidden_size=hidden_size, adapters=experts, xlora_depth=1, task_type="CAUSAL_LM")
+
+
+def _no_adapter(cfg, num_layers, hidden_size=None, total_steps=None) -> None:
+    return None
+
+
+# --- which weights train, the optimizer ------------------------------------------------------------
+
+
+def _frozen_by_peft(model) -> None:
+    """Adapters: PEFT freezes the base and makes only the adapter trainable."""
+
+
+def _all_weights(model) -> None:
+    for p in model.parameters():
+        p.requires_grad = True
+
+
+def _biases_only(model) -> None:
+    biases = [p for n, p in model.named_parameters() if n.endswith(".bias")]
+    if not biases:
+        raise ValueError(
+            f"method bitfit trains only bias terms, and {type(model).__name__} has none (Llama-family models "
+            "such as SmolLM2 are built without biases). Use a model with biases (e.g. Qwen2: q/k/v biases), "
+            "or ia3 for an adapter of similar size."
+        )
+    for n, p in model.named_parameters():
+        p.requires_grad = n.endswith(".bias")
+
+
+def _adamw(cfg: SFTConfig) -> dict:
+    return {}
+
+
+def _galore(cfg: SFTConfig) -> dict:
+    """GaLore is an optimizer (galore-torch through transformers): the Trainer builds it from these.
+
+    Its optimizer state holds GaLoreProjector objects, which the Trainer's torch.load(weights_only=True)
+    refuses on resume unless they are allow-listed."""
+    import torch
+    from galore_torch.galore_projector import GaLoreProjector
+
+    torch.serialization.add_safe_globals([GaLoreProjector])
+    return dict(optim="galore_adamw", optim_target_modules=peft_targets(cfg, named=True),
                 optim_args=f"rank={cfg.r},update_proj_gap=200,scale=0.25,proj_type=std")
 
 
-def can_resume(cfg: SFTConfig) -> bool:
-    """Whether a re-run may resume from this method's last checkpoint (if not, none are written).
-
-    galore: the optimizer state holds GaLoreProjector objects, which the Trainer's torch.load(weights_only=True)
-    refuses unless they are allow-listed. adalora: a checkpoint holds only the ranks kept so far, which do
-    not load back into the full-rank model being trained, and the rank allocator's importance scores are
-    not checkpointed at all, so a re-run starts over. xlora: the Trainer checkpoints through PEFT's X-LoRA
-    save (no gate weights, a base-model copy per expert) and the resumed optimizer groups do not match.
-    """
-    if cfg.method == "galore":
-        import torch
-        from galore_torch.galore_projector import GaLoreProjector
-
-        torch.serialization.add_safe_globals([GaLoreProjector])
-    return cfg.method not in ("adalora", "xlora")
+# --- trainer -----------------------------------------------------------------------------------------
 
 
 class AdaLoraBudget(TrainerCallback):
@@ -182,22 +179,16 @@ class ModelLossSFTTrainer(SFTTrainer):
         return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
 
 
-def trainer_class(cfg: SFTConfig) -> type[SFTTrainer]:
-    return ModelLossSFTTrainer if cfg.method in ("adalora", "xlora") else SFTTrainer
+# --- saving ------------------------------------------------------------------------------------------
 
 
-def callbacks(cfg: SFTConfig) -> list[TrainerCallback]:
-    return [AdaLoraBudget()] if cfg.method == "adalora" else []
+def _save_adapter(model, out_dir: Path) -> None:
+    model.save_pretrained(out_dir)
 
 
-def save(model, out_dir: Path, cfg: SFTConfig) -> None:
-    """Adapter dir or full model dir (an xlora dir also holds copies of its experts)."""
-    if cfg.method in FULL_WEIGHT_METHODS:
-        model.config.use_cache = True  # off for training; whoever generates from this dir wants it on
-    if cfg.method == "xlora":
-        _save_xlora(model, out_dir)
-    else:
-        model.save_pretrained(out_dir)
+def _save_full(model, out_dir: Path) -> None:
+    model.config.use_cache = True  # off for training; whoever generates from this dir wants it on
+    model.save_pretrained(out_dir)
 
 
 def _save_xlora(model, out_dir: Path) -> None:
@@ -222,48 +213,80 @@ def _save_xlora(model, out_dir: Path) -> None:
     conf_path.write_text(json.dumps(saved, indent=2))
 
 
-def load_full(path: str | Path, method: str = "full", trainable: bool = False):
-    """A full-weight method's model dir; trainable as `method` trained it (bitfit: biases only)."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
-    if trainable:
-        set_trainable(model, method)
-    else:
-        model.requires_grad_(False)
-    return model
+# --- the records -------------------------------------------------------------------------------------
 
 
-def load_adapter(base, path: str | Path, adapter_name: str = "default", trainable: bool = False) -> PeftModel:
-    """`base` with the adapter at `path`; if `base` is already a PeftModel the adapter goes in beside the others."""
-    path = Path(path)
-    config = PeftConfig.from_pretrained(path)
-    if isinstance(config, XLoraConfig):
-        # The saved config names its experts by subdir of the adapter dir (see `_save_xlora`).
-        config.adapters = {name: str(path / sub) for name, sub in config.adapters.items()}
-        config.inference_mode = not trainable
-        base.config.use_cache = False  # X-LoRA refuses a model with the KV cache on (it runs two passes per step)
-    else:
-        config = None
-    if isinstance(base, PeftModel):
-        base.load_adapter(path, adapter_name=adapter_name, is_trainable=trainable)
-        return base
-    return PeftModel.from_pretrained(base, path, adapter_name=adapter_name, is_trainable=trainable, config=config)
+@dataclass(frozen=True)
+class Method:
+    """Everything that depends on `sft.method`.
+
+    resumable: whether a re-run may resume from the last checkpoint (if not, none are written). adalora: a
+    checkpoint holds only the ranks kept so far, which do not load back into the full-rank model being
+    trained, and the rank allocator's importance scores are not checkpointed at all. xlora: the Trainer
+    checkpoints through PEFT's X-LoRA save (no gate weights, a base-model copy per expert) and the resumed
+    optimizer groups do not match.
+    """
+
+    name: str
+    peft_config: PeftBuilder
+    set_trainable: Callable[[object], None] = _frozen_by_peft
+    optimizer_args: Callable[[SFTConfig], dict] = _adamw
+    resumable: bool = True
+    trainer: type[SFTTrainer] = SFTTrainer
+    callback_types: tuple[type[TrainerCallback], ...] = ()
+    save: Callable[[object, Path], None] = _save_adapter
+    quantize_4bit: bool = False  # load the base in NF4 (bitsandbytes) and prepare it for k-bit training
+
+    @property
+    def full_weight(self) -> bool:
+        """Saved as a full model dir (no adapter)."""
+        return self.name in FULL_WEIGHT_METHODS
+
+    @property
+    def mergeable(self) -> bool:
+        """Weights to fold into the base: not prompt methods (virtual tokens) or xlora (a per-token gate)."""
+        return self.name not in (*PROMPT_METHODS, "xlora")
+
+    @property
+    def dpo_able(self) -> bool:
+        """DPO can continue from this result (config.py's NO_DPO_METHODS says why not)."""
+        return self.name not in NO_DPO_METHODS
+
+    def callbacks(self) -> list[TrainerCallback]:
+        return [cb() for cb in self.callback_types]
 
 
-def align_logits(model: PeftModel) -> PeftModel:
-    """Prompt tuning prepends its virtual tokens to the input, and PEFT returns logits for them too; code that
-    lines logits up with its input ids (perplexity, lm-eval) needs them dropped. A forward hook does that
-    whenever a prompt-tuning adapter is active (generation goes through PEFT's generate, not this forward)."""
-    if getattr(model, "_tuneline_aligned", False):
-        return model
+_FULL = dict(peft_config=_no_adapter, set_trainable=_all_weights, save=_save_full)
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("lora", _lora),
+    Method("qlora", _lora, quantize_4bit=True),
+    Method("dora", partial(_lora, dora=True)),
+    Method("rslora", partial(_lora, rslora=True)),
+    Method("adalora", _adalora, resumable=False, trainer=ModelLossSFTTrainer, callback_types=(AdaLoraBudget,)),
+    Method("ia3", _ia3),
+    Method("prefix_tuning", _prefix),
+    Method("prompt_tuning", _prompt),
+    Method("xlora", _xlora, resumable=False, trainer=ModelLossSFTTrainer, save=_save_xlora),
+    Method("full", **_FULL),
+    Method("bitfit", **{**_FULL, "set_trainable": _biases_only}),
+    Method("galore", **_FULL, optimizer_args=_galore),
+)}
 
-    def drop_virtual(module, args, output):
-        conf = module.active_peft_config
-        if conf.peft_type == PeftType.PROMPT_TUNING and getattr(output, "logits", None) is not None:
-            output.logits = output.logits[:, conf.num_virtual_tokens:]
-        return output
 
-    model.register_forward_hook(drop_virtual)
-    model._tuneline_aligned = True
-    return model
+def method_for(cfg: SFTConfig | str) -> Method:
+    """The record of `cfg.method` (or of a method name, as an adapter records it)."""
+    name = cfg if isinstance(cfg, str) else cfg.method
+    if name not in METHODS:
+        valid = f"valid: {', '.join(METHODS)}"
+        hint = "resolve it first (tuneline.train.plan.resolve_method)" if name == "auto" else valid
+        raise ValueError(f"sft.method {name!r} has no training record: {hint}")
+    return METHODS[name]
+
+
+def total_steps(n_rows: int, cfg: SFTConfig) -> int:
+    """Optimizer steps the Trainer will run (its own arithmetic: batches per epoch, then accumulation)."""
+    if cfg.max_steps > 0:
+        return cfg.max_steps
+    batches = math.ceil(n_rows / cfg.batch_size)
+    per_epoch = max(batches // cfg.grad_accum + int(batches % cfg.grad_accum > 0), 1)
+    return max(math.ceil(cfg.epochs * per_epoch), 1)

@@ -1,7 +1,7 @@
 """Memory and cost planner: peak training memory of full / LoRA / QLoRA from the model config alone.
 
-    python -m tuneline.train.plan configs/default.yaml                 # plans for this machine
-    python -m tuneline.train.plan configs/default.yaml --gpu-gb 24     # plans for a 24 GB GPU
+    tuneline plan configs/default.yaml                 # plans for this machine
+    tuneline plan configs/default.yaml --gpu-gb 24     # plans for a 24 GB GPU
 
 No weights are loaded: the shape comes from the base model dir's config.json (`prepare()` makes it;
 for `tiny` it builds the random model, for the embedded model it converts once and caches).
@@ -48,20 +48,19 @@ with gradient checkpointing (LoRA 1.0 < QLoRA 1.4 < LoRA + checkpointing 1.5 < Q
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel
 
+from tuneline.model.precision import cuda_bf16, use_bf16
+from tuneline.train.targets import ATTENTION, MLP, target_names
+
 Method = Literal["full", "lora", "qlora"]
 METHODS: tuple[str, ...] = ("full", "lora", "qlora")
-ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
-MLP = ("gate_proj", "up_proj", "down_proj")
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit codes + 8-bit absmax per 64 + fp32 absmax-of-absmax per 256 blocks
 QLORA_SLOWDOWN = 1.4
 GB = 1024**3
@@ -133,19 +132,11 @@ def shape_from_dir(path: str | Path) -> ModelShape:
     return shape_from_config(AutoConfig.from_pretrained(str(path)))
 
 
-def lora_targets(target_modules: list[str] | str) -> tuple[str, ...]:
-    if target_modules == "all-linear":
-        return ATTENTION + MLP
-    if target_modules == "attention":
-        return ATTENTION
-    return tuple(t for t in target_modules if t in ATTENTION + MLP)
-
-
 def lora_params(shape: ModelShape, r: int, target_modules: list[str] | str = "all-linear",
                 top_layers: int | None = None) -> int:
     layers = min(top_layers or shape.layers, shape.layers)
     lin = shape.linear_shapes()
-    return layers * sum(r * (lin[t][0] + lin[t][1]) for t in lora_targets(target_modules))
+    return layers * sum(r * (lin[t][0] + lin[t][1]) for t in target_names(target_modules))
 
 
 class Workload(BaseModel):
@@ -206,7 +197,7 @@ def estimate(shape: ModelShape, method: str, w: Workload) -> Estimate:
     copied = 0 if not (w.bf16 and w.weight_bytes == 4) else shape.vocab * h + block_copies
     # Inputs of matmuls whose weights train (autograd keeps them): under autocast each matmul keeps its own
     # bf16 cast (q, k, v: 3; gate, up: 2), in fp32 they share one per group.
-    targets = set(ATTENTION + MLP) if method == "full" else set(lora_targets(w.target_modules))
+    targets = set(ATTENTION + MLP) if method == "full" else set(target_names(w.target_modules))
     inputs = (3 if w.bf16 else 1) * bool(targets & {"q_proj", "k_proj", "v_proj"}) + \
         (2 if w.bf16 else 1) * bool(targets & {"gate_proj", "up_proj"})
     expanded = 2 * (shape.q_dim - kv)  # grouped-query k, v repeated to every head for SDPA
@@ -298,27 +289,7 @@ def workload_from(sft, max_tokens: int, bf16: bool, for_gpu: bool = False) -> Wo
     """The planner's workload for tuneline's SFT config (rows padded to data.max_tokens: an upper bound)."""
     return Workload(batch_size=sft.batch_size, seq_len=max_tokens, r=sft.r, target_modules=sft.target_modules,
                     top_layers=sft.top_layers, bf16=bf16, gradient_checkpointing=sft.gradient_checkpointing,
-                    qlora_compute_bf16=for_gpu or _cuda_bf16())
-
-
-def _cuda_bf16() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    except ImportError:
-        return False
-
-
-def resolve_bf16(setting: str, for_gpu: bool) -> bool:
-    """bf16: auto means yes on a GPU being planned for (bf16 GPUs are the norm), else what this host does."""
-    if setting != "auto":
-        return setting == "true"
-    if for_gpu:
-        return True
-    from tuneline.train.common import use_bf16
-
-    return use_bf16("auto")
+                    qlora_compute_bf16=for_gpu or cuda_bf16())
 
 
 def resolve_method(shape: ModelShape, sft, max_tokens: int, available_gb: float | None = None):
@@ -327,7 +298,7 @@ def resolve_method(shape: ModelShape, sft, max_tokens: int, available_gb: float 
     if sft.method != "auto":
         return sft, None
     gb, where = (available_gb, "given") if available_gb is not None else available_memory_gb()
-    w = workload_from(sft, max_tokens, resolve_bf16(sft.bf16, for_gpu=False))
+    w = workload_from(sft, max_tokens, use_bf16(sft.bf16, for_gpu=False))
     choice = choose_method(plan(shape, w, ("lora", "qlora")), gb)
     chosen = sft.model_copy(update={"method": choice.method,
                                     "gradient_checkpointing": sft.gradient_checkpointing or choice.gradient_checkpointing})
@@ -358,27 +329,11 @@ def format_table(rows: list[dict], available_gb: float, headroom: float = 0.85) 
     return "\n".join(lines)
 
 
-def html_table(rows: list[dict], title: str, choice: Choice | None, available_gb: float) -> str:
-    cols = ["method", "estimated_gb", "fits", "relative_time", "trainable_params", "weights_gb", "gradients_gb",
-            "optimizer_gb", "autocast_copies_gb", "activations_gb", "logits_gb"]
-    head = "".join(f"<th style='padding:2px 8px'>{c}</th>" for c in cols)
-    body = ""
-    for r in rows:
-        color = "#e6f4ea" if r["fits"] else "#fce8e6"
-        body += f"<tr style='background:{color}'>" + "".join(
-            f"<td style='padding:2px 8px;text-align:right'>{r[c]}</td>" for c in cols) + "</tr>"
-    pick = f"<p><b>auto picks:</b> {choice.reason}</p>" if choice else "<p><b>auto:</b> nothing fits</p>"
-    return (f"<html><body style='font-family:sans-serif'><h3>{title}</h3><p>available: {available_gb:.1f} GB</p>{pick}"
-            f"<table style='border-collapse:collapse'><tr>{head}</tr>{body}</table>"
-            f"<p style='color:#666'>Estimates from the model config (no weights): weights + gradients + AdamW "
-            f"(2 fp32 states) + bf16 autocast copies + activations + logits. Relative time/cost: LoRA = 1.</p></body></html>")
-
-
 def plan_report(ref, sft, max_tokens: int, gpu_gb: float | None = None, headroom: float = 0.85) -> tuple[str, dict]:
     """What the `plan` step shows: an HTML table and flat metadata (estimates, the auto choice)."""
     shape = shape_from_dir(ref.path)
     gb, where = (gpu_gb, "given") if gpu_gb else available_memory_gb()
-    w = workload_from(sft, max_tokens, resolve_bf16(sft.bf16, for_gpu=bool(gpu_gb)), for_gpu=bool(gpu_gb))
+    w = workload_from(sft, max_tokens, use_bf16(sft.bf16, for_gpu=bool(gpu_gb)), for_gpu=bool(gpu_gb))
     ests = plan(shape, w)
     rows = table(ests, gb, headroom)
     try:
@@ -394,7 +349,9 @@ def plan_report(ref, sft, max_tokens: int, gpu_gb: float | None = None, headroom
             "auto_gradient_checkpointing": choice.gradient_checkpointing if choice else None,
             "auto_reason": choice.reason if choice else why}
     title = f"Memory plan: {ref.source} ({shape.params / 1e6:.1f}M parameters), batch {w.batch_size} x {w.seq_len} tokens"
-    return html_table(rows, title, choice, gb), meta
+    from tuneline.dashboard import memory_plan_html
+
+    return memory_plan_html(rows, title, choice.reason if choice else None, gb), meta
 
 
 # --- measuring, to check the estimates -------------------------------------------------------------
@@ -409,9 +366,9 @@ def measure(ref, method: str, w: Workload, steps: int = 3, seed: int = 0) -> dic
 
     from tuneline.model.base import load_model
     from tuneline.config import SFTConfig
+    from tuneline.train.memory import peak_rss_delta
     from tuneline.train.methods import lora_config
     from tuneline.train.qlora_guard import guard_4bit
-    from tuneline.train.common import peak_rss_delta
 
     torch.manual_seed(seed)
     cuda = torch.cuda.is_available()
@@ -452,7 +409,7 @@ def measure(ref, method: str, w: Workload, steps: int = 3, seed: int = 0) -> dic
             opt.zero_grad(set_to_none=True)
             del loss
     measured = (torch.cuda.max_memory_allocated() - base) if cuda else peak["mb"] * 2**20
-    est = estimate(shape, method, w.model_copy(update={"qlora_compute_bf16": _cuda_bf16()}))
+    est = estimate(shape, method, w.model_copy(update={"qlora_compute_bf16": cuda_bf16()}))
     dynamic = est.total - est.parts["weights"]
     del model, opt
     gc.collect()
@@ -461,48 +418,3 @@ def measure(ref, method: str, w: Workload, steps: int = 3, seed: int = 0) -> dic
             "ratio": round(dynamic / measured, 3) if measured > 0 else math.nan,
             "weights_mb": round(weights / 2**20, 1), "estimated_weights_mb": round(est.parts["weights"] / 2**20, 1),
             "total_ratio": round(est.total / (measured + weights), 3) if measured > 0 else math.nan}
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("config", help="a tuneline run YAML (configs/default.yaml)")
-    parser.add_argument("--gpu-gb", type=float, default=None, help="memory to plan for (default: this GPU, else RAM available)")
-    parser.add_argument("--seq-len", type=int, default=None, help="tokens per row (default: data.max_tokens)")
-    parser.add_argument("--batch-size", type=int, default=None, help="rows per step (default: sft.batch_size)")
-    parser.add_argument("--headroom", type=float, default=0.85, help="share of the memory the estimate may use")
-    parser.add_argument("--json", action="store_true", help="print the rows and the choice as JSON")
-    args = parser.parse_args(argv)
-
-    from tuneline.model.base import prepare
-    from tuneline.config import load
-
-    cfg = load(args.config)
-    shape = shape_from_dir(prepare(cfg.base_model).path)
-    gb, where = (args.gpu_gb, f"--gpu-gb {args.gpu_gb:g}") if args.gpu_gb else available_memory_gb()
-    w = workload_from(cfg.sft, args.seq_len or cfg.data.max_tokens, resolve_bf16(cfg.sft.bf16, for_gpu=bool(args.gpu_gb)),
-                      for_gpu=bool(args.gpu_gb))
-    if args.batch_size:
-        w = w.model_copy(update={"batch_size": args.batch_size})
-    ests = plan(shape, w)
-    rows = table(ests, gb, args.headroom)
-    try:
-        choice = choose_method(ests, gb, args.headroom)
-    except ValueError as err:
-        choice, why = None, str(err)
-    if args.json:
-        print(json.dumps({"rows": rows, "choice": choice.model_dump() if choice else None}, indent=2))
-        return
-    print(f"model {cfg.base_model.source}: {shape.params:,} parameters ({shape.layers} layers, hidden {shape.hidden}, "
-          f"intermediate {shape.intermediate}, vocab {shape.vocab}, {'tied' if shape.tied else 'untied'} embeddings)")
-    print(f"workload: batch {w.batch_size} x {w.seq_len} tokens, LoRA r{w.r} on {w.target_modules}, "
-          f"{'bf16 autocast' if w.bf16 else 'fp32'}; memory: {gb:.1f} GB ({where})\n")
-    print(format_table(rows, gb, args.headroom))
-    print(f"\nmethod: auto -> {choice.reason}" if choice else f"\nmethod: auto -> {why}")
-    if cfg.sft.method not in ("auto",) and choice and cfg.sft.method != choice.method:
-        print(f"(the config asks for {cfg.sft.method})")
-    if choice is None:
-        sys.exit(1)
-
-
-if __name__ == "__main__":
-    main()

@@ -3,7 +3,9 @@ import json
 
 import pytest
 
-from tuneline.data.contamination import GSM8K_FILE, MMLU_DIR, NgramIndex, gsm8k_texts, mmlu_texts, tokens
+from tuneline.data.contamination import NgramIndex, gsm8k_texts, mmlu_texts, tokens
+from tuneline.eval.gsm8k import GSM8K_FILE
+from tuneline.eval.mmlu import MMLU_DIR
 from tuneline.paths import DATA_DIR
 
 # 20 words.

@@ -1,4 +1,4 @@
-"""Input formats: every file kind and shape read into canonical records, every bad row a reject, bad files named.
+"""Input formats: every file kind read through read_source into records, every bad row a reject, bad files named.
 
     .venv/bin/pytest -q tests/unit/data/test_readers.py
 
@@ -20,10 +20,22 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tuneline.data.readers import SHAPES, DataError, detect_shape, hh_prompt_messages, normalize, read_records, read_rows
+from tuneline.data.readers import DataError
+from tuneline.data.shapes import SHAPES
+from tuneline.data.sources import locate, read_rows, read_source
 
 BAD = PROJECT_ROOT / "tests" / "data" / "bad"
 LABELS = {"greet", "farewell"}
+
+
+def read_records(path, rejected: list, **kwargs) -> list[dict]:
+    """The records of one file, read as the pipeline reads a source."""
+    return read_source(locate(str(path)), rejected, **kwargs).records
+
+
+def rows_of(path, rejected: list) -> list[dict]:
+    return read_rows(locate(str(path)), rejected)
+
 
 # file, read_records kwargs, {line: reason} of the rejects, records that must survive.
 CASES = [
@@ -150,84 +162,17 @@ def test_rejects_name_the_field_and_keep_the_row():
 def test_bom_and_crlf_read_clean():
     for name in ("bom.jsonl", "crlf.jsonl", "bom_crlf.csv"):
         rejected: list[dict] = []
-        rows = read_rows(BAD / name, rejected)
+        rows = rows_of(BAD / name, rejected)
         assert not rejected
         assert all(not k.startswith("\ufeff") for r in rows for k in r), name
         assert all(not str(v).endswith("\r") for r in rows for v in r.values()), name
-    rows = read_rows(BAD / "bom_crlf.csv", [])
+    rows = rows_of(BAD / "bom_crlf.csv", [])
     assert [(r["_line"], r["text"], r["label"]) for r in rows] == [(2, "hello", "greet"), (3, "bye, then", "farewell")]
 
 
 def test_line_numbers_skip_blank_lines_and_count_csv_header():
-    assert [r["_line"] for r in read_rows(BAD / "blank_lines.jsonl", [])] == [1, 4]
-    assert [r["_line"] for r in read_rows(BAD / "multiline.csv", [])] == [2, 4, 5]  # "two\nlines" starts on 2
-
-
-def test_columns_mapping_renames_and_rejects_name_the_source_column():
-    rejected: list[dict] = []
-    mapping = {"question": "instruction", "response": "output"}
-    recs = read_records(BAD / "columns_missing.jsonl", rejected, columns=mapping)
-    assert recs[0]["shape"] == "alpaca" and recs[0]["completion"] == "a"
-    assert [(r["line"], r["reason"], r["field"]) for r in rejected] == [(2, "missing_field", "response")]
-    assert json.loads(rejected[0]["row"]) == {"question": "q2", "response": None}
-    with pytest.raises(DataError, match="'instrution', not a field of any shape: did you mean 'instruction'"):
-        read_records(BAD / "columns_missing.jsonl", [], columns={"question": "instrution"})
-
-
-def test_canonical_records_of_each_shape():
-    recs = read_records(BAD / "hh_no_shared_prefix.jsonl", [], system_prompt="")
-    assert recs[0]["prompt"] == [{"role": "system", "content": ""}, {"role": "user", "content": "Can you help me?"},
-                                 {"role": "assistant", "content": "Sure."}, {"role": "user", "content": "What is 2+2?"}]
-    assert (recs[0]["chosen"], recs[0]["rejected"], recs[0]["completion"]) == ("Four.", "Five.", "")
-    assert (recs[1]["chosen"], recs[1]["rejected"]) == ("4", "4, I think")
-    pref = read_records(BAD / "preference.jsonl", [])
-    user = [{"role": "user", "content": "2+2?"}]
-    assert [(r["prompt"], r["chosen"], r["rejected"]) for r in pref[:2]] == [(user, "4", "5")] * 2
-    assert pref[2]["prompt"] == recs[0]["prompt"][1:] and pref[2]["chosen"] == "Four."  # an HH prompt is parsed too
-    chat = read_records(BAD / "wrong_role_order.jsonl", [], system_prompt="default")
-    assert chat[0]["prompt"] == [{"role": "system", "content": "default"}, {"role": "user", "content": "hi"}]
-    assert chat[1]["prompt"][0] == {"role": "system", "content": "be brief"}  # the row's own system turn wins
-    sharegpt = read_records(BAD / "unknown_role.jsonl", [])[1]
-    assert (sharegpt["prompt"], sharegpt["completion"]) == ([{"role": "user", "content": "hi"}], "hello")
-    cls = read_records(BAD / "unknown_label.csv", [], labels=LABELS, template="Intent: {text}")
-    assert cls[0] == {"source": str(BAD / "unknown_label.csv"), "line": 2, "shape": "classification",
-                      "prompt": [{"role": "user", "content": "Intent: hello"}], "completion": "greet",
-                      "label": "greet", "chosen": None, "rejected": None}
-    alp = read_records(BAD / "field_checks.jsonl", [])
-    assert alp[1]["prompt"] == [{"role": "user", "content": "h\n\nctx"}] and alp[1]["completion"] == "i"
-
-
-def test_directory_reads_supported_files_recursively_in_order(tmp_path):
-    (tmp_path / "sub").mkdir()
-    (tmp_path / ".cache").mkdir()
-    (tmp_path / "b.jsonl").write_bytes((BAD / "bom.jsonl").read_bytes())
-    (tmp_path / "sub" / "a.csv").write_bytes((BAD / "unknown_label.csv").read_bytes())
-    (tmp_path / ".cache" / "c.jsonl").write_text("junk\n")
-    (tmp_path / "README.md").write_text("not data\n")
-    rejected: list[dict] = []
-    recs = read_records(tmp_path, rejected, labels=LABELS)
-    assert [r["shape"] for r in recs] == ["alpaca", "alpaca", "classification", "classification"]
-    assert [r["source"] for r in rejected] == [str(tmp_path / "sub" / "a.csv")]
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="empty: a directory with no"):
-        read_rows(tmp_path / "empty", [])
-
-
-def test_unknown_hub_id_fails_as_data_error():
-    with pytest.raises(DataError, match="no-such-owner/no-such-set: no such local file.*Hugging Face dataset id"):
-        read_rows("no-such-owner/no-such-set", [])
-
-
-def test_detect_shape_and_bad_arguments():
-    assert detect_shape({"conversations", "id"}, "f") == "messages"
-    assert detect_shape({"chosen", "rejected"}, "f") == "hh_preference"
-    assert detect_shape({"prompt", "chosen", "rejected"}, "f") == "preference"
-    assert detect_shape({"text", "category"}, "f") == "classification"
-    with pytest.raises(DataError, match="did you mean 'messages'"):
-        normalize([], "mesages", rejected=[])
-    with pytest.raises(DataError, match="must contain '{text}'"):
-        normalize([], "classification", template="no slot", rejected=[])
-    assert hh_prompt_messages("\n\nHuman: hi\n\nAssistant:") == [{"role": "user", "content": "hi"}]
+    assert [r["_line"] for r in rows_of(BAD / "blank_lines.jsonl", [])] == [1, 4]
+    assert [r["_line"] for r in rows_of(BAD / "multiline.csv", [])] == [2, 4, 5]  # "two\nlines" starts on 2
 
 
 KEYS = ["instruction", "input", "output", "messages", "conversations", "prompt", "completion", "chosen", "rejected",
@@ -257,7 +202,7 @@ def test_random_jsonl_never_crashes_and_never_loses_a_row(lines, shape, labels):
         path.write_bytes(data)
         rejected: list[dict] = []
         try:
-            records = read_records(path, rejected, shape=shape, labels=labels, system_prompt=None)
+            records = read_records(path, rejected, shape=shape or "auto", labels=labels, system_prompt=None)
         except DataError as e:
             assert str(path) in str(e)
             return

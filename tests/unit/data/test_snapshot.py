@@ -7,8 +7,9 @@ import pytest
 
 from materializers.directories import RawDataMaterializer
 from tuneline.config import resolve
-from tuneline.data.validate import DataError
-from tuneline.data.snapshot import RawDataDir, fingerprint, snapshot, validate
+from tuneline.data.readers import DataError
+from tuneline.data.snapshot import RawDataDir, fingerprint, snapshot
+from tuneline.data.validate import validate
 
 
 def test_snapshot_validates_like_the_files_and_keeps_their_names(tiny_cfg, tiny_tok, tiny_data, tmp_path):
@@ -16,8 +17,8 @@ def test_snapshot_validates_like_the_files_and_keeps_their_names(tiny_cfg, tiny_
     assert set(raw.files) == {"train_file", "test_file", "labels_file", "preference_file"}
     assert all(f["bytes"] > 0 and len(f["sha256"]) == 64 for f in raw.files.values())
     assert raw.sha256 == fingerprint(tiny_cfg.data)  # the pipeline's cache key is the snapshot's hash
-    v = validate(raw, tiny_cfg.data, tiny_tok)
-    assert v.task.drop(columns="source").equals(tiny_data.task.drop(columns="source"))
+    v = validate(tiny_cfg.data, tiny_tok, copies=raw.copies())
+    assert v.task.equals(tiny_data.task) and v.rejected.equals(tiny_data.rejected)  # copies read as configured
     assert v.counts == tiny_data.counts
     # Sources read "data/banking77/train.csv" (as configured), never the snapshot's copy.
     assert not v.task["source"].str.contains(str(tmp_path)).any()
@@ -29,9 +30,9 @@ def test_snapshot_is_independent_of_later_edits(tiny_cfg, tiny_tok, tmp_path):
     src.write_bytes(resolve(tiny_cfg.data.train_file).read_bytes())
     cfg = tiny_cfg.data.model_copy(update={"train_file": str(src)})
     raw = snapshot(cfg, tmp_path / "raw")
-    before = validate(raw, cfg, tiny_tok).task
+    before = validate(cfg, tiny_tok, copies=raw.copies()).task
     src.write_text("text,category\n")  # the user overwrites the file after the run
-    assert validate(raw, cfg, tiny_tok).task.equals(before)
+    assert validate(cfg, tiny_tok, copies=raw.copies()).task.equals(before)
 
 
 def test_errors_name_the_configured_file(tiny_cfg, tiny_tok, tmp_path):
@@ -40,7 +41,7 @@ def test_errors_name_the_configured_file(tiny_cfg, tiny_tok, tmp_path):
     cfg = tiny_cfg.data.model_copy(update={"train_file": str(bad), "shape": "auto"})
     raw = snapshot(cfg, tmp_path / "raw")
     with pytest.raises(DataError) as e:
-        validate(raw, cfg, tiny_tok)
+        validate(cfg, tiny_tok, copies=raw.copies())
     assert str(bad) in str(e.value) and str(tmp_path / "raw") not in str(e.value), str(e.value)
 
 

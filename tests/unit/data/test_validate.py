@@ -6,7 +6,8 @@ import random
 import pytest
 
 from tuneline.config import DataConfig
-from tuneline.data.validate import DataError, hh_prompt_messages, messages, validate
+from tuneline.data.readers import DataError
+from tuneline.data.validate import validate
 
 
 def _csv(path, rows, header="text,category"):
@@ -167,18 +168,6 @@ def test_alpaca_with_held_out_split_and_general_mix(tmp_path, tiny_tok):
     assert v.counts["shape"] == "alpaca" and v.counts["split_eval"] == 4
     assert v.counts["general_mix"] == 4 and v.counts["general_mix_file"].endswith("g.jsonl")
     assert v.counts["accepted"] + v.counts["dropped"] + v.counts["unused"] == 20
-
-
-def test_hh_transcript_splits_into_turns():
-    msgs = hh_prompt_messages("\n\nHuman: hi there\n\nAssistant: hello\n\nHuman: help me\n\nAssistant:")
-    assert msgs == [{"role": "user", "content": "hi there"}, {"role": "assistant", "content": "hello"},
-                    {"role": "user", "content": "help me"}]
-
-
-def test_messages_append_the_gold_answer():
-    rec = {"prompt": json.dumps([{"role": "system", "content": ""}, {"role": "user", "content": "u"}]), "assistant": "a"}
-    assert messages(rec)[-1] == {"role": "assistant", "content": "a"}
-    assert messages(rec, with_answer=False) == [{"role": "system", "content": ""}, {"role": "user", "content": "u"}]
 
 
 def test_preference_pairs_report_length_bias(small, tiny_tok):

@@ -27,7 +27,6 @@ from tuneline.train.plan import (
     choose_method,
     estimate,
     lora_params,
-    main,
     plan,
     plan_report,
     resolve_method,
@@ -122,14 +121,16 @@ def test_auto_resolves_to_a_method_and_others_stay(tiny_ref):
 
 
 def test_cli_prints_the_table_and_choice(capsys):
-    main([str(PROJECT_ROOT / "configs" / "tiny.yaml"), "--gpu-gb", "24"])
+    from tuneline.cli import main
+
+    assert main(["plan", str(PROJECT_ROOT / "configs" / "tiny.yaml"), "--gpu-gb", "24"]) == 0
     out = capsys.readouterr().out
     for word in ("method", "est. GB", "fits", "rel. time/cost", "full", "lora + grad ckpt", "qlora",
                  "method: auto -> lora"):
         assert word in out
-    main([str(PROJECT_ROOT / "configs" / "tiny.yaml"), "--gpu-gb", "24", "--json"])
+    assert main(["plan", str(PROJECT_ROOT / "configs" / "tiny.yaml"), "--gpu-gb", "24", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert len(data["rows"]) == 6 and data["choice"]["method"] == "lora"
+    assert len(data["estimated_gb"]) == 6 and data["auto_method"] == "lora"
 
 
 def test_step_report_is_html_with_metadata(tiny_ref):

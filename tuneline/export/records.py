@@ -1,0 +1,87 @@
+"""What an export step hands on: one ExportFile per file made, whatever its format, and the merged
+model's results each file was judged against.
+
+    res = export_gguf(merged_dir, out, eval_rows, cfg.export, ExportChecks.of(cfg.evaluate, cfg.export))
+    {f.candidate: f.passed for f in res.files}      # {"gguf-F16": True, "gguf-Q8_0": True, ...}
+
+`tuneline export configs/default.yaml /tmp/merged --out /tmp/gguf` prints these records; the evaluation, the
+promotion and the dashboard read their fields. A new format adds its name to ExportFormat and one
+function that makes and checks its files (gguf.export_gguf, quantize.export_quantized).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel
+
+from tuneline.eval.harness import BenchmarkResult
+from tuneline.eval.perplexity import PerplexityResult
+from tuneline.eval.task import TaskResult
+
+ExportFormat = Literal["gguf", "gptq", "awq"]
+
+
+class ExportSample(BaseModel):
+    prompt: str
+    expected: str
+    predicted: str
+    finish_reason: str  # "stop", "length"; "" where the runtime does not say (GPTQ/AWQ through transformers)
+
+
+class ExportFile(BaseModel):
+    """One exported file (or, for GPTQ/AWQ, model dir) with its checks and the gate's verdict."""
+
+    format: ExportFormat
+    qtype: str  # GGUF type (F16, Q8_0, ...) or W<bits>G<group size> for GPTQ/AWQ
+    path: str  # absolute while exporting; the name inside ExportDir.path once stored
+    size_bytes: int = 0
+    sha256: str = ""
+    score: float = 0.0  # mean task metric on the checked rows
+    eos_share: float = 0.0
+    passed: bool = False
+    reason: str = ""
+    seconds: float = 0.0  # making this file plus checking it
+    samples: list[ExportSample] = []
+    per_item: list[float] = []  # task metric per checked row, in row order (paired with other candidates)
+    modelfile: str = ""  # Ollama Modelfile beside a passed file
+    perplexity: float | None = None  # on the general texts, same token ids as the merged model's
+    perplexity_increase: float | None = None  # relative to the merged model (0.01 = +1 %)
+    nll_per_item: list[float] = []  # per text, pairs with the candidates' PerplexityResult.per_item
+    auto: str = ""  # "tried" / "picked" when `auto` in the types chose among export.auto_types
+    versions: dict[str, str | None] = {}  # the tools that made and checked the file
+    benchmarks: dict[str, BenchmarkResult] = {}  # MMLU / GSM8K on this file, when export.benchmarks
+
+    @property
+    def candidate(self) -> str:
+        """The file's name among the report's candidates (base, sft, dpo, merged, gguf-Q8_0, gptq-W4G32)."""
+        return f"{self.format}-{self.qtype}"
+
+    @property
+    def predictions(self) -> list[str]:
+        return [s.predicted for s in self.samples]
+
+    @property
+    def eos_measured(self) -> bool:
+        """GGUF answers report why they stopped; GPTQ/AWQ stop on the merged model's generation config."""
+        return self.format == "gguf"
+
+    def score_perplexity(self, ppl: PerplexityResult, reference_ppl: float) -> None:
+        """Record a PerplexityResult on the general texts and its rise over the merged model's."""
+        self.perplexity, self.nll_per_item = ppl.ppl, ppl.per_item
+        self.perplexity_increase = ppl.ppl / reference_ppl - 1
+
+
+class ExportResult(BaseModel):
+    """The files of one export step, and the merged HF model on the same rows and texts (the reference)."""
+
+    format: ExportFormat
+    files: list[ExportFile]
+    reference: TaskResult  # the merged model on the checked rows: the "merged" candidate
+    reference_benchmarks: dict[str, BenchmarkResult] = {}  # the merged model's MMLU / GSM8K
+    reference_perplexity: PerplexityResult | None = None  # the merged model on the general texts
+
+    def stored(self) -> ExportResult:
+        """The same result with each file's path made relative to the export dir (the artifact moves)."""
+        return self.model_copy(update={"files": [f.model_copy(update={"path": Path(f.path).name}) for f in self.files]})
