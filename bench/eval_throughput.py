@@ -73,12 +73,12 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from tuneline.model.base import load_model, load_tokenizer, prepare
-    from tuneline.eval.harness import run_benchmarks
     from tuneline.config import BaseModelConfig, DataConfig, EvaluateConfig, MMLUConfig
     from tuneline.data.validate import validate
-    from tuneline.eval.task import score_task
+    from tuneline.eval.harness import run_benchmarks
     from tuneline.eval.scoring import check_metric
+    from tuneline.eval.task import score_task
+    from tuneline.model.base import load_model, load_tokenizer, prepare
 
     check_metric(args.metric)
     if args.threads:

@@ -159,9 +159,9 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from tuneline.model.base import load_tokenizer, prepare
     from tuneline.config import BaseModelConfig, DataConfig
     from tuneline.data.validate import validate
+    from tuneline.model.base import load_tokenizer, prepare
     from tuneline.model.precision import use_bf16
 
     if args.threads:

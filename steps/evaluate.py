@@ -8,11 +8,11 @@ from zenml.types import HTMLString
 
 from steps._metadata import log
 from tuneline.artifacts import AdapterDir
-from tuneline.model.base import BaseModelRef
 from tuneline.config import EvaluateConfig
-from tuneline.eval.report import EvalReport
-from tuneline.eval.evaluate import evaluate as run_evaluation
 from tuneline.dashboard import evaluation_html
+from tuneline.eval.evaluate import evaluate as run_evaluation
+from tuneline.eval.report import EvalReport
+from tuneline.model.base import BaseModelRef
 
 
 @step

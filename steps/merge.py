@@ -10,11 +10,11 @@ from zenml import step
 from materializers import DirectoryMaterializer
 from steps._metadata import log
 from tuneline.artifacts import AdapterDir, ModelDir
-from tuneline.model.base import BaseModelRef
 from tuneline.config import MergeConfig
+from tuneline.dashboard import evaluation_markdown
 from tuneline.eval.report import EvalReport
 from tuneline.export.merge import merge as merge_adapter
-from tuneline.dashboard import evaluation_markdown
+from tuneline.model.base import BaseModelRef
 
 
 @step(output_materializers={"merged_model": DirectoryMaterializer})

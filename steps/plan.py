@@ -14,8 +14,8 @@ from zenml import step
 from zenml.types import HTMLString
 
 from steps._metadata import log
-from tuneline.model.base import BaseModelRef
 from tuneline.config import SFTConfig
+from tuneline.model.base import BaseModelRef
 from tuneline.train.plan import plan_report
 
 

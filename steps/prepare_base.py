@@ -5,8 +5,8 @@ from typing import Annotated
 from zenml import step
 
 from steps._metadata import log
-from tuneline.model.base import BaseModelRef, prepare
 from tuneline.config import BaseModelConfig
+from tuneline.model.base import BaseModelRef, prepare
 
 
 @step

@@ -9,9 +9,9 @@ from zenml.types import HTMLString
 from steps._metadata import log
 from tuneline.artifacts import ExportDir
 from tuneline.config import PromoteConfig
+from tuneline.dashboard import evaluation_html, run_summary
 from tuneline.eval.report import EvalReport
 from tuneline.promote import Decision, decide, with_exports
-from tuneline.dashboard import evaluation_html, run_summary
 
 
 def current_evaluation(model_name: str, stage: str, this_version_id) -> EvalReport | None:

@@ -12,9 +12,9 @@ from materializers import DirectoryMaterializer
 from steps._checkpoints import mirror
 from steps._metadata import log
 from tuneline.artifacts import AdapterDir
+from tuneline.config import DPOConfig
 from tuneline.dashboard import loss_curve_html
 from tuneline.model.base import BaseModelRef
-from tuneline.config import DPOConfig
 from tuneline.train.dpo import train
 
 

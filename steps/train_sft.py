@@ -15,9 +15,9 @@ from materializers import DirectoryMaterializer
 from steps._checkpoints import mirror
 from steps._metadata import log
 from tuneline.artifacts import AdapterDir
+from tuneline.config import SFTConfig
 from tuneline.dashboard import loss_curve_html
 from tuneline.model.base import BaseModelRef
-from tuneline.config import SFTConfig
 from tuneline.train.sft import train
 
 

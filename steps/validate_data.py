@@ -14,11 +14,11 @@ from zenml import step
 from zenml.types import HTMLString
 
 from steps._metadata import log
-from tuneline.model.base import BaseModelRef, load_tokenizer
 from tuneline.config import DataConfig
 from tuneline.dashboard import data_html
 from tuneline.data.snapshot import RawDataDir
 from tuneline.data.validate import validate
+from tuneline.model.base import BaseModelRef, load_tokenizer
 
 
 @step

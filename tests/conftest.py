@@ -28,8 +28,8 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from tuneline.model.base import BaseModelRef, prepare  # noqa: E402
 from tuneline.config import BaseModelConfig, TunelineConfig, load  # noqa: E402
+from tuneline.model.base import BaseModelRef, prepare  # noqa: E402
 from tuneline.paths import PROJECT_ROOT  # noqa: E402
 
 TINY_YAML = PROJECT_ROOT / "configs" / "tiny.yaml"

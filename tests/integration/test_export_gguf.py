@@ -11,11 +11,11 @@ import llama_cpp  # noqa: E402  (no skip: the GGUF export is a core step; `make 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from tuneline.export import gguf as export_gguf  # noqa: E402
-from tuneline.model.base import prepare, sha256_file  # noqa: E402
 from tuneline.config import BaseModelConfig  # noqa: E402
+from tuneline.export import gguf as export_gguf  # noqa: E402
 from tuneline.export.gate import Gate, Probe  # noqa: E402
 from tuneline.export.gguf_types import GGUF_FTYPES  # noqa: E402
+from tuneline.model.base import prepare, sha256_file  # noqa: E402
 
 export_gguf.converter_dir()  # fails loudly with what to run when the converter is missing
 

@@ -13,9 +13,9 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from pydantic import ValidationError
 
-from tuneline.model.base import load_model
 from tuneline.config import MergeConfig
 from tuneline.export.merge import combine
+from tuneline.model.base import load_model
 
 LAYER = "model.layers.0.self_attn.q_proj.weight"
 

@@ -5,10 +5,10 @@ import pytest
 
 from tuneline.config import PromoteConfig
 from tuneline.eval.report import EvalReport
+from tuneline.eval.stats import paired_bootstrap
 from tuneline.eval.task import TaskResult
 from tuneline.export.records import ExportFile, ExportSample
 from tuneline.promote import decide, with_exports
-from tuneline.eval.stats import paired_bootstrap
 
 EXPORTS = [ExportFile(format="gguf", qtype="F16", path="model-F16.gguf", passed=True, reason="ok")]
 
@@ -139,8 +139,8 @@ def test_export_benchmarks_join_the_forgetting_table_paired_by_item():
 
 
 def test_export_perplexity_joins_the_report_paired_with_base_text_by_text():
-    from tuneline.eval.perplexity import PerplexityResult
     from tuneline.dashboard import evaluation_html, run_summary
+    from tuneline.eval.perplexity import PerplexityResult
 
     base_nll = rng.normal(2.0, 0.3, 50)
     rep = _report(np.zeros(N), np.ones(N), BASE, BASE).model_copy(update={"benchmarks_vs_base": {}})
@@ -165,9 +165,9 @@ def test_export_perplexity_joins_the_report_paired_with_base_text_by_text():
 
 
 def test_model_card_carries_lineage_and_the_evaluation_table():
-    from tuneline.model.base import BaseModelRef
-    from tuneline.export.merge import model_card
     from tuneline.dashboard import evaluation_markdown
+    from tuneline.export.merge import model_card
+    from tuneline.model.base import BaseModelRef
 
     rep = _report(np.zeros(N), np.ones(N), BASE, BASE).model_copy(update={"benchmarks_vs_base": {}})
     table = evaluation_markdown(rep)

@@ -17,9 +17,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
+from tuneline.config import BaseModelConfig, TinyModel  # noqa: E402
 from tuneline.export import quantize as q  # noqa: E402
 from tuneline.model.base import prepare, sha256_file  # noqa: E402
-from tuneline.config import BaseModelConfig, TinyModel  # noqa: E402
 
 CFG = q.QuantizeConfig(group_size=64, calibration_rows=16, calibration_max_tokens=64)
 PROMPT = [{"role": "system", "content": ""},

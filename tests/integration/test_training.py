@@ -4,13 +4,13 @@ import pytest
 import torch
 from peft import PeftModel
 
-from tuneline.model.base import load_model
 from tuneline.config import DPOConfig, SFTConfig
+from tuneline.model.base import load_model
+from tuneline.train.checkpoints import last_checkpoint
 from tuneline.train.dpo import preference_accuracy, user_pairs
 from tuneline.train.dpo import train as train_dpo
 from tuneline.train.methods import lora_config
 from tuneline.train.sft import train as train_sft
-from tuneline.train.checkpoints import last_checkpoint
 
 SFT = SFTConfig(epochs=4, batch_size=8, learning_rate=5e-3, logging_steps=2)
 

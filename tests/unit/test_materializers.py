@@ -8,8 +8,8 @@ from peft import PeftModel
 
 from materializers.directories import DirectoryMaterializer
 from tuneline.artifacts import AdapterDir
-from tuneline.model.base import load_model
 from tuneline.config import SFTConfig
+from tuneline.model.base import load_model
 from tuneline.train.sft import train
 
 

@@ -20,8 +20,8 @@ from tuneline.eval.perplexity import PerplexityResult, general_texts, perplexity
 from tuneline.eval.report import EvalReport
 from tuneline.eval.stats import PairedDiff, paired_bootstrap
 from tuneline.eval.task import TaskResult, score_task
-from tuneline.model.base import BaseModelRef, load_model, load_tokenizer
 from tuneline.model.adapters import align_logits, is_adapter_dir, load_adapter, load_full
+from tuneline.model.base import BaseModelRef, load_model, load_tokenizer
 
 
 def _paired(a, b, cfg: EvaluateConfig) -> PairedDiff:

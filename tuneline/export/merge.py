@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from peft import PeftConfig
 
-from tuneline.model.base import BaseModelRef, load_model, load_tokenizer
 from tuneline.model.adapters import is_adapter_dir, load_adapter, load_full
+from tuneline.model.base import BaseModelRef, load_model, load_tokenizer
 
 UNMERGEABLE = {"PREFIX_TUNING": "prefix_tuning", "PROMPT_TUNING": "prompt_tuning", "XLORA": "xlora"}
 

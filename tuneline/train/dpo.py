@@ -42,7 +42,16 @@ from tuneline.eval.task import generate
 from tuneline.model.adapters import is_adapter_dir, load_adapter, load_full
 from tuneline.model.base import BaseModelRef, load_model, load_tokenizer
 from tuneline.train.args import TrainResult, loss_span, trainable_parameters, trainer_args
-from tuneline.train.checkpoints import CheckpointMirror, checkpoint_dir, mirror_callbacks, resume_point, run_key
+from tuneline.train.checkpoints import (
+    CheckpointMirror,
+    checkpoint_dir,
+    code_version,
+    data_hash,
+    dir_hash,
+    mirror_callbacks,
+    resume_point,
+    run_key,
+)
 from tuneline.train.memory import peak_memory_mb
 from tuneline.train.methods import method_for
 
@@ -185,6 +194,14 @@ def copy_to_ref_adapter(model) -> None:
                 params[ref].copy_(param)
 
 
+def checkpoint_key(ref: BaseModelRef, sft_dir: str, sft_method: str, cfg: DPOConfig, mining_records: list[dict],
+                   pref_rows: list[dict], train_pairs: list[Pair]) -> str:
+    """The run key of DPO's checkpoints: the base weights, the SFT result it starts from (every file of it),
+    this training code, the config, and the data (mining rows, user pairs, and the pairs it trains on)."""
+    return run_key(ref.sha256, dir_hash(sft_dir), sft_method, code_version("tuneline.train.dpo"), cfg.model_dump_json(),
+                   data_hash(mining_records), data_hash(pref_rows), *(p.model_dump_json() for p in train_pairs))
+
+
 def train(ref: BaseModelRef, sft_dir: str, sft_method: str, mining_records: list[dict], pref_rows: list[dict],
           cfg: DPOConfig, out_dir: Path, max_new_tokens: int = 12, batch_size: int = 32,
           mirror: CheckpointMirror | None = None) -> TrainResult:
@@ -204,8 +221,7 @@ def train(ref: BaseModelRef, sft_dir: str, sft_method: str, mining_records: list
     train_pairs = pairs[len(held):]
     before = preference_accuracy(model, tok, held)
     pair_keys = [p.model_dump_json() for p in train_pairs]
-    key = run_key(ref.sha256, cfg.model_dump_json(), *pair_keys)
-    ckpt = checkpoint_dir("dpo", key)
+    ckpt = checkpoint_dir("dpo", checkpoint_key(ref, sft_dir, sft_method, cfg, mining_records, pref_rows, train_pairs))
     trainer = preference_trainer(cfg, model, tok, train_pairs, ckpt, mirror_callbacks(ckpt, mirror))
     copy_to_ref_adapter(trainer.model)
     trainable, total = trainable_parameters(trainer.model)

@@ -364,8 +364,8 @@ def measure(ref, method: str, w: Workload, steps: int = 3, seed: int = 0) -> dic
     import torch
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    from tuneline.model.base import load_model
     from tuneline.config import SFTConfig
+    from tuneline.model.base import load_model
     from tuneline.train.memory import peak_rss_delta
     from tuneline.train.methods import lora_config
     from tuneline.train.qlora_guard import guard_4bit

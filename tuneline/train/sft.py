@@ -22,7 +22,6 @@ A killed run resumes from its last checkpoint when re-run with the same inputs.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -34,7 +33,15 @@ from tuneline.config import SFTConfig
 from tuneline.data.records import messages
 from tuneline.model.base import BaseModelRef, load_model, load_tokenizer
 from tuneline.train.args import TrainResult, loss_span, trainable_parameters, trainer_args
-from tuneline.train.checkpoints import CheckpointMirror, checkpoint_dir, mirror_callbacks, resume_point, run_key
+from tuneline.train.checkpoints import (
+    CheckpointMirror,
+    checkpoint_dir,
+    code_version,
+    data_hash,
+    mirror_callbacks,
+    resume_point,
+    run_key,
+)
 from tuneline.train.memory import peak_memory_mb
 from tuneline.train.methods import Method, method_for, total_steps
 
@@ -74,9 +81,12 @@ def resolve_auto(ref: BaseModelRef, cfg: SFTConfig, max_tokens: int) -> tuple[SF
     return resolve_method(shape_from_dir(ref.path), cfg, max_tokens)
 
 
-def data_hash(records: list[dict]) -> str:
-    """A key of the training rows (order included): the same rows give the same hash on any machine."""
-    return run_key(*(json.dumps(r, sort_keys=True, default=str) for r in records))
+def checkpoint_key(ref: BaseModelRef, cfg: SFTConfig, records: list[dict], max_tokens: int = 512,
+                   held: list[dict] | None = None) -> str:
+    """The run key of SFT's checkpoints: the base weights, this training code, the config (`method: auto`
+    resolved), the row cut and the rows (held-out rows too: their eval loss is in the history)."""
+    return run_key(ref.sha256, code_version("tuneline.train.sft"), cfg.model_dump_json(), str(max_tokens),
+                   data_hash(records), data_hash(held or []))
 
 
 def train(ref: BaseModelRef, records: list[dict], cfg: SFTConfig, out_dir: Path, max_tokens: int = 512,
@@ -97,9 +107,8 @@ def train(ref: BaseModelRef, records: list[dict], cfg: SFTConfig, out_dir: Path,
     peft = method.peft_config(cfg, model.config.num_hidden_layers, model.config.hidden_size,
                               total_steps(len(records), cfg))
     method.set_trainable(model)
-    rows_hash = data_hash(records)
-    ckpt = checkpoint_dir("sft", run_key(ref.sha256, cfg.model_dump_json(), rows_hash))
     held = (eval_records or [])[: cfg.eval_rows] if cfg.eval_steps else []
+    ckpt = checkpoint_dir("sft", checkpoint_key(ref, cfg, records, max_tokens, held))
     trainer = method.trainer(model=model, args=trl_args(cfg, method, ckpt, max_tokens, bool(held)),
                              train_dataset=to_dataset(records), eval_dataset=to_dataset(held) if held else None,
                              processing_class=tok, peft_config=peft,
@@ -126,7 +135,7 @@ def train(ref: BaseModelRef, records: list[dict], cfg: SFTConfig, out_dir: Path,
         "steps": trainer.state.global_step,
     }
     return TrainResult(adapter_dir=str(out_dir), history=history, metrics=metrics, seed=cfg.seed,
-                       data_hash=rows_hash, base_sha256=ref.sha256)
+                       data_hash=data_hash(records), base_sha256=ref.sha256)
 
 
 def _tokens_from_history(history: list[dict]) -> int:

@@ -13,7 +13,6 @@ import io
 import json
 import tempfile
 from pathlib import Path
-from tuneline.paths import PROJECT_ROOT
 
 import pyarrow.parquet as pq
 import pytest
@@ -23,6 +22,7 @@ from hypothesis import strategies as st
 from tuneline.data.readers import DataError
 from tuneline.data.shapes import SHAPES
 from tuneline.data.sources import locate, read_rows, read_source
+from tuneline.paths import PROJECT_ROOT
 
 BAD = PROJECT_ROOT / "tests" / "data" / "bad"
 LABELS = {"greet", "farewell"}

@@ -13,8 +13,8 @@ import socket  # noqa: E402
 
 import pytest  # noqa: E402
 
-from tuneline.eval import task as gen  # noqa: E402
 from tuneline.eval import scoring  # noqa: E402
+from tuneline.eval import task as gen  # noqa: E402
 from tuneline.eval.metrics import ROUGE_SCRIPT  # noqa: E402
 from tuneline.eval.scoring import (  # noqa: E402
     METRICS,
