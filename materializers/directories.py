@@ -18,7 +18,7 @@ from zenml.enums import ArtifactType, VisualizationType
 from zenml.io import fileio
 from zenml.materializers.base_materializer import BaseMaterializer
 
-from tuneline.artifacts import AdapterDir, CheckpointDir, ExportDir, ModelDir
+from tuneline.artifacts import CheckpointDir, ExportDir, ModelDir, TrainedDir
 from tuneline.data.snapshot import RawDataDir
 from tuneline.model.base import sha256_file
 
@@ -37,7 +37,7 @@ def _copy_tree(src: str, dst: str) -> None:
 
 
 class DirectoryMaterializer(BaseMaterializer):
-    ASSOCIATED_TYPES: ClassVar[tuple] = (AdapterDir, ModelDir, ExportDir, CheckpointDir)
+    ASSOCIATED_TYPES: ClassVar[tuple] = (TrainedDir, ModelDir, ExportDir, CheckpointDir)
     ASSOCIATED_ARTIFACT_TYPE: ClassVar[ArtifactType] = ArtifactType.MODEL
 
     def save(self, data: Any) -> None:

@@ -7,7 +7,7 @@ from zenml import step
 from zenml.types import HTMLString
 
 from steps._metadata import log
-from tuneline.artifacts import AdapterDir
+from tuneline.artifacts import TrainedDir
 from tuneline.config import EvaluateConfig
 from tuneline.dashboard import evaluation_html
 from tuneline.eval.evaluate import evaluate as run_evaluation
@@ -17,7 +17,7 @@ from tuneline.model.base import BaseModelRef
 
 @step
 def evaluate(
-    base: BaseModelRef, sft_adapter: AdapterDir, dpo_adapter: AdapterDir | None, task_data: pd.DataFrame,
+    base: BaseModelRef, sft_adapter: TrainedDir, dpo_adapter: TrainedDir | None, task_data: pd.DataFrame,
     config: EvaluateConfig,
 ) -> tuple[Annotated[EvalReport, "evaluation"], Annotated[HTMLString, "evaluation_report"]]:
     adapters = {"sft": sft_adapter.path} | ({"dpo": dpo_adapter.path} if dpo_adapter else {})

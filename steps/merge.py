@@ -9,7 +9,7 @@ from zenml import step
 
 from materializers import DirectoryMaterializer
 from steps._metadata import log
-from tuneline.artifacts import AdapterDir, ModelDir
+from tuneline.artifacts import ModelDir, TrainedDir
 from tuneline.config import MergeConfig
 from tuneline.dashboard import evaluation_markdown
 from tuneline.eval.report import EvalReport
@@ -18,7 +18,7 @@ from tuneline.model.base import BaseModelRef
 
 
 @step(output_materializers={"merged_model": DirectoryMaterializer})
-def merge(base: BaseModelRef, adapter: AdapterDir, config: MergeConfig, evaluation: EvalReport | None = None,
+def merge(base: BaseModelRef, adapter: TrainedDir, config: MergeConfig, evaluation: EvalReport | None = None,
           data_sha256: str = "", run_config: dict | None = None) -> Annotated[ModelDir, "merged_model"]:
     base = base.ensure()
     out = Path(tempfile.mkdtemp(prefix="merged-"))

@@ -11,7 +11,7 @@ from zenml.types import HTMLString
 from materializers import DirectoryMaterializer
 from steps._checkpoints import mirror
 from steps._metadata import log
-from tuneline.artifacts import AdapterDir
+from tuneline.artifacts import TrainedDir
 from tuneline.config import DPOConfig
 from tuneline.dashboard import loss_curve_html
 from tuneline.model.base import BaseModelRef
@@ -20,15 +20,15 @@ from tuneline.train.dpo import train
 
 @step(output_materializers={"dpo_adapter": DirectoryMaterializer})
 def train_dpo(
-    base: BaseModelRef, sft_adapter: AdapterDir, task_data: pd.DataFrame, preference_data: pd.DataFrame,
+    base: BaseModelRef, sft_adapter: TrainedDir, task_data: pd.DataFrame, preference_data: pd.DataFrame,
     config: DPOConfig, checkpoint_artifacts: bool | None = None,
-) -> tuple[Annotated[AdapterDir, "dpo_adapter"], Annotated[HTMLString, "dpo_loss_curve"]]:
+) -> tuple[Annotated[TrainedDir, "dpo_adapter"], Annotated[HTMLString, "dpo_loss_curve"]]:
     base = base.ensure()
     out = Path(tempfile.mkdtemp(prefix="dpo-adapter-"))
     mining = task_data[task_data.split == "mining"].to_dict("records")
     res = train(base, sft_adapter.path, sft_adapter.method, mining, preference_data.to_dict("records"), config, out,
                 config.mining_max_new_tokens, config.mining_batch_size, mirror=mirror(checkpoint_artifacts))
     log(res.metadata())  # the metrics, seed, data hash, base sha256 and library versions
-    adapter = AdapterDir(path=str(out), base=base, kind="dpo", method=sft_adapter.method,
+    adapter = TrainedDir(path=str(out), base=base, kind="dpo", method=sft_adapter.method,
                          parent=sft_adapter.path, metrics=res.metadata())
     return adapter, HTMLString(loss_curve_html(res.history, "DPO loss"))

@@ -14,7 +14,7 @@ from zenml.types import HTMLString
 from materializers import DirectoryMaterializer
 from steps._checkpoints import mirror
 from steps._metadata import log
-from tuneline.artifacts import AdapterDir
+from tuneline.artifacts import TrainedDir
 from tuneline.config import SFTConfig
 from tuneline.dashboard import loss_curve_html
 from tuneline.model.base import BaseModelRef
@@ -25,12 +25,12 @@ from tuneline.train.sft import train
 def train_sft(
     base: BaseModelRef, task_data: pd.DataFrame, config: SFTConfig, max_tokens: int = 512,
     checkpoint_artifacts: bool | None = None,
-) -> tuple[Annotated[AdapterDir, "sft_adapter"], Annotated[HTMLString, "sft_loss_curve"]]:
+) -> tuple[Annotated[TrainedDir, "sft_adapter"], Annotated[HTMLString, "sft_loss_curve"]]:
     base = base.ensure()
     out = Path(tempfile.mkdtemp(prefix="sft-adapter-"))
     res = train(base, task_data[task_data.split == "train"].to_dict("records"), config, out, max_tokens,
                 mirror=mirror(checkpoint_artifacts), eval_records=task_data[task_data.split == "eval"].to_dict("records"))
     log(res.metadata())  # the metrics, seed, data hash, base sha256 and library versions
     # method: auto is resolved by train() on this machine; the adapter records what actually trained.
-    adapter = AdapterDir(path=str(out), base=base, kind="sft", method=res.metrics["method"], metrics=res.metadata())
+    adapter = TrainedDir(path=str(out), base=base, kind="sft", method=res.metrics["method"], metrics=res.metadata())
     return adapter, HTMLString(loss_curve_html(res.history, "SFT loss"))

@@ -16,8 +16,9 @@ from tuneline.export.records import ExportResult
 from tuneline.model.base import BaseModelRef
 
 
-class AdapterDir(BaseModel):
-    """A PEFT adapter directory (a few MB), never a copy of the base model."""
+class TrainedDir(BaseModel):
+    """What a training step made: a PEFT adapter dir (a few MB), or for the full-weight methods (full,
+    bitfit, galore) a whole model dir; `method` says which (tuneline.train.methods.method_for)."""
 
     path: str
     base: BaseModelRef

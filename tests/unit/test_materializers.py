@@ -7,7 +7,7 @@ import torch
 from peft import PeftModel
 
 from materializers.directories import DirectoryMaterializer
-from tuneline.artifacts import AdapterDir
+from tuneline.artifacts import TrainedDir
 from tuneline.config import SFTConfig
 from tuneline.model.base import load_model
 from tuneline.train.sft import train
@@ -16,11 +16,11 @@ from tuneline.train.sft import train
 def test_adapter_round_trip_gives_equal_logits(tiny_ref, tiny_data, tmp_path, isolated_checkpoints):
     rows = tiny_data.task[tiny_data.task.split == "train"].to_dict("records")
     train(tiny_ref, rows, SFTConfig(max_steps=2, batch_size=8), tmp_path / "adapter")
-    handle = AdapterDir(path=str(tmp_path / "adapter"), base=tiny_ref, kind="sft", method="lora", metrics={"x": 1})
+    handle = TrainedDir(path=str(tmp_path / "adapter"), base=tiny_ref, kind="sft", method="lora", metrics={"x": 1})
     store = tmp_path / "store"
     store.mkdir()
     DirectoryMaterializer(uri=str(store)).save(handle)
-    loaded = DirectoryMaterializer(uri=str(store)).load(AdapterDir)
+    loaded = DirectoryMaterializer(uri=str(store)).load(TrainedDir)
     assert loaded.path != handle.path and loaded.base == tiny_ref and loaded.metrics == {"x": 1}
     assert sorted(p.name for p in loaded.files()) == sorted(p.name for p in handle.files())
     ids = torch.tensor([[1, 5, 9, 200]])
