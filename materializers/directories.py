@@ -81,6 +81,14 @@ class DirectoryMaterializer(BaseMaterializer):
         return meta
 
     def save_visualizations(self, data: Any) -> dict[str, VisualizationType]:
+        """The model card (the dir's README.md, when it has one) first, then the handle's fields."""
+        shown = {}
+        card = Path(data.path) / MODEL_CARD
+        if card.is_file():
+            path = os.path.join(self.uri, "model_card.md")
+            with fileio.open(path, "w") as f:
+                f.write(card_markdown(card.read_text()))
+            shown[path] = VisualizationType.MARKDOWN
         path = os.path.join(self.uri, "summary.md")
         lines = [f"### {type(data).__name__}", ""]
         for key, value in data.model_dump(mode="json").items():
@@ -88,7 +96,19 @@ class DirectoryMaterializer(BaseMaterializer):
                 lines.append(f"- **{key}**: `{json.dumps(value)[:400]}`")
         with fileio.open(path, "w") as f:
             f.write("\n".join(lines))
-        return {path: VisualizationType.MARKDOWN}
+        shown[path] = VisualizationType.MARKDOWN
+        return shown
+
+
+def card_markdown(card: str) -> str:
+    """A model card for the dashboard: its YAML front matter (the Hub's metadata) as a fenced yaml block,
+    which a Markdown renderer would otherwise show as a run-on paragraph between two rules."""
+    if card.startswith("---\n"):
+        end = card.find("\n---", 4)
+        if end > 0:
+            meta, body = card[4:end], card[end + 4:].lstrip("\n")
+            return f"```yaml\n{meta}\n```\n\n{body}"
+    return card
 
 
 class RawDataMaterializer(DirectoryMaterializer):

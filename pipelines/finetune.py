@@ -8,6 +8,7 @@ re-runs that step and what follows it, and nothing before.
 """
 
 from zenml import pipeline
+from zenml.config import StepRetryConfig
 
 from steps.data_gate import data_gate
 from steps.evaluate import evaluate
@@ -25,17 +26,26 @@ from tuneline.config import TunelineConfig
 from tuneline.data.snapshot import fingerprint
 from tuneline.export.gate import ExportChecks
 
+# A step killed by an OOM or a storage error runs again (training resumes from its checkpoint) instead of failing
+# the run. A run config changes it per step: steps: {train_sft: {retry: {max_retries: 5, delay: 30, backoff: 2}}}
+# (the Kubernetes orchestrator retries the step's Job and ignores delay and backoff).
+RETRY = StepRetryConfig(max_retries=2, delay=0, backoff=0)
+train_sft, train_dpo, evaluate, merge, export_gguf, export_gptq, export_awq = (
+    s.with_options(retry=RETRY) for s in (train_sft, train_dpo, evaluate, merge, export_gguf, export_gptq, export_awq))
+RETRIED_STEPS = ("train_sft", "train_dpo", "evaluate", "merge", "export_gguf", "export_gptq", "export_awq")
+
 
 @pipeline(enable_cache=True)
 def finetune(config: TunelineConfig = TunelineConfig()) -> None:
-    base = prepare_base(config.base_model)
+    base = prepare_base(config.base_model, config.data.chat_template)
     plan(base, config.sft, config.data.max_tokens)  # the memory plan (and method: auto's pick), before any data work
     mmlu = config.evaluate.mmlu.subjects if config.evaluate.mmlu else None  # contamination checks these
     # The data files' hash is a parameter: changed data re-runs the snapshot and everything after it,
     # unchanged data stays cached.
     data_sha256 = fingerprint(config.data)
     raw = snapshot_data(config.data, data_sha256)
-    task_data, preference_data, _rejected, validation, _report = validate_data(base, raw, config.data, mmlu)
+    task_data, preference_data, _rejected, validation, _report = validate_data(base, raw, config.data, mmlu,
+                                                                               config.dpo.data_use())
     data_gate(validation)
     sft_adapter, _ = train_sft(base, task_data, config.sft, config.data.max_tokens, after=["data_gate", "plan"])
     final = sft_adapter

@@ -1,15 +1,17 @@
-"""Step: task metric for base/SFT/DPO, benchmarks and perplexity for base and final, paired CIs."""
+"""Step: task metric for base/SFT/DPO, benchmarks and perplexity for base and final, paired CIs.
+
+With an MLflow tracker (configs/env/mlflow.yaml) every candidate's metrics go to the run's MLflow run."""
 
 from typing import Annotated
 
 import pandas as pd
 from zenml import step
-from zenml.types import HTMLString
 
 from steps._metadata import log
+from steps._tracking import log_evaluation
 from tuneline.artifacts import TrainedDir
 from tuneline.config import EvaluateConfig
-from tuneline.dashboard import evaluation_html
+from tuneline.dashboard import Report, evaluation_report
 from tuneline.eval.evaluate import evaluate as run_evaluation
 from tuneline.eval.report import EvalReport
 from tuneline.model.base import BaseModelRef
@@ -19,9 +21,10 @@ from tuneline.model.base import BaseModelRef
 def evaluate(
     base: BaseModelRef, sft_adapter: TrainedDir, dpo_adapter: TrainedDir | None, task_data: pd.DataFrame,
     config: EvaluateConfig,
-) -> tuple[Annotated[EvalReport, "evaluation"], Annotated[HTMLString, "evaluation_report"]]:
+) -> tuple[Annotated[EvalReport, "evaluation"], Annotated[Report, "evaluation_report"]]:
     adapters = {"sft": sft_adapter.path} | ({"dpo": dpo_adapter.path} if dpo_adapter else {})
     rows = task_data[task_data.split == "eval"].to_dict("records")
     report = run_evaluation(base.ensure(), adapters, sft_adapter.method, rows, config)
     log(report.summary())
-    return report, HTMLString(evaluation_html(report))
+    log_evaluation(report)
+    return report, evaluation_report(report)

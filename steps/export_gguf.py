@@ -9,8 +9,10 @@ import pandas as pd
 from zenml import step
 
 from materializers import DirectoryMaterializer
+from steps._cards import about
 from steps._metadata import log
 from tuneline.artifacts import ExportDir, ModelDir
+from tuneline.cards import export_card, write_card
 from tuneline.config import ExportConfig
 from tuneline.export.gate import ExportChecks
 from tuneline.export.gguf import export_gguf as run_export
@@ -22,12 +24,14 @@ def export_gguf(merged: ModelDir, task_data: pd.DataFrame, config: ExportConfig,
     out = Path(tempfile.mkdtemp(prefix="gguf-"))
     rows = task_data[task_data.split == "eval"].to_dict("records")
     res = run_export(merged.path, out, rows, config, checks)
+    write_card(out, export_card(merged.base, about(task_data), res.files, "gguf", checks.metric))
     log({
         "reference_accuracy": res.reference.score,
         "reference_perplexity": round(res.reference_perplexity.ppl, 4) if res.reference_perplexity else None,
         **{f"{f.qtype}": {"size_mb": round(f.size_bytes / 2**20, 1), "sha256": f.sha256, "score": f.score,
                           "perplexity": f.perplexity, "perplexity_increase": f.perplexity_increase,
                           "passed": f.passed, "reason": f.reason, "auto": f.auto,
+                          "serve": f.serve.model_dump() if f.serve else None,
                           **{k: round(b.score, 4) for k, b in f.benchmarks.items()}} for f in res.files},
         **{f"merged_{k}": round(r.score, 4) for k, r in res.reference_benchmarks.items()},
     })

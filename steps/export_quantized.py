@@ -10,8 +10,10 @@ import pandas as pd
 from zenml import step
 
 from materializers import DirectoryMaterializer
+from steps._cards import about
 from steps._metadata import log
 from tuneline.artifacts import ExportDir, ModelDir
+from tuneline.cards import export_card, write_card
 from tuneline.config import ExportConfig, QuantizeConfig
 from tuneline.export.gate import ExportChecks
 from tuneline.export.quantize import export_quantized
@@ -23,6 +25,7 @@ def _export(method: str, merged: ModelDir, task_data: pd.DataFrame, config: Quan
     train = task_data[task_data.split == "train"].to_dict("records")
     rows = task_data[task_data.split == "eval"].to_dict("records")
     res, q = export_quantized(merged.path, out, method, train, rows, config, export, checks)
+    write_card(out, export_card(merged.base, about(task_data), res.files, method, checks.metric))
     f = res.files[0]
     log({"method": method, "qtype": f.qtype, "size_mb": round(f.size_bytes / 2**20, 1), "sha256": f.sha256,
          "score": f.score, "reference_accuracy": res.reference.score, "perplexity": f.perplexity,

@@ -8,8 +8,10 @@ from typing import Annotated
 from zenml import step
 
 from materializers import DirectoryMaterializer
+from steps._cards import about
 from steps._metadata import log
 from tuneline.artifacts import ModelDir, TrainedDir
+from tuneline.cards import card_datasets
 from tuneline.config import MergeConfig
 from tuneline.dashboard import evaluation_markdown
 from tuneline.eval.report import EvalReport
@@ -25,7 +27,8 @@ def merge(base: BaseModelRef, adapter: TrainedDir, config: MergeConfig, evaluati
     card = {"data_sha256": data_sha256, "adapter_kind": adapter.kind, "method": adapter.method,
             "parent_adapter": adapter.parent, "adapter_metrics": adapter.metrics, "config": run_config or {}}
     merge_adapter(base, adapter.path, out, config.dtype, card=card, combination=config,
-                  evaluation_md=evaluation_markdown(evaluation) if evaluation is not None else "")
+                  evaluation_md=evaluation_markdown(evaluation) if evaluation is not None else "",
+                  about=about(datasets=card_datasets(adapter.path)), report=evaluation)
     log({"adapter_kind": adapter.kind, "base_model": base.source, "combination": config.combination,
          "combined_with": config.adapters, "dtype": config.dtype, "data_sha256": data_sha256})
     return ModelDir(path=str(out), base=base, adapters=[adapter.kind, *config.adapters])

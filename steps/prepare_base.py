@@ -1,4 +1,4 @@
-"""Step: resolve the base model to a local dir, converting and caching it once."""
+"""Step: resolve the base model to a local dir, converting and caching it once, and its chat template."""
 
 from typing import Annotated
 
@@ -10,7 +10,9 @@ from tuneline.model.base import BaseModelRef, prepare
 
 
 @step
-def prepare_base(config: BaseModelConfig) -> Annotated[BaseModelRef, "base_model"]:
-    ref = prepare(config)
-    log({"source": ref.source, "path": ref.path, "sha256": ref.sha256})
+def prepare_base(config: BaseModelConfig, chat_template: str) -> Annotated[BaseModelRef, "base_model"]:
+    """`chat_template` is data.chat_template: resolved here once, every later step uses the ref's template."""
+    ref = prepare(config).with_template(chat_template)
+    log({"source": ref.source, "path": ref.path, "sha256": ref.sha256,
+         "chat_template": {"family": ref.template.family, "reason": ref.template.reason}})
     return ref

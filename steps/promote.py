@@ -1,15 +1,18 @@
-"""Step: the promotion gate. Never cached: the decision is made fresh on every run."""
+"""Step: the promotion gate. Never cached: the decision is made fresh on every run.
+
+With an MLflow tracker (configs/env/mlflow.yaml) the merged model's and each export's metrics and the
+decision go to the run's MLflow run (evaluate logs base, SFT and DPO)."""
 
 from typing import Annotated
 
 from zenml import get_step_context, step
 from zenml.client import Client
-from zenml.types import HTMLString
 
 from steps._metadata import log
+from steps._tracking import log_decision, log_evaluation
 from tuneline.artifacts import ExportDir
 from tuneline.config import PromoteConfig
-from tuneline.dashboard import evaluation_html, run_summary
+from tuneline.dashboard import Report, evaluation_report, run_summary
 from tuneline.eval.report import EvalReport
 from tuneline.promote import Decision, decide, with_exports
 
@@ -31,8 +34,9 @@ def promote(
     evaluation: EvalReport, gguf_export: ExportDir, config: PromoteConfig,
     gptq_export: ExportDir | None = None, awq_export: ExportDir | None = None,
 ) -> tuple[Annotated[Decision, "promotion"], Annotated[EvalReport, "final_evaluation"],
-           Annotated[HTMLString, "final_report"]]:
+           Annotated[Report, "final_report"]]:
     exports = [e for e in (gguf_export, gptq_export, awq_export) if e is not None]
+    evaluated = list(evaluation.task)
     files = [f for e in exports for f in e.files]
     ref = exports[0] if exports else None
     if ref is not None:  # the merged model and each export join the candidates, paired with base
@@ -45,5 +49,7 @@ def promote(
         model.set_stage(decision.stage, force=True)
     log({"promoted": decision.promote, "stage": decision.stage or "none", "reasons": decision.reasons},
         infer_model=True)
+    log_evaluation(evaluation, [c for c in evaluation.task if c not in evaluated])
+    log_decision(decision)
     print(run_summary(evaluation, files, decision.sentence(), model.name if model else None))
-    return decision, evaluation, HTMLString(evaluation_html(evaluation, decision.sentence(), files))
+    return decision, evaluation, evaluation_report(evaluation, decision.sentence(), files)

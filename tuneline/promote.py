@@ -70,6 +70,18 @@ def merged_vs_final(report: EvalReport) -> tuple[bool, str]:
     return True, text
 
 
+def _perplexities(report: EvalReport) -> tuple[float, float]:
+    """Base and final perplexity as the report table shows them (token-weighted over all texts).
+
+    The significance test pairs per-text mean NLLs; their exp is a different average (short texts
+    weigh as much as long ones), so the sentence quotes the table's figures, not exp(mean NLL)."""
+    base, final = report.perplexity.get("base"), report.perplexity.get(report.final)
+    if base and final:
+        return base.ppl, final.ppl
+    d = report.nll_vs_base
+    return math.exp(d.mean_base), math.exp(d.mean_candidate)
+
+
 def decide(report: EvalReport, exports: list[ExportFile], cfg: PromoteConfig, current: EvalReport | None = None) -> Decision:
     ok, reasons = True, []
     d = report.task_vs_base[report.final]
@@ -92,8 +104,8 @@ def decide(report: EvalReport, exports: list[ExportFile], cfg: PromoteConfig, cu
             reasons.append(f"{name} {b.mean_base:.3f} -> {b.mean_candidate:.3f} (no significant drop beyond {cfg.max_benchmark_drop})")
     if report.nll_vs_base is not None:
         d = report.nll_vs_base
-        rise = math.exp(d.diff) - 1
-        base_ppl, final_ppl = math.exp(d.mean_base), math.exp(d.mean_candidate)
+        base_ppl, final_ppl = _perplexities(report)
+        rise = final_ppl / base_ppl - 1
         if d.ci_low > 0 and rise > cfg.max_perplexity_increase:
             ok = False
             reasons.append(f"general-text perplexity rose {rise:+.1%} ({base_ppl:.2f} -> {final_ppl:.2f}, significant), beyond "

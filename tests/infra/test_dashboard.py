@@ -3,7 +3,8 @@
 Starts the local server (`zenml login --local`, 127.0.0.1 only, a free port, its own throw-away
 ZENML_CONFIG_PATH), runs the tiny pipeline against it once, then checks through the server's REST API
 that the run's DAG links the raw data snapshot -> validated data (task_data) -> SFT adapter -> DPO adapter
--> merged model -> GGUF exports, and that the report visualizations are served. Last, headless
+-> merged model -> GGUF exports, and that the report visualizations are served (each HTML page, the Markdown
+summaries, the PNG charts and the merged model's card). Last, headless
 Chromium opens the run page in the dashboard and takes a screenshot. The server is stopped at the end
 (`zenml logout --local`).
 
@@ -189,6 +190,12 @@ def _artifact_version_ids(server, run) -> dict:
     return {n["name"]: n["id"] for n in nodes.values() if n["type"] == "artifact" and n.get("id")}
 
 
+def _visualizations(server, version_id: str) -> list[dict]:
+    """Every visualization the server serves for one artifact version, in order."""
+    count = len(server.get(f"/artifact_versions/{version_id}", hydrate=True)["metadata"]["visualizations"] or [])
+    return [server.get(f"/artifact_versions/{version_id}/visualize", index=i) for i in range(count)]
+
+
 def test_report_visualizations_are_served(server, run):
     ids = _artifact_version_ids(server, run)
     for name, producer in REPORTS.items():
@@ -196,6 +203,30 @@ def test_report_visualizations_are_served(server, run):
         vis = server.get(f"/artifact_versions/{ids[name]}/visualize", index=0)
         assert vis["type"] == "html" and len(vis["value"]) > 200, (name, vis["type"], str(vis["value"])[:200])
         assert "<" in vis["value"], name
+
+
+# Beside each HTML page: the Markdown summaries and the PNG charts (materializers/report.py), and the
+# merged model's card (materializers/directories.py), each as its own visualization.
+MARKDOWN = {"data_report": "## Data validation", "evaluation_report": "| base |", "final_report": "## Exports",
+            "merged_model": "## Evaluation"}
+IMAGES = {"sft_loss_curve", "dpo_loss_curve", "evaluation_report", "final_report"}
+
+
+def test_markdown_and_image_visualizations_are_served(server, run):
+    ids = _artifact_version_ids(server, run)
+    for name in set(MARKDOWN) | IMAGES:
+        shown = _visualizations(server, ids[name])
+        kinds = [v["type"] for v in shown]
+        if name in MARKDOWN:
+            texts = [v["value"] for v in shown if v["type"] == "markdown"]
+            assert any(MARKDOWN[name] in t for t in texts), (name, kinds, [t[:300] for t in texts])
+        if name in IMAGES:
+            images = [base64.b64decode(v["value"]) for v in shown if v["type"] == "image"]
+            assert images and all(i[:8] == b"\x89PNG\r\n\x1a\n" and len(i) > 5_000 for i in images), (name, kinds)
+    card = next(v["value"] for v in _visualizations(server, ids["merged_model"]) if v["type"] == "markdown")
+    assert "| sft |" in card and "| dpo |" in card, card[:2000]  # the card's evaluation table, rendered as Markdown
+    # The Hub metadata (YAML front matter) shows as a code block, not as a paragraph between two rules.
+    assert card.startswith("```yaml\n") and "base_model:" in card.split("```", 2)[1], card[:2000]
 
 
 class DevTools:

@@ -6,6 +6,9 @@ Then: requests and limits on every container, runAsNonRoot everywhere, no secret
 (references only, and each referenced key documented in k8s/secrets/*.env.example), and RBAC that
 covers every Kubernetes API call ZenML 0.98's orchestrator code makes (found by reading its source).
 The run-config overlay is loaded with ZenML's own settings classes, so a wrong key fails here.
+Hub models (k8s/components/hub + configs/env/kubernetes-hub.yaml): the step pods ZenML would create are
+rendered offline (tests/infra/test_schedule.py's machinery) and checked for the online switch, HF_HOME on
+the hub cache volume and HF_TOKEN from an optional Secret; no hub is reached.
 """
 
 import ast
@@ -15,7 +18,9 @@ import re
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -32,6 +37,7 @@ OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if p.is_dir())
 K8S_VERSION = "1.33.0"  # a version every managed Kubernetes still supports; bundled by kubernetes-validate
 PIPELINES_NAMESPACE = "tuneline"
 KUBERNETES_YAML = PROJECT_ROOT / "configs" / "env" / "kubernetes.yaml"
+HUB_YAML = PROJECT_ROOT / "configs" / "env" / "kubernetes-hub.yaml"
 GPU_STEPS = {"train_sft", "train_dpo", "evaluate", "export_gptq", "export_awq"}
 GPU_IMAGE_STEPS = GPU_STEPS | {"merge", "export_gguf"}
 SECRETISH_NAME = re.compile(r"PASSWORD|PASSWD|TOKEN$|SECRET$|SECRET_KEY|API_KEY|ENCRYPTION_KEY|PRIVATE_KEY|CREDENTIALS",
@@ -72,7 +78,7 @@ def all_objects() -> dict:
 
 
 def test_overlays_exist():
-    assert {"local-db", "external-db", "ingress"} <= set(OVERLAYS)
+    assert {"local-db", "external-db", "ingress", "hub"} <= set(OVERLAYS)
 
 
 def test_every_object_validates_against_the_schema(rendered):
@@ -429,3 +435,84 @@ exit 0
                      "zenml stack register tuneline-k8s", "zenml stack set tuneline-k8s"):
         assert expected in calls, expected
     assert not list((tmp_path / "tmp").iterdir()), "the credential files must be removed"
+
+
+# --- hub models: k8s/components/hub and configs/env/kubernetes-hub.yaml ----------------------------
+
+
+def test_hub_cache_volume_only_where_the_hub_component_is(all_objects):
+    for overlay_name, objects in all_objects.items():
+        claims = [o for o in objects if o["kind"] == "PersistentVolumeClaim" and o["metadata"]["name"] == "hf-cache"]
+        if overlay_name != "hub":
+            assert not claims, f"{overlay_name}: the hub cache is opt-in (k8s/components/hub)"
+            continue
+        [claim] = claims
+        assert claim["metadata"]["namespace"] == PIPELINES_NAMESPACE
+        assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # CPU and GPU step pods mount it at once
+    assert ("kind: Component" in (K8S / "components" / "hub" / "kustomization.yaml").read_text())
+
+
+def test_hub_run_config_loads_with_zenml_classes():
+    from zenml.config.pipeline_run_configuration import PipelineRunConfiguration
+    from zenml.integrations.kubernetes.flavors.kubernetes_orchestrator_flavor import KubernetesOrchestratorSettings
+
+    raw = yaml.safe_load(HUB_YAML.read_text())
+    PipelineRunConfiguration.model_validate(raw)
+    assert set(raw["steps"]) <= set(pipeline_steps())
+    for where, settings in [("pipeline", raw["settings"])] + [(n, s["settings"]) for n, s in raw["steps"].items()]:
+        assert set(settings) == {"orchestrator.kubernetes"}, where
+        k8s = strict(KubernetesOrchestratorSettings, settings["orchestrator.kubernetes"], where)
+        check_pod_settings(k8s.pod_settings.model_dump(exclude_unset=True), where)
+
+
+@pytest.fixture(scope="module")
+def hub_pods(tmp_path_factory) -> dict[str, dict]:
+    """{step: pod spec} of every step Job ZenML 0.98 would create for default + kubernetes + kubernetes-hub."""
+    import test_schedule  # compiles the real pipeline on an in-memory Kubernetes stack, offline
+    from zenml.client import Client
+    from zenml.models import BuildItem, PipelineBuildBase
+
+    repo = tmp_path_factory.mktemp("zenml-repo-hub")
+    (repo / ".zen").mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ZENML_REPOSITORY_PATH", str(repo))
+        mp.setattr(test_schedule, "CONFIGS", [PROJECT_ROOT / "configs" / "default.yaml", KUBERNETES_YAML, HUB_YAML])
+        Client._reset_instance()
+        try:
+            compiled = test_schedule.compile_pipeline(tmp_path_factory.mktemp("run-hub"))
+            images = {(f"{i.step_name}.{i.key}" if i.step_name else i.key):
+                      BuildItem(image=test_schedule.IMAGES[i.settings.dockerfile], contains_code=False)
+                      for i in compiled.orchestrator.get_docker_builds(compiled.snapshot)}
+            snapshot = SimpleNamespace(
+                id=uuid.uuid4(), project_id=uuid.uuid4(), schedule=None,
+                build=PipelineBuildBase(images=images, is_local=False, contains_code=False),
+                pipeline_configuration=compiled.snapshot.pipeline_configuration,
+                step_configurations=compiled.snapshot.step_configurations)
+            return {step: test_schedule.validate(test_schedule.step_job(compiled, snapshot, step))
+                    ["spec"]["template"]["spec"] for step in snapshot.step_configurations}
+        finally:
+            Client._reset_instance()
+
+
+def test_hub_step_pods_go_online_with_the_cache_and_an_optional_token(hub_pods, all_objects):
+    claims = {o["metadata"]["name"] for o in all_objects["hub"] if o["kind"] == "PersistentVolumeClaim"
+              and o["metadata"]["namespace"] == PIPELINES_NAMESPACE}
+    documented = documented_secret_keys()
+    assert set(hub_pods) == set(pipeline_steps())
+    for step, pod in hub_pods.items():
+        [main] = pod["containers"]
+        env = {e["name"]: e for e in main["env"]}
+        assert env["HF_HUB_OFFLINE"]["value"] == "0" and env["TRANSFORMERS_OFFLINE"]["value"] == "0", step
+        token = env["HF_TOKEN"]
+        assert "value" not in token, f"{step}: HF_TOKEN must come from a Secret"
+        ref = token["valueFrom"]["secretKeyRef"]
+        assert ref["optional"] is True and ref["key"] in documented.get(ref["name"], set()), step
+        mounts = {m["mountPath"]: m["name"] for m in main["volumeMounts"]}
+        volume = mounts[env["HF_HOME"]["value"]]  # HF_HOME is the mounted hub cache
+        [vol] = [v for v in pod["volumes"] if v["name"] == volume]
+        assert vol["persistentVolumeClaim"]["claimName"] in claims, f"{step}: k8s/overlays/hub lacks the claim"
+        if step in {"train_sft", "train_dpo"}:  # the training cache is still there beside the hub cache
+            assert mounts["/home/tuneline/.cache/tuneline"] == "tuneline-cache", step
+    for dockerfile in ("Dockerfile.cpu", "Dockerfile.gpu"):  # what the switch turns off
+        assert "HF_HUB_OFFLINE=1" in (PROJECT_ROOT / "docker" / dockerfile).read_text()
+    assert "HF_HUB_OFFLINE" not in KUBERNETES_YAML.read_text()  # offline unless the hub overlay is merged

@@ -109,7 +109,7 @@ def test_check_scores_and_reports_finish(ggufs):
 
 def test_modelfile_has_template_and_stop(ggufs):
     meta = export_gguf.read_metadata(ggufs["Q8_0"])
-    path = export_gguf.write_modelfile(ggufs["Q8_0"], meta)
+    path = export_gguf.write_modelfile(ggufs["Q8_0"], meta, CONVERSATIONS[0])
     text = path.read_text()
     assert path.parent == ggufs["Q8_0"].parent
     assert f"FROM ./{ggufs['Q8_0'].name}" in text

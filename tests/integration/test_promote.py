@@ -177,3 +177,16 @@ def test_model_card_carries_lineage_and_the_evaluation_table():
     card = model_card(ref, "/tmp/dpo-adapter", {"data_sha256": "f00d", "config": {"sft": {"method": "lora"}}}, table)
     assert "sha256 `abababababababab`" in card and 'data_sha256: `"f00d"`' in card and '"method": "lora"' in card
     assert card.index("## Lineage") < card.index("## Evaluation") and table.strip() in card
+
+
+def test_perplexity_sentence_quotes_the_report_table():
+    """The table's perplexity is token-weighted; the sentence must quote the same figures (issue 15)."""
+    from tuneline.eval.perplexity import PerplexityResult
+
+    base_nll = rng.normal(2.0, 0.3, N)
+    rep = _report(np.zeros(N), np.ones(N), BASE, BASE)
+    rep.nll_vs_base = paired_bootstrap(base_nll + 0.3, base_nll)
+    rep.perplexity = {"base": PerplexityResult(ppl=17.65, per_item=list(base_nll)),
+                      rep.final: PerplexityResult(ppl=24.125, per_item=list(base_nll + 0.3))}
+    sentence = decide(rep, EXPORTS, PromoteConfig()).sentence()
+    assert "17.65 -> 24.12" in sentence and "+36.7%" in sentence

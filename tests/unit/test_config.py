@@ -13,7 +13,7 @@ def _write(tmp_path, config: dict):
     return p
 
 
-@pytest.mark.parametrize("name", ["default.yaml", "tiny.yaml", "full.yaml"])
+@pytest.mark.parametrize("name", ["default.yaml", "tiny.yaml", "full.yaml", "gemma3-270m.yaml"])
 def test_shipped_configs_load(name):
     cfg = load(PROJECT_ROOT / "configs" / name)
     assert isinstance(cfg, TunelineConfig)

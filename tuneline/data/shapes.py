@@ -60,46 +60,49 @@ def _fits(shape: str, keys) -> bool:
     return all(any(a in keys for a in alts) for alts in REQUIRED[shape])
 
 
-def detect_shape(columns: set[str], source) -> str:
-    """The one shape whose required columns are all present; DataError when none or several fit."""
+def detect_shape(columns: set[str], source, key: str = "data") -> str:
+    """The one shape whose required columns are all present; DataError when none or several fit.
+
+    `key` is the config section the source is set in (data, data.preference, data.general_mix): errors name
+    its `shape` and `columns` keys."""
     cols = sorted(set(columns) - {"_source", "_line"})
     found = [s for s in SHAPES if _fits(s, cols)]
     if len(found) == 1:
         return found[0]
     if not found:
         raise DataError(f"{source}: cannot tell the data shape from the columns {cols}. Expected ({SHAPE_HELP}). "
-                        f"Set data.shape, and rename columns with data.columns (e.g. {{question: instruction}}).")
+                        f"Set {key}.shape, and rename columns with {key}.columns (e.g. {{question: instruction}}).")
     raise DataError(f"{source}: the columns {cols} fit several shapes ({', '.join(found)}); "
-                    f"set data.shape to the one you mean.")
+                    f"set {key}.shape to the one you mean.")
 
 
-def file_shape(rows: list[dict], source) -> str:
+def file_shape(rows: list[dict], source, key: str = "data") -> str:
     """Shape of one file: decided by the first row whose keys fit any shape (a junk first row does not
     decide it); rows of another shape are rejected later as shape_mismatch."""
     for row in rows:
         if any(_fits(s, row) for s in SHAPES):
-            return detect_shape(set(row), source)
-    return detect_shape(set(rows[0]) if rows else set(), source)
+            return detect_shape(set(row), source, key)
+    return detect_shape(set(rows[0]) if rows else set(), source, key)
 
 
-def rename(rows: list[dict], columns: dict[str, str] | None) -> list[dict]:
-    """Rows with source columns renamed to canonical ones (data.columns), e.g. {question: instruction}."""
+def rename(rows: list[dict], columns: dict[str, str] | None, key: str = "data") -> list[dict]:
+    """Rows with source columns renamed to canonical ones (`key`.columns), e.g. {question: instruction}."""
     if not columns:
         return rows
     present = set().union(*rows) - {"_source", "_line"} if rows else set()
     where = rows[0]["_source"] if rows and "_source" in rows[0] else "the data"
     twice = [d for d, n in Counter(columns.values()).items() if n > 1]
     if twice:
-        raise DataError(f"data.columns maps several columns to {twice}; keep one mapping per canonical field")
+        raise DataError(f"{key}.columns maps several columns to {twice}; keep one mapping per canonical field")
     for src, dst in columns.items():
         if src not in present:
-            raise DataError(f"{where}: data.columns maps '{src}', which is not a column; "
+            raise DataError(f"{where}: {key}.columns maps '{src}', which is not a column; "
                             f"columns found: {sorted(present)}")
         if dst not in CANONICAL_FIELDS:
-            raise DataError(f"data.columns maps '{src}' to '{dst}', not a field of any shape: "
+            raise DataError(f"{key}.columns maps '{src}' to '{dst}', not a field of any shape: "
                             f"{hint(dst, CANONICAL_FIELDS)}")
         if dst in present and dst not in columns:
-            raise DataError(f"{where}: data.columns maps '{src}' to '{dst}', but '{dst}' is already a column; "
+            raise DataError(f"{where}: {key}.columns maps '{src}' to '{dst}', but '{dst}' is already a column; "
                             f"map or drop one of them")
     return [{columns.get(k, k): v for k, v in row.items()} for row in rows]
 
@@ -286,7 +289,7 @@ def _record(row: dict, shape: str, labels, template, system) -> dict:
     return {"shape": shape, "prompt": prompt, **rec}
 
 
-def _check_whole_file(rows: list[dict], shape: str, columns) -> None:
+def _check_whole_file(rows: list[dict], shape: str, columns, key: str) -> None:
     """A required column absent from every row of a file is the file's problem, not each row's."""
     by_source: dict[str, set] = {}
     for r in rows:
@@ -298,18 +301,19 @@ def _check_whole_file(rows: list[dict], shape: str, columns) -> None:
         if missing:
             raise DataError(f"{src}: no column {', '.join(missing)} needed by shape {shape}; columns found: "
                             f"{sorted(inverse.get(k, k) for k in keys - {'_source', '_line'})}. "
-                            f"Rename them with data.columns, or set data.shape ({SHAPE_HELP}).")
+                            f"Rename them with {key}.columns, or set {key}.shape ({SHAPE_HELP}).")
 
 
 def normalize(rows: list[dict], shape: str, *, columns: dict[str, str] | None = None, labels: set[str] | None = None,
-              template: str | None = None, system_prompt: str | None = None, rejected: list) -> list[dict]:
+              template: str | None = None, system_prompt: str | None = None, rejected: list,
+              key: str = "data") -> list[dict]:
     """Rows of one shape -> canonical records {source, line, shape, prompt, completion, label, chosen, rejected};
     every other row goes to `rejected` with a reason code."""
     if shape not in SHAPES:
-        raise DataError(f"unknown data.shape {shape!r}: {hint(str(shape), SHAPES)}")
+        raise DataError(f"unknown {key}.shape {shape!r}: {hint(str(shape), SHAPES)}")
     template = check_template(template or "{text}", need_text=shape == "classification")
-    rows = rename(rows, columns)
-    _check_whole_file(rows, shape, columns)
+    rows = rename(rows, columns, key)
+    _check_whole_file(rows, shape, columns, key)
     inverse = {v: k for k, v in (columns or {}).items()}
     out = []
     for row in rows:

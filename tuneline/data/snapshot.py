@@ -21,8 +21,8 @@ from pydantic import BaseModel
 from tuneline.config import DataConfig
 from tuneline.data.sources import locate
 
-# The data-config keys that name input files; general_mix.file is nested.
-FIELDS = ("train_file", "test_file", "labels_file", "preference_file", "general_mix.file")
+# The data-config keys that name input files; general_mix.file and preference.file are nested.
+FIELDS = ("train_file", "test_file", "labels_file", "preference.file", "general_mix.file")
 
 
 class RawDataDir(BaseModel):
@@ -42,13 +42,22 @@ class RawDataDir(BaseModel):
 
 
 def _get(cfg: DataConfig, key: str) -> str | None:
-    if key == "general_mix.file":
-        return cfg.general_mix.file if cfg.general_mix else None
-    return getattr(cfg, key)
+    section, _, name = key.rpartition(".")
+    parent = getattr(cfg, section) if section else cfg
+    return getattr(parent, name) if parent else None
+
+
+def _data_files(root: Path) -> list[Path]:
+    """The files of a data dir the snapshot takes: hidden files (a .env) and symlinks leading out of the dir
+    stay behind."""
+    inside = root.resolve()
+    return sorted(p for p in root.rglob("*") if p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(root).parts)
+                  and inside in p.resolve().parents)
 
 
 def _sha(path: Path) -> tuple[int, str]:
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    files = _data_files(path) if path.is_dir() else [path]
     h = hashlib.sha256()
     for f in files:
         h.update(f.read_bytes())
@@ -83,7 +92,10 @@ def snapshot(cfg: DataConfig, out: Path) -> RawDataDir:
             continue
         rel = Path(key) / src.name
         (out / key).mkdir(exist_ok=True)
-        (shutil.copytree if src.is_dir() else shutil.copy2)(src, out / rel)
+        for f in _data_files(src) if src.is_dir() else [src]:
+            dest = out / rel / f.relative_to(src) if src.is_dir() else out / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, dest)
         size, digest = _sha(src)
         files[key] = {"name": name, "stored": str(rel), "bytes": size, "sha256": digest}
     return RawDataDir(path=str(out), files=files, sha256=_total([f["sha256"] or f["name"] for f in files.values()]))

@@ -74,9 +74,11 @@ def read_rows(source: Source, rejected: list) -> list[dict]:
 
 def read_source(source: Source, rejected: list, *, shape: str = "auto", columns: dict[str, str] | None = None,
                 labels: set[str] | None = None, template: str | None = None,
-                system_prompt: str | None = None) -> SourceRead:
+                system_prompt: str | None = None, key: str = "data") -> SourceRead:
     """Read one source into canonical records; every row is a record or a reject in `rejected`.
 
+    `key` is the config section that sets the source's shape and columns (data, data.preference,
+    data.general_mix): errors name its keys.
     The shape is detected once per source (a directory is one source): the first row that fits a shape
     decides it, and rows of another shape are rejected as shape_mismatch. Each record keeps its original
     row as `raw`; a classification record also keeps its input text without the template as `key`.
@@ -88,16 +90,24 @@ def read_source(source: Source, rejected: list, *, shape: str = "auto", columns:
         reasons = Counter(r["reason"] for r in rejected[before:])
         raise DataError(f"{source.name}: no readable rows, {read_rejects} rejected {dict(reasons)}. "
                         f"If it is one JSON array, name it .json; else see the rejects for each line.")
-    shape = file_shape(rename(rows, columns), source.name) if shape == "auto" else shape
+    shape = file_shape(rename(rows, columns, key), source.name, key) if shape == "auto" else shape
     template = template or "{text}"
     records = normalize(rows, shape, columns=columns or None, labels=labels, template=template,
-                        system_prompt=system_prompt, rejected=rejected)
+                        system_prompt=system_prompt, rejected=rejected, key=key)
     originals = {(r["_source"], r["_line"]): r for r in rows}
     for rec in records:
         rec["raw"] = {k: v for k, v in originals[(rec["source"], rec["line"])].items() if not k.startswith("_")}
         if shape == "classification":
             rec["key"] = strip_template(rec["prompt"][-1]["content"], template)
     return SourceRead(records, shape, len(rows) + read_rejects)
+
+
+def same_source(a: str, b: str) -> bool:
+    """Whether two configured names are one input (the same file or directory, or the same hub id)."""
+    pa, pb = locate(a).path, locate(b).path
+    if pa is None or pb is None:
+        return pa is None and pb is None and a == b
+    return pa.resolve() == pb.resolve()
 
 
 def read_labels(source: Source) -> list[str]:
@@ -111,4 +121,7 @@ def read_labels(source: Source) -> list[str]:
         raise DataError(f"{source.name}: not valid JSON ({e}); expected a JSON list of label strings") from None
     if not isinstance(labels, list) or not labels or not all(isinstance(x, str) and x for x in labels):
         raise DataError(f"{source.name}: expected a non-empty JSON list of label strings")
+    repeated = sorted({x for x in labels if labels.count(x) > 1})
+    if repeated:
+        raise DataError(f"{source.name}: labels listed more than once: {', '.join(repeated[:5])}; list each label once")
     return labels

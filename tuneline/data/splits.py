@@ -1,6 +1,6 @@
 """Which checked rows go where: stratified splits, label balance, the general mix, the preference pairs.
 
-    tuneline validate configs/default.yaml          # data.rows_per_label, eval_rows, mining_rows, balance.*
+    tuneline validate configs/default.yaml          # data.rows_per_label, train_rows, eval_rows, mining_rows, balance.*
     taken, rest = stratified(rows, per_label=16, total=None, rng=random.Random(0))
 
 Every function draws from the one `rng` of the run (data.seed) in a fixed order, so a config gives the
@@ -13,7 +13,7 @@ import math
 import random
 from collections import Counter, defaultdict
 
-from tuneline.config import DataConfig
+from tuneline.config import DataConfig, PreferenceData
 from tuneline.data import dedup
 from tuneline.data.checks import Ledger, chat, key_text, token_lengths
 from tuneline.data.readers import DataError
@@ -46,6 +46,16 @@ def stratified(rows: list[dict], per_label: int | None, total: int | None, rng: 
             depth += 1
     ids = {id(r) for r in taken}
     return taken, [r for r in rows if id(r) not in ids]
+
+
+def training_sample(rows: list[dict], cfg: DataConfig, shape: str, rng: random.Random) -> tuple[list, list] | None:
+    """(sample, rest) when the config samples the training rows (rows_per_label on classification data,
+    train_rows on any shape); None when every row trains."""
+    if cfg.rows_per_label and shape == "classification":
+        return stratified(rows, cfg.rows_per_label, None, rng)
+    if cfg.train_rows:
+        return stratified(rows, None, cfg.train_rows, rng)
+    return None
 
 
 def balance_stats(recs: list[dict]) -> dict:
@@ -91,7 +101,7 @@ def general_mix(cfg: DataConfig, source: Source, n_task: int, tokenizer, rng: ra
     mix = cfg.general_mix
     dropped: list = []
     read = read_source(source, dropped, shape=mix.shape, columns=mix.columns, template=cfg.prompt_template,
-                       system_prompt=cfg.system_prompt)
+                       system_prompt=cfg.system_prompt, key="data.general_mix")
     lengths = token_lengths([chat(r) for r in read.records], tokenizer)
     fits = [r for r, n in zip(read.records, lengths) if cfg.min_tokens <= n <= cfg.max_tokens]
     want = round(n_task * mix.fraction / (1 - mix.fraction))
@@ -107,24 +117,40 @@ def general_mix(cfg: DataConfig, source: Source, n_task: int, tokenizer, rng: ra
                          "general_mix_unusable": len(dropped) + len(read.records) - len(fits)}
 
 
-def preference_pairs(cfg: DataConfig, source: Source, ledger: Ledger) -> tuple[list[dict], dict]:
-    """User preference pairs (prompt/chosen/rejected or HH transcripts): the `preference_rows` shortest."""
+def preference_pairs(pref: PreferenceData, cfg: DataConfig, source: Source,
+                     ledger: Ledger) -> tuple[list[dict], dict]:
+    """The user's preference pairs (data.preference), read and quarantined like the training data; the
+    `rows` shortest are used. A pair whose chosen equals its rejected (exactly, or after normalization) is
+    dropped as identical_pair; the stats count every pair and give the length bias of those DPO gets."""
     dropped: list = []
-    read = read_source(source, dropped, template=cfg.prompt_template, system_prompt=cfg.system_prompt)
+    read = read_source(source, dropped, shape=pref.shape, columns=pref.columns, template=cfg.prompt_template,
+                       system_prompt=cfg.system_prompt, key="data.preference")
     ledger.add_read_rejects(dropped)
     if read.shape not in ("preference", "hh_preference"):
-        raise DataError(f"{cfg.preference_file}: found {read.shape} rows, expected preference pairs "
-                        "(prompt/chosen/rejected or HH-RLHF chosen/rejected transcripts); fix data.preference_file")
+        raise DataError(f"{pref.file}: its rows are {read.shape}, and data.preference needs preference pairs "
+                        "(prompt/chosen/rejected, or HH-RLHF chosen/rejected transcripts). Point data.preference.file "
+                        "at a pair file, or map its columns, e.g. data.preference.columns: "
+                        "{question: prompt, response_j: chosen, response_k: rejected}")
     kept = []
     for r in read.records:
         if dedup.normalize_text(r["chosen"]) == dedup.normalize_text(r["rejected"]):
             ledger.add(r, "identical_pair", "chosen", "chosen == rejected after normalization", "dropped")
         else:
             kept.append(r)
-    longer = sum(len(r["chosen"]) > len(r["rejected"]) for r in kept)
-    stats = {"pairs_in": read.rows_in, "identical_pairs": len(read.records) - len(kept),
-             "chosen_longer_share": round(longer / max(len(kept), 1), 3)}
     kept.sort(key=lambda r: len(key_text(r)) + len(r["chosen"]) + len(r["rejected"]))
-    chosen = kept[: cfg.preference_rows]
-    stats["pairs_used"] = len(chosen)
-    return [to_preference(r) for r in chosen], stats
+    used = kept[: pref.rows]
+    rejected = len(dropped) + len(read.records) - len(kept)
+    stats = {"pairs_in": read.rows_in, "pairs_rejected": rejected,
+             "identical_pairs": sum(d["reason"] == "identical_pair" for d in dropped) + len(read.records) - len(kept),
+             "pairs_used": len(used), "pairs_unused": len(kept) - len(used), **length_bias(used)}
+    assert stats["pairs_used"] + stats["pairs_unused"] + rejected == read.rows_in, f"pair accounting broke: {stats}"
+    return [to_preference(r) for r in used], stats
+
+
+def length_bias(pairs: list[dict]) -> dict:
+    """DPO's length bias in these pairs: the share where chosen is longer than rejected, and the mean lengths
+    (characters). A share far from 0.5 teaches 'longer (or shorter) is better' along with the preference."""
+    n = max(len(pairs), 1)
+    return {"chosen_longer_share": round(sum(len(r["chosen"]) > len(r["rejected"]) for r in pairs) / n, 3),
+            "chosen_mean_chars": round(sum(len(r["chosen"]) for r in pairs) / n, 1),
+            "rejected_mean_chars": round(sum(len(r["rejected"]) for r in pairs) / n, 1)}

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from lm_eval.api.model import LM
 
+from tuneline.progress import progress
+
 
 class GGUFLM(LM):
     def __init__(self, path: str | Path, n_ctx: int = 2048) -> None:
@@ -59,11 +61,14 @@ class GGUFLM(LM):
             if not ctx:  # nothing to condition on: the first continuation token becomes the context
                 ctx, cont = cont[:1], cont[1:]
             by_context.setdefault(tuple(ctx), []).append((i, cont))
-        for ctx, items in by_context.items():
-            self.llm.reset()
-            self.llm.eval(list(ctx))
-            for i, cont in items:
-                out[i] = self._score(list(ctx), cont) if cont else (0.0, True)
+        with progress(desc=f"loglikelihood {Path(self.path).name}", unit="req", total=len(requests),
+                      disable=disable_tqdm) as bar:
+            for ctx, items in by_context.items():
+                self.llm.reset()
+                self.llm.eval(list(ctx))
+                for i, cont in items:
+                    out[i] = self._score(list(ctx), cont) if cont else (0.0, True)
+                bar.update(len(items))
         return out  # type: ignore[return-value]
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
@@ -73,7 +78,7 @@ class GGUFLM(LM):
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         outs = []
-        for req in requests:
+        for req in progress(requests, f"generate_until {Path(self.path).name}", "req", disable=disable_tqdm):
             context, kwargs = req.args
             until = kwargs.get("until") or []
             until = [until] if isinstance(until, str) else list(until)

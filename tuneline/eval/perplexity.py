@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from tuneline.config import EvaluateConfig, resolve
 from tuneline.data.readers import DataError
+from tuneline.progress import progress
 
 
 class PerplexityResult(BaseModel):
@@ -82,7 +83,7 @@ def perplexity(model, tokenizer, texts: list[str], batch_size: int = 8, max_leng
     model.eval()
     try:
         with torch.no_grad():
-            for b in range(0, len(order), batch_size):
+            for b in progress(range(0, len(order), batch_size), "perplexity", "batch"):
                 idx = order[b : b + batch_size]
                 width = max(len(encoded[i]) for i in idx)
                 ids = torch.zeros(len(idx), width, dtype=torch.long)
@@ -109,7 +110,7 @@ def gguf_perplexity(path: str | Path, encoded: list[list[int]]) -> PerplexityRes
     start = time.perf_counter()
     lm = GGUFLM(path, n_ctx=max(2048, max(map(len, encoded)) + 1))
     try:
-        nll = [_gguf_nll(lm.llm, ids) for ids in encoded]
+        nll = [_gguf_nll(lm.llm, ids) for ids in progress(encoded, f"perplexity {Path(path).name}", "text")]
     finally:
         lm.close()
     return perplexity_result(nll, [len(ids) - 1 for ids in encoded], start)

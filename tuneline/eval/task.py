@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from tuneline.data.records import messages
 from tuneline.eval.scoring import check_metric, score_items
+from tuneline.progress import progress
 
 
 class TaskResult(BaseModel):
@@ -40,7 +41,7 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, len(order), batch_size):
+        for start in progress(range(0, len(order), batch_size), f"generating {len(prompts)} answers", "batch"):
             idx = order[start : start + batch_size]
             enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
             enc = {k: v.to(model.device) for k, v in enc.items()}

@@ -35,6 +35,8 @@ from tuneline.eval.scoring import score_items
 from tuneline.export.gate import ExportChecks, Gate, Probe, checked_rows, gate_for, merged_results, verdict
 from tuneline.export.gguf_types import GGUF_FTYPES
 from tuneline.export.records import ExportFile, ExportResult, ExportSample
+from tuneline.export.serve import serve_smallest
+from tuneline.model import templates
 from tuneline.model.base import sha256_file
 from tuneline.versions import package_versions
 
@@ -156,28 +158,33 @@ def quantize(src: str | Path, dst: str | Path, qtype: str) -> Path:
 # --- reading a GGUF back ------------------------------------------------------------------------
 
 
-def _field(reader, key: str, index: int | None = None):
-    field = reader.fields.get(key)
-    if field is None:
-        return None
-    return field.contents(index) if index is not None else field.contents()
-
-
 def read_metadata(path: str | Path) -> dict:
-    """Architecture, file type, chat template and bos/eos ids and texts stored in a GGUF."""
-    from gguf import GGUFReader  # memory-mapped: reads the header, not the weights
+    """Architecture, file type, chat template, bos/eos ids and texts, and whether the tokenizer puts BOS first,
+    as llama.cpp reads them (its vocabulary only: seconds even for a 262k vocabulary, where gguf-py's reader
+    takes about 40 s parsing every token)."""
+    import llama_cpp
 
-    reader = GGUFReader(str(path))
-    meta = {
-        "architecture": _field(reader, "general.architecture"),
-        "file_type": _field(reader, "general.file_type"),
-        "chat_template": _field(reader, "tokenizer.chat_template"),
-        "bos_token_id": _field(reader, "tokenizer.ggml.bos_token_id"),
-        "eos_token_id": _field(reader, "tokenizer.ggml.eos_token_id"),
-    }
-    for kind in ("bos", "eos"):
-        tid = meta[f"{kind}_token_id"]
-        meta[f"{kind}_token"] = _field(reader, "tokenizer.ggml.tokens", tid) if tid is not None else None
+    with _llama_log():
+        llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    try:
+        md = llm.metadata
+
+        def number(key: str) -> int | None:
+            return int(md[key]) if key in md else None
+
+        meta = {
+            "architecture": md.get("general.architecture"),
+            "file_type": number("general.file_type"),
+            "chat_template": md.get("tokenizer.chat_template"),
+            "bos_token_id": number("tokenizer.ggml.bos_token_id"),
+            "eos_token_id": number("tokenizer.ggml.eos_token_id"),
+            "add_bos_token": llm._model.add_bos_token(),  # what llama.cpp (and so Ollama) does, key or default
+        }
+        for kind in ("bos", "eos"):
+            tid = meta[f"{kind}_token_id"]
+            meta[f"{kind}_token"] = llm._model.token_get_text(tid) if tid is not None else None
+    finally:
+        llm.close()
     return meta
 
 
@@ -222,34 +229,30 @@ def _ask(llm, messages: list[dict], answer: str, max_tokens: int) -> ExportSampl
 
 # --- Ollama -------------------------------------------------------------------------------------
 
-# Ollama's Go template for ChatML. The default system turn, if the GGUF template adds one, goes to
-# SYSTEM: Ollama inserts it only when the request has no system message, as the Jinja template does.
-_CHATML_TEMPLATE = """{{- range .Messages }}<|im_start|>{{ .Role }}
-{{ .Content }}<|im_end|>
-{{ end }}<|im_start|>assistant
-"""
 
-
-def write_modelfile(gguf_path: str | Path, metadata: dict) -> Path:
-    """An Ollama Modelfile beside the GGUF (`<stem>.Modelfile`, so several types share one dir)."""
+def write_modelfile(gguf_path: str | Path, metadata: dict, conversation: list[dict]) -> Path:
+    """An Ollama Modelfile beside the GGUF (`<stem>.Modelfile`, so several types share one dir), in the GGUF's
+    chat template family (tuneline.model.templates.modelfile). `conversation` is a held-out prompt as training
+    rendered it: its system turn is the SYSTEM (an empty one: none), and Ollama's prompt for it must be the
+    GGUF template's text, else TemplateError says why no Modelfile was written."""
     gguf_path = Path(gguf_path)
-    template = metadata.get("chat_template") or ""
-    if "<|im_start|>" not in template:
-        raise ValueError(f"{gguf_path.name}: only ChatML chat templates are translated to Ollama, got {template[:80]!r}")
-    eos = metadata.get("eos_token")
-    if not eos:
-        raise ValueError(f"{gguf_path.name}: no eos token in the GGUF metadata to stop on")
-    lines = [f"FROM ./{gguf_path.name}", f'TEMPLATE """{_CHATML_TEMPLATE}"""']
-    default_system = re.search(r"<\|im_start\|>system\n(.*?)<\|im_end\|>", template, re.S)
-    if default_system:
-        lines.append(f'SYSTEM """{default_system.group(1)}"""')
-    # Stop on the eos text; a ChatML turn also ends at <|im_end|> when the eos is another token.
-    for stop in dict.fromkeys([eos, "<|im_end|>"]):
-        lines.append(f'PARAMETER stop "{stop}"')
-    lines.append("PARAMETER temperature 0")
+    template = templates.foreign(metadata.get("chat_template") or "", metadata.get("eos_token") or "",
+                                 bool(metadata.get("add_bos_token")), "the GGUF's chat template")
+    system = conversation[0]["content"] if conversation and conversation[0]["role"] == "system" else None
+    bos = metadata.get("bos_token") if metadata.get("add_bos_token") else None
+    text = templates.modelfile(template, gguf_path.name, system, conversation, bos_token=bos)
     out = gguf_path.with_suffix(".Modelfile")
-    out.write_text("\n".join(lines) + "\n")
+    out.write_text(text)
     return out
+
+
+def _add_modelfile(entry: ExportFile, probe: Probe) -> None:
+    """Best effort, after the verdict: a file that passed stays passed; without a Modelfile it says why."""
+    try:
+        entry.modelfile = str(write_modelfile(entry.path, read_metadata(entry.path), probe.conversations[0]))
+    except Exception as exc:  # noqa: BLE001  (nothing about the Modelfile may reject a checked file)
+        entry.modelfile_note = f"no Modelfile: {exc}"
+        log.warning("%s: %s", Path(entry.path).name, entry.modelfile_note)
 
 
 # --- the whole export ---------------------------------------------------------------------------
@@ -271,10 +274,10 @@ def _make_and_check(entry: ExportFile, make, probe: Probe, gate: Gate) -> Export
         entry.score, entry.eos_share, entry.samples = result.score, result.eos_share, result.samples
         entry.per_item = result.per_item
         entry.passed, entry.reason = verdict(entry, gate)
-        if entry.passed:
-            entry.modelfile = str(write_modelfile(path, read_metadata(path)))
     except Exception as exc:  # one broken type must not hide the results of the others
         entry.passed, entry.reason = False, f"{type(exc).__name__}: {exc}"
+    if entry.passed:
+        _add_modelfile(entry, probe)
     entry.seconds = round(time.monotonic() - start, 3)
     log.info("%s: %s (%s)", entry.qtype, "passed" if entry.passed else "REJECTED", entry.reason)
     return entry
@@ -341,6 +344,7 @@ def export_gguf(model_dir: str, out_dir: Path, records: list[dict], cfg: ExportC
     probe = Probe(conversations=[messages(r, with_answer=False) for r in rows], answers=[r["assistant"] for r in rows],
                   max_tokens=cfg.max_new_tokens, metric=checks.metric, ppl_ids=merged.ppl_ids)
     files = export_files(model_dir, out_dir, cfg.gguf_types, probe, gate_for(cfg, merged), auto_types=cfg.auto_types)
+    serve_smallest(files, probe)  # served by llama.cpp's server, asked through the openai client
     if checks.benchmarks:
         from tuneline.eval.harness import run_gguf_benchmarks
 

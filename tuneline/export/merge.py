@@ -23,16 +23,21 @@ from pathlib import Path
 import torch
 from peft import PeftConfig
 
+from tuneline.cards import CardInfo, merged_card, write_card
+from tuneline.eval.report import EvalReport
 from tuneline.model.adapters import is_adapter_dir, load_adapter, load_full
-from tuneline.model.base import BaseModelRef, load_model, load_tokenizer
+from tuneline.model.base import BaseModelRef, chat_template, load_model, load_tokenizer
 
 UNMERGEABLE = {"PREFIX_TUNING": "prefix_tuning", "PROMPT_TUNING": "prompt_tuning", "XLORA": "xlora"}
 
 
 def merge(ref: BaseModelRef, adapter_dir: str, out_dir: Path, dtype: str = "float16", card: dict | None = None,
-          combination=None, evaluation_md: str = "") -> Path:
+          combination=None, evaluation_md: str = "", about: CardInfo | None = None,
+          report: EvalReport | None = None) -> Path:
     """Fold `adapter_dir` into the base; with `combination` (a MergeConfig whose combination is not none),
-    combine it with `combination.adapters` first. `card` (lineage) and `evaluation_md` go into README.md."""
+    combine it with `combination.adapters` first. README.md is a Hugging Face model card: `about` (license,
+    tags, datasets) and `report`'s figures for the final candidate as metadata; lineage (`card`) and
+    `evaluation_md` as its text."""
     tok = load_tokenizer(ref)
     if combination is not None and combination.combination != "none":
         model = combine(ref, [adapter_dir, *combination.adapters], combination)
@@ -42,11 +47,15 @@ def merge(ref: BaseModelRef, adapter_dir: str, out_dir: Path, dtype: str = "floa
         model = _merged(ref, adapter_dir)
     model = model.to(getattr(torch, dtype))
     model.config.use_cache = True
-    model.generation_config.eos_token_id = tok.eos_token_id
+    # Generation stops at the turn end and at the model's own EOS (one id when they are the same token);
+    # the tokenizer saved beside it carries the run's chat template (the GGUF converter embeds it).
+    stops = tok.convert_tokens_to_ids(chat_template(ref).stops)
+    model.generation_config.eos_token_id = stops[0] if len(stops) == 1 else stops
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
-    (out_dir / "README.md").write_text(model_card(ref, adapter_dir, card or {}, evaluation_md))
+    body = model_card(ref, adapter_dir, card or {}, evaluation_md)
+    write_card(out_dir, merged_card(ref, about or CardInfo(), report, body))
     return out_dir
 
 

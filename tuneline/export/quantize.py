@@ -21,6 +21,7 @@ import os
 # half the cores (1 worker on a 2-core machine). Set before anything imports gptqmodel.
 os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(os.cpu_count() or 1))
 
+import contextlib  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
 import random  # noqa: E402
@@ -36,6 +37,7 @@ from tuneline.config import ExportConfig, QuantizeConfig  # noqa: E402
 from tuneline.export.gate import ExportChecks, checked_rows, gate_for, merged_results, verdict  # noqa: E402
 from tuneline.export.records import ExportFile, ExportResult, ExportSample  # noqa: E402
 from tuneline.model.base import sha256_file  # noqa: E402
+from tuneline.progress import progress  # noqa: E402
 from tuneline.versions import package_versions  # noqa: E402
 
 Method = Literal["gptq", "awq"]
@@ -149,6 +151,32 @@ def _gptqmodel_config(method: Method, cfg: QuantizeConfig):
                            offload_to_disk=False)
 
 
+@contextlib.contextmanager
+def layer_progress(model, desc: str):
+    """A bar over the decoder layers, which GPTQModel quantizes one after the other (its own bar draws only
+    on a terminal): when layer i first runs, the layers before it are done."""
+    import torch
+
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
+    layers = max(lists, key=len) if lists else []
+    bar = progress(desc=desc, unit="layer", total=len(layers))
+
+    def started(i: int):
+        def hook(_module, _args):
+            if i > bar.n:
+                bar.update(i - bar.n)
+        return hook
+
+    handles = [layer.register_forward_pre_hook(started(i)) for i, layer in enumerate(layers)]
+    try:
+        yield bar
+        bar.update(bar.total - bar.n)
+    finally:
+        for h in handles:
+            h.remove()
+        bar.close()
+
+
 def quantize(model_dir: str | Path, out_dir: str | Path, method: Method, cfg: QuantizeConfig,
              texts: list[str]) -> QuantExport:
     """Quantize the HF model in model_dir to out_dir (replaced atomically: a killed run leaves no half export)."""
@@ -178,7 +206,8 @@ def quantize(model_dir: str | Path, out_dir: str | Path, method: Method, cfg: Qu
         model = GPTQModel.load(str(model_dir), _gptqmodel_config(method, cfg), device="cpu")
         # Without CUDA, AWQ needs its pure-torch kernel named (AUTO looks for a GPU kernel).
         backend = BACKEND.AWQ_TORCH if method == "awq" else BACKEND.AUTO
-        model.quantize(usable, batch_size=1, tokenizer=tok, backend=backend)
+        with layer_progress(model.model, f"{method} quantization"):
+            model.quantize(usable, batch_size=1, tokenizer=tok, backend=backend)
         model.save(str(tmp))
         dtype = str(getattr(model.model, "dtype", "")).removeprefix("torch.") or None
         del model

@@ -30,6 +30,25 @@ class ExportSample(BaseModel):
     finish_reason: str  # "stop", "length"; "" where the runtime does not say (GPTQ/AWQ through transformers)
 
 
+class ServeCheck(BaseModel):
+    """A GGUF file served by llama.cpp's OpenAI-compatible server and asked the gate's prompts through the
+    official `openai` client (tuneline.export.serve): the answers a user of the file will get."""
+
+    served: bool = False  # the server started and answered every prompt
+    n: int = 0  # prompts sent
+    identical: int = 0  # served answers equal to the gate's in-process answers
+    stopped: int = 0  # responses with finish_reason "stop"
+    mismatches: list[str] = []  # the first few prompts whose served answer differs, or did not stop
+    command: str = ""  # how to serve the file with llama.cpp's server
+    ollama: str = ""  # how to serve it with Ollama and the Modelfile beside it
+    seconds: float = 0.0
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.served and self.identical == self.n == self.stopped
+
+
 class ExportFile(BaseModel):
     """One exported file (or, for GPTQ/AWQ, model dir) with its checks and the gate's verdict."""
 
@@ -46,12 +65,14 @@ class ExportFile(BaseModel):
     samples: list[ExportSample] = []
     per_item: list[float] = []  # task metric per checked row, in row order (paired with other candidates)
     modelfile: str = ""  # Ollama Modelfile beside a passed file
+    modelfile_note: str = ""  # why a passed file has no Modelfile ("no Modelfile: ..."); it stays passed
     perplexity: float | None = None  # on the general texts, same token ids as the merged model's
     perplexity_increase: float | None = None  # relative to the merged model (0.01 = +1 %)
     nll_per_item: list[float] = []  # per text, pairs with the candidates' PerplexityResult.per_item
     auto: str = ""  # "tried" / "picked" when `auto` in the types chose among export.auto_types
     versions: dict[str, str | None] = {}  # the tools that made and checked the file
     benchmarks: dict[str, BenchmarkResult] = {}  # MMLU / GSM8K on this file, when export.benchmarks
+    serve: ServeCheck | None = None  # the serving check, on the smallest passing GGUF file
 
     @property
     def candidate(self) -> str:

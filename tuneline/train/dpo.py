@@ -12,7 +12,8 @@ Prompt-based and X-LoRA adapters cannot be re-trained by DPO (config.py refuses 
 Pairs come from two sources:
 - mined: the SFT model answers unused training rows; each wrong answer becomes a pair
   (chosen = the gold label, rejected = what the model said): on-policy negatives;
-- user pairs (HH-RLHF shape) from the validated preference data.
+- user pairs: data.preference, any pair file whose columns map to prompt/chosen/rejected, read and
+  checked by the data step (with dpo.mine_mistakes: false, DPO trains on them alone).
 An SFT (NLL) term on the chosen answer (`sft_weight`) keeps DPO from lowering both
 log-probabilities, the known way plain DPO wrecks a small model.
 
@@ -36,7 +37,9 @@ from trl import DPOConfig as TRLDPOConfig
 from trl import DPOTrainer
 
 from tuneline.config import DPOConfig
+from tuneline.data.readers import DataError
 from tuneline.data.records import messages
+from tuneline.disk_space import need_free, training_bytes
 from tuneline.eval.scoring import exact_match
 from tuneline.eval.task import generate
 from tuneline.model.adapters import is_adapter_dir, load_adapter, load_full
@@ -54,6 +57,7 @@ from tuneline.train.checkpoints import (
 )
 from tuneline.train.memory import peak_memory_mb
 from tuneline.train.methods import method_for
+from tuneline.train.qlora_guard import guard_4bit, guard_callbacks, guarded
 
 
 class Pair(BaseModel):
@@ -74,6 +78,23 @@ def mine_pairs(model, tokenizer, records: list[dict], max_new_tokens: int, batch
 
 def user_pairs(rows: list[dict]) -> list[Pair]:
     return [Pair(prompt=json.loads(r["prompt"]), chosen=r["chosen"], rejected=r["rejected"], origin=r["id"]) for r in rows]
+
+
+def too_few_pairs(cfg: DPOConfig, mined: int, mining_rows: int, user: int) -> str:
+    """Why DPO got fewer than 2 pairs, with the setting that would give it more (the data gate checks what it can
+    before training; this is what only mining can tell)."""
+    got = f"DPO needs at least 2 preference pairs but got {mined + user}"
+    if not cfg.mine_mistakes:
+        why = (f"dpo.mine_mistakes is false and data.preference gave {user} pairs: set data.preference.file "
+               "(and .columns, .rows) to a file with more pairs, or set dpo.mine_mistakes: true")
+    elif not mining_rows:
+        why = (f"the task data has no mining rows, and data.preference gave {user} pairs: run it through the data "
+               "gate (`tuneline validate`), which puts data.mining_rows rows in the mining split")
+    else:
+        why = (f"the SFT model answered {mining_rows - mined} of its {mining_rows} mining rows right, so it made "
+               f"{mined} mistakes to learn from, and data.preference gave {user} pairs: raise data.mining_rows "
+               "where the training file has rows to spare, or set data.preference")
+    return f"{got}: {why}. Or set dpo.enabled: false."
 
 
 def to_dataset(pairs: list[Pair]) -> Dataset:
@@ -172,7 +193,7 @@ def load_sft(ref: BaseModelRef, sft_dir: str, method: str, trainable: bool):
         if trainable:
             m.set_trainable(model)
         return model
-    model = load_model(ref, quantize_4bit=m.quantize_4bit)
+    model = guarded(load_model(ref, quantize_4bit=m.quantize_4bit))  # mining generates on it before training
     model.config.use_cache = False
     return load_adapter(model, sft_dir, trainable=trainable)
 
@@ -198,7 +219,7 @@ def checkpoint_key(ref: BaseModelRef, sft_dir: str, sft_method: str, cfg: DPOCon
                    pref_rows: list[dict], train_pairs: list[Pair]) -> str:
     """The run key of DPO's checkpoints: the base weights, the SFT result it starts from (every file of it),
     this training code, the config, and the data (mining rows, user pairs, and the pairs it trains on)."""
-    return run_key(ref.sha256, dir_hash(sft_dir), sft_method, code_version("tuneline.train.dpo"), cfg.model_dump_json(),
+    return run_key(ref.training_key, dir_hash(sft_dir), sft_method, code_version("tuneline.train.dpo"), cfg.model_dump_json(),
                    data_hash(mining_records), data_hash(pref_rows), *(p.model_dump_json() for p in train_pairs))
 
 
@@ -209,22 +230,23 @@ def train(ref: BaseModelRef, sft_dir: str, sft_method: str, mining_records: list
     model = load_sft(ref, sft_dir, sft_method, trainable=True)
     t0 = time.perf_counter()
     mined = mine_pairs(model, tok, mining_records, max_new_tokens, batch_size) if cfg.mine_mistakes else []
+    guard_4bit(model)  # generation must not have left a 4-bit weight in the layout without a backward
     mining_seconds = time.perf_counter() - t0
     pairs = mined + user_pairs(pref_rows)
     if len(pairs) < 2:
-        raise ValueError(
-            f"DPO needs preference pairs but got {len(pairs)} (mined {len(mined)} mistakes from {len(mining_records)} rows). "
-            "Raise data.mining_rows or data.preference_rows, or set dpo.enabled: false."
-        )
+        raise DataError(too_few_pairs(cfg, len(mined), len(mining_records), len(pref_rows)))
     random.Random(cfg.seed).shuffle(pairs)
     held = pairs[: max(1, len(pairs) // 5)]
     train_pairs = pairs[len(held):]
     before = preference_accuracy(model, tok, held)
     pair_keys = [p.model_dump_json() for p in train_pairs]
     ckpt = checkpoint_dir("dpo", checkpoint_key(ref, sft_dir, sft_method, cfg, mining_records, pref_rows, train_pairs))
-    trainer = preference_trainer(cfg, model, tok, train_pairs, ckpt, mirror_callbacks(ckpt, mirror))
+    trainer = preference_trainer(cfg, model, tok, train_pairs, ckpt,
+                                 guard_callbacks(model) + mirror_callbacks(ckpt, mirror))
     copy_to_ref_adapter(trainer.model)
     trainable, total = trainable_parameters(trainer.model)
+    full = not isinstance(trainer.model, PeftModel)
+    need_free(dict(zip((ckpt, out_dir), training_bytes(trainable, total, full))), f"DPO ({cfg.loss_type})")
     t1 = time.perf_counter()
     resume = resume_point(ckpt, mirror)
     trainer.train(resume_from_checkpoint=resume)

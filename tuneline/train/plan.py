@@ -3,8 +3,13 @@
     tuneline plan configs/default.yaml                 # plans for this machine
     tuneline plan configs/default.yaml --gpu-gb 24     # plans for a 24 GB GPU
 
-No weights are loaded: the shape comes from the base model dir's config.json (`prepare()` makes it;
-for `tiny` it builds the random model, for the embedded model it converts once and caches).
+No weights are loaded: the model of the base model dir's config.json (`prepare()` makes it; for `tiny`
+it builds the random model, for the embedded models it converts once and caches) is built on the meta
+device, as accelerate's init_empty_weights does, and its parameters are counted there. So any architecture
+transformers knows is counted exactly (Llama, Gemma 3, Qwen2, Mistral; mixture-of-experts such as Mixtral
+and Qwen2-MoE with every expert in memory, and only the routed experts in `active_params` and FLOPs), and
+the LoRA adapter is counted by PEFT on that meta model. The activation formula below is per block: the
+feed-forward width a token passes through (its routed experts for MoE) and every norm of the block.
 
 Peak memory = weights + gradients + optimizer + autocast weight copies + activations + logits:
 
@@ -22,7 +27,8 @@ Peak memory = weights + gradients + optimizer + autocast weight copies + activat
   q/k/v and gate/up matmuls (under autocast each matmul casts its own bf16 copy: 5h; in fp32 they
   share two: 2h), rotated q and k, v and the attention output (2q + 2kv; grouped-query k and v
   repeated to all heads: + 2(q - kv)), gate, silu(gate), up and their product (4i; for QLoRA in its
-  compute dtype: fp32 on CPU); plus the two RMSNorm inputs in fp32 (8h bytes). Checked with saved-tensor hooks: within 10 % of what autograd
+  compute dtype: fp32 on CPU); plus the RMSNorm inputs in fp32 (Llama: two, 8h bytes; Gemma 3: four and
+  the per-head q/k norms). Checked with saved-tensor hooks: within 10 % of what autograd
   keeps. Eager attention adds the
   softmax (2 x heads x seq per token). With gradient checkpointing: one fp32 hidden state per
   layer plus one layer's activations while it is recomputed.
@@ -48,6 +54,7 @@ with gradient checkpointing (LoRA 1.0 < QLoRA 1.4 < LoRA + checkpointing 1.5 < Q
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import math
@@ -67,15 +74,22 @@ GB = 1024**3
 
 
 class ModelShape(BaseModel):
-    """What the planner needs of a decoder-only (Llama-style) model."""
+    """What the planner needs of a decoder-only model, read off the model built on the meta device."""
 
     vocab: int
     hidden: int
     layers: int
-    intermediate: int
     heads: int
     kv_heads: int
     head_dim: int
+    mlp_width: int  # feed-forward width one token passes through: dense, or its routed experts plus shared ones
+    norm_width: int  # summed width of the normalized tensors of one block per token (RMSNorm keeps its fp32 input)
+    params: int  # every parameter once (tied embeddings once, every expert)
+    active_params: int  # per token: the experts it is not routed to left out (= params for dense models)
+    linear_params: int  # nn.Linear weights in the blocks (4-bit packed by QLoRA; autocast copies)
+    matmul_params: int  # linear_params plus fused expert weights (their autocast copies)
+    embedding_params: int  # input embeddings plus an untied lm_head
+    config_json: str  # the model's config, to count an adapter on the meta model (lora_params)
     tied: bool = True
     attention: str = "sdpa"
 
@@ -87,46 +101,91 @@ class ModelShape(BaseModel):
     def q_dim(self) -> int:
         return self.heads * self.head_dim
 
-    def linear_shapes(self) -> dict[str, tuple[int, int]]:
-        """(in, out) of each linear layer in one block."""
-        h, q, kv, i = self.hidden, self.q_dim, self.kv_dim, self.intermediate
-        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
-                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
 
-    @property
-    def block_linear_params(self) -> int:
-        return self.layers * sum(a * b for a, b in self.linear_shapes().values())
+def _text_config(config):
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
 
-    @property
-    def embedding_params(self) -> int:
-        return self.vocab * self.hidden * (1 if self.tied else 2)
 
-    @property
-    def norm_params(self) -> int:
-        return (2 * self.layers + 1) * self.hidden
+def meta_model(config):
+    """The causal LM of `config` on the meta device: every module and shape, no memory, no weights."""
+    import torch
+    from transformers import AutoModelForCausalLM
 
-    @property
-    def params(self) -> int:
-        return self.block_linear_params + self.embedding_params + self.norm_params
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
 
 
 def shape_from_config(config) -> ModelShape:
-    """From a transformers PretrainedConfig or a config.json dict."""
-    get = (lambda k, d=None: config.get(k, d)) if isinstance(config, dict) else (lambda k, d=None: getattr(config, k, d))
-    hidden, heads = get("hidden_size"), get("num_attention_heads")
+    """From a transformers PretrainedConfig or a config.json dict: the model is built on the meta device
+    (as accelerate's init_empty_weights does) and its parameters counted, so any architecture transformers
+    knows is counted exactly (Llama, Gemma 3, Qwen2, Mistral, Mixtral and Qwen2-MoE experts)."""
+    from transformers import AutoConfig
+
+    if isinstance(config, dict):
+        config = AutoConfig.for_model(**config)
+    return shape_from_model(meta_model(config))
+
+
+def shape_from_model(model) -> ModelShape:
+    """Walk the decoder blocks of a (meta) model: its widths, norms, linears and experts."""
+    import torch
+
+    text = _text_config(model.config)
+    blocks = _blocks(model)
+    hidden, heads = text.hidden_size, text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or hidden // heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    experts = getattr(text, "num_local_experts", None) or getattr(text, "num_experts", None) or 0
+    routed = getattr(text, "num_experts_per_tok", None) or 0
+    share = routed / experts if experts else 1.0  # of each expert's weights, what one token uses
+    mlp, norms, expert_params, fused = 0.0, 0, 0, 0
+    for block in blocks:
+        for name, module in block.named_modules():
+            leaf = name.rsplit(".", 1)[-1]
+            own = dict(module.named_parameters(recurse=False))
+            expert = ".experts." in f".{name}."  # one expert of a list of them (unfused MoE)
+            if isinstance(module, torch.nn.Linear):
+                expert_params += module.weight.numel() if expert else 0
+                if leaf == "down_proj":
+                    mlp += module.in_features * (share if expert else 1.0)
+            elif "norm" in type(module).__name__.lower() and "weight" in own:
+                width = own["weight"].numel()
+                # per-head q/k norms (Gemma 3, Qwen3) run over every head
+                norms += width * (heads if leaf.startswith("q") else kv_heads) if width == head_dim else width
+            for pname, p in own.items():
+                if p.dim() == 3 and experts and p.shape[0] == experts:  # fused experts: (experts, out, in)
+                    expert_params += p.numel()
+                    fused += p.numel()
+                    if pname == "down_proj":
+                        mlp += p.shape[-1] * routed
+    params = sum(p.numel() for p in model.parameters())  # a tied tensor once
+    linear_weights = sum(m.weight.numel() for b in blocks for m in b.modules() if isinstance(m, torch.nn.Linear))
+    inp, out = model.get_input_embeddings(), model.get_output_embeddings()
+    tied = out is None or out.weight is inp.weight
+    n = len(blocks)
     return ModelShape(
-        vocab=get("vocab_size"), hidden=hidden, layers=get("num_hidden_layers"),
-        intermediate=get("intermediate_size"), heads=heads, kv_heads=get("num_key_value_heads") or heads,
-        head_dim=get("head_dim") or hidden // heads, tied=bool(get("tie_word_embeddings", True)),
-        attention=get("_attn_implementation") or get("attn_implementation") or "sdpa",
+        vocab=inp.weight.shape[0], hidden=hidden, layers=n, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+        mlp_width=round(mlp / n), norm_width=round(norms / n), params=params,
+        active_params=params - round(expert_params * (1 - share)),
+        linear_params=linear_weights, matmul_params=linear_weights + fused,
+        embedding_params=inp.weight.numel() + (0 if tied else out.weight.numel()),
+        config_json=model.config.to_json_string(use_diff=False), tied=tied,
+        attention=getattr(model.config, "_attn_implementation", None) or "sdpa",
     )
 
 
+def _blocks(model) -> list:
+    """The decoder blocks: the ModuleList holding the most parameters (an expert list sits inside it)."""
+    import torch
+
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
+    if not lists:
+        raise ValueError(f"{type(model).__name__}: no list of decoder blocks found")
+    return list(max(lists, key=lambda m: sum(p.numel() for p in m.parameters())))
+
+
 def shape_from_dir(path: str | Path) -> ModelShape:
-    """Read config.json of a local model dir (or a hub id through transformers' config cache)."""
-    cfg = Path(path) / "config.json"
-    if cfg.exists():
-        return shape_from_config(json.loads(cfg.read_text()))
+    """The shape of a local model dir's config.json (or a hub id's, through transformers' config cache)."""
     from transformers import AutoConfig
 
     return shape_from_config(AutoConfig.from_pretrained(str(path)))
@@ -134,9 +193,28 @@ def shape_from_dir(path: str | Path) -> ModelShape:
 
 def lora_params(shape: ModelShape, r: int, target_modules: list[str] | str = "all-linear",
                 top_layers: int | None = None) -> int:
-    layers = min(top_layers or shape.layers, shape.layers)
-    lin = shape.linear_shapes()
-    return layers * sum(r * (lin[t][0] + lin[t][1]) for t in target_names(target_modules))
+    """Trainable parameters of tuneline's LoRA adapter, counted by PEFT itself on the meta model: exact for
+    any architecture (PEFT's 'all-linear' also adapts MoE routers and fused experts)."""
+    names = target_modules if isinstance(target_modules, str) else tuple(target_modules)
+    return r * _lora_per_rank(shape.config_json, names, top_layers)
+
+
+@functools.lru_cache(maxsize=64)
+def _lora_per_rank(config_json: str, target_modules: tuple[str, ...] | str, top_layers: int | None) -> int:
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoConfig
+
+    from tuneline.config import SFTConfig
+    from tuneline.train.methods import lora_config
+
+    config = AutoConfig.for_model(**json.loads(config_json))
+    model = meta_model(config)
+    targets = target_modules if isinstance(target_modules, str) else list(target_modules)
+    sft = SFTConfig(r=1, alpha=2, target_modules=targets, top_layers=top_layers)
+    with torch.device("meta"):
+        adapted = get_peft_model(model, lora_config(sft, len(_blocks(model))))
+    return sum(p.numel() for p in adapted.parameters() if p.requires_grad)
 
 
 class Workload(BaseModel):
@@ -160,6 +238,7 @@ class Estimate(BaseModel):
     trainable_params: int
     parts: dict[str, float]  # bytes
     relative_time: float  # LoRA without gradient checkpointing = 1.0
+    flops_per_token: float = 0.0  # training FLOPs per token, of the active parameters (MoE: routed experts only)
 
     @property
     def total(self) -> float:
@@ -177,12 +256,12 @@ def estimate(shape: ModelShape, method: str, w: Workload) -> Estimate:
     """Peak training memory of one method, in bytes per part (see the module docstring)."""
     if method not in METHODS:
         raise ValueError(f"unknown method '{method}': {', '.join(METHODS)}")
-    h, kv, i, L = shape.hidden, shape.kv_dim, shape.intermediate, shape.layers
+    h, kv, i, L = shape.hidden, shape.kv_dim, shape.mlp_width, shape.layers
     tokens = w.batch_size * w.seq_len
     act = 2 if w.bf16 else 4
-    lin, emb, norms = shape.block_linear_params, shape.embedding_params, shape.norm_params
-    if method == "qlora":
-        weights = lin * NF4_BYTES + (emb + norms) * w.weight_bytes
+    lin = shape.linear_params
+    if method == "qlora":  # bitsandbytes packs the nn.Linear weights; embeddings, norms, fused experts stay
+        weights = lin * NF4_BYTES + (shape.params - lin) * w.weight_bytes
     else:
         weights = shape.params * w.weight_bytes
     trainable = shape.params if method == "full" else lora_params(shape, w.r, w.target_modules, w.top_layers)
@@ -192,8 +271,9 @@ def estimate(shape: ModelShape, method: str, w: Workload) -> Estimate:
         kept_layers = min(w.top_layers, L)
     else:
         kept_layers = L
-    # Matmul weights whose bf16 copy autograd keeps: the block linears with a backward (not for QLoRA), lm_head.
-    block_copies = 0 if method == "qlora" else lin * kept_layers // L
+    # Matmul weights whose bf16 copy autograd keeps: the block matmuls with a backward (QLoRA's 4-bit ones
+    # keep no copy), lm_head.
+    block_copies = (shape.matmul_params - (lin if method == "qlora" else 0)) * kept_layers // L
     copied = 0 if not (w.bf16 and w.weight_bytes == 4) else shape.vocab * h + block_copies
     # Inputs of matmuls whose weights train (autograd keeps them): under autocast each matmul keeps its own
     # bf16 cast (q, k, v: 3; gate, up: 2), in fp32 they share one per group.
@@ -202,7 +282,8 @@ def estimate(shape: ModelShape, method: str, w: Workload) -> Estimate:
         (2 if w.bf16 else 1) * bool(targets & {"gate_proj", "up_proj"})
     expanded = 2 * (shape.q_dim - kv)  # grouped-query k, v repeated to every head for SDPA
     mlp = 4 if (method == "qlora" and not w.qlora_compute_bf16) else act  # gate, up: the 4-bit matmul's dtype
-    per_layer_token = act * (inputs * h + 2 * shape.q_dim + 2 * kv + expanded) + mlp * 4 * i + 8 * h  # bytes
+    per_layer_token = act * (inputs * h + 2 * shape.q_dim + 2 * kv + expanded) + mlp * 4 * i \
+        + 4 * shape.norm_width  # bytes
     if shape.attention == "eager":
         per_layer_token += act * 2 * shape.heads * w.seq_len
     if w.gradient_checkpointing:
@@ -212,8 +293,9 @@ def estimate(shape: ModelShape, method: str, w: Workload) -> Estimate:
     logits = tokens * shape.vocab * 12.0
     parts = {"weights": weights, "gradients": trainable * 4.0, "optimizer": trainable * 8.0,
              "autocast_copies": copied * 2.0, "activations": float(activations), "logits": float(logits)}
+    rel = relative_time(method, w.gradient_checkpointing)
     return Estimate(method=method, gradient_checkpointing=w.gradient_checkpointing, trainable_params=trainable,
-                    parts=parts, relative_time=relative_time(method, w.gradient_checkpointing))
+                    parts=parts, relative_time=rel, flops_per_token=rel * 4 * shape.active_params)
 
 
 def relative_time(method: str, gradient_checkpointing: bool = False) -> float:
@@ -340,7 +422,8 @@ def plan_report(ref, sft, max_tokens: int, gpu_gb: float | None = None, headroom
         choice, why = choose_method(ests, gb, headroom), None
     except ValueError as err:
         choice, why = None, str(err)
-    meta = {"model_params": shape.params, "available_gb": round(gb, 2), "memory_source": where,
+    meta = {"model_params": shape.params, "active_params": shape.active_params,
+            "available_gb": round(gb, 2), "memory_source": where,
             "batch_size": w.batch_size, "seq_len": w.seq_len, "bf16": w.bf16, "configured_method": sft.method,
             "estimated_gb": {r["method"]: r["estimated_gb"] for r in rows},
             "fits": {r["method"]: r["fits"] for r in rows},
@@ -348,7 +431,9 @@ def plan_report(ref, sft, max_tokens: int, gpu_gb: float | None = None, headroom
             "auto_method": choice.method if choice else None,
             "auto_gradient_checkpointing": choice.gradient_checkpointing if choice else None,
             "auto_reason": choice.reason if choice else why}
-    title = f"Memory plan: {ref.source} ({shape.params / 1e6:.1f}M parameters), batch {w.batch_size} x {w.seq_len} tokens"
+    active = f", {shape.active_params / 1e6:.1f}M active per token" if shape.active_params != shape.params else ""
+    title = f"Memory plan: {ref.source} ({shape.params / 1e6:.1f}M parameters{active}), " \
+            f"batch {w.batch_size} x {w.seq_len} tokens"
     from tuneline.dashboard import memory_plan_html
 
     return memory_plan_html(rows, title, choice.reason if choice else None, gb), meta
@@ -387,7 +472,7 @@ def measure(ref, method: str, w: Workload, steps: int = 3, seed: int = 0) -> dic
         model = model.cuda()
     weights = sum(p.numel() * p.element_size() for p in model.parameters()) + \
         sum(b.numel() * b.element_size() for b in model.buffers())  # the adapter included, as in the estimate
-    shape = shape_from_config(model.config)
+    shape = shape_from_dir(ref.path)
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     with torch.no_grad():  # safetensors weights are memory-mapped: fault every page in before the window

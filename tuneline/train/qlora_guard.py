@@ -12,7 +12,9 @@ torch prints one UserWarning ("an autograd kernel was not registered ...") and n
 
 Where it bites in tuneline: DPO on a QLoRA SFT adapter generates (mines mistakes) and scores
 held-out pairs before training; an evaluation of the 4-bit base before SFT; `Trainer.evaluate`
-between training steps.
+between training steps. Both trainers guard the model where they load it (`guarded`), again after
+DPO's mining, and keep `Guard4bitCallback` in their callbacks (`guard_callbacks`);
+tests/integration/test_qlora_guard_wired.py trains both through their entry points and checks it.
 
 The guard, `guard_4bit(model)`, right after loading a 4-bit model and again before training:
 1. converts every already repacked weight back to the standard NF4 layout (bitsandbytes' own
@@ -54,10 +56,10 @@ def repacked_modules(model) -> list[str]:
 def guard_4bit(model) -> int:
     """Undo any CPU repack of 4-bit weights and stop it from happening again; returns how many layers
     were unpacked. Call it after loading a 4-bit model and before training on it."""
-    from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
-
     unpacked = 0
-    for _, mod in _linear4bit_modules(model):
+    for _, mod in _linear4bit_modules(model):  # none without bitsandbytes: nothing to import then
+        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
         mod.support_avx512bf16_for_cpu = False
         if is_repacked(mod):
             mod.weight.data, mod.weight.quant_state = _convert_weight_packed_for_cpu_inverse(
@@ -65,6 +67,17 @@ def guard_4bit(model) -> int:
             mod.quant_state = mod.weight.quant_state
             unpacked += 1
     return unpacked
+
+
+def guarded(model):
+    """`guard_4bit(model)`, then the model: for the lines that load a 4-bit model for training."""
+    guard_4bit(model)
+    return model
+
+
+def guard_callbacks(model) -> list[TrainerCallback]:
+    """The callbacks a trainer of `model` needs: the guard where it has 4-bit layers, none otherwise."""
+    return [Guard4bitCallback()] if _linear4bit_modules(model) else []
 
 
 class Guard4bitCallback(TrainerCallback):

@@ -31,6 +31,7 @@ from trl import SFTConfig as TRLSFTConfig
 
 from tuneline.config import SFTConfig
 from tuneline.data.records import messages
+from tuneline.disk_space import need_free, training_bytes
 from tuneline.model.base import BaseModelRef, load_model, load_tokenizer
 from tuneline.train.args import TrainResult, loss_span, trainable_parameters, trainer_args
 from tuneline.train.checkpoints import (
@@ -44,6 +45,7 @@ from tuneline.train.checkpoints import (
 )
 from tuneline.train.memory import peak_memory_mb
 from tuneline.train.methods import Method, method_for, total_steps
+from tuneline.train.qlora_guard import guard_callbacks, guarded
 
 
 def to_dataset(records: list[dict]) -> Dataset:
@@ -83,9 +85,9 @@ def resolve_auto(ref: BaseModelRef, cfg: SFTConfig, max_tokens: int) -> tuple[SF
 
 def checkpoint_key(ref: BaseModelRef, cfg: SFTConfig, records: list[dict], max_tokens: int = 512,
                    held: list[dict] | None = None) -> str:
-    """The run key of SFT's checkpoints: the base weights, this training code, the config (`method: auto`
-    resolved), the row cut and the rows (held-out rows too: their eval loss is in the history)."""
-    return run_key(ref.sha256, code_version("tuneline.train.sft"), cfg.model_dump_json(), str(max_tokens),
+    """The run key of SFT's checkpoints: the base weights and chat template, this training code, the config
+    (`method: auto` resolved), the row cut and the rows (held-out rows too: their eval loss is in the history)."""
+    return run_key(ref.training_key, code_version("tuneline.train.sft"), cfg.model_dump_json(), str(max_tokens),
                    data_hash(records), data_hash(held or []))
 
 
@@ -100,7 +102,7 @@ def train(ref: BaseModelRef, records: list[dict], cfg: SFTConfig, out_dir: Path,
     cfg, auto_reason = resolve_auto(ref, cfg, max_tokens)
     method = method_for(cfg)
     tok = load_tokenizer(ref)
-    model = load_model(ref, quantize_4bit=method.quantize_4bit)
+    model = guarded(load_model(ref, quantize_4bit=method.quantize_4bit))  # mid-run evaluation would repack 4-bit weights
     model.config.use_cache = False  # the cache defeats padding-free row isolation, costs memory; xlora requires it off
     if method.quantize_4bit:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
@@ -112,8 +114,9 @@ def train(ref: BaseModelRef, records: list[dict], cfg: SFTConfig, out_dir: Path,
     trainer = method.trainer(model=model, args=trl_args(cfg, method, ckpt, max_tokens, bool(held)),
                              train_dataset=to_dataset(records), eval_dataset=to_dataset(held) if held else None,
                              processing_class=tok, peft_config=peft,
-                             callbacks=method.callbacks() + mirror_callbacks(ckpt, mirror))
+                             callbacks=method.callbacks() + guard_callbacks(model) + mirror_callbacks(ckpt, mirror))
     trainable, total = trainable_parameters(trainer.model)
+    need_free(dict(zip((ckpt, out_dir), training_bytes(trainable, total, method.full_weight))), f"SFT ({cfg.method})")
     t0 = time.perf_counter()
     resume = resume_point(ckpt, mirror) if method.resumable else None
     trainer.train(resume_from_checkpoint=resume)

@@ -14,7 +14,7 @@ from tuneline.data.validate import validate
 
 def test_snapshot_validates_like_the_files_and_keeps_their_names(tiny_cfg, tiny_tok, tiny_data, tmp_path):
     raw = snapshot(tiny_cfg.data, tmp_path / "raw")
-    assert set(raw.files) == {"train_file", "test_file", "labels_file", "preference_file"}
+    assert set(raw.files) == {"train_file", "test_file", "labels_file", "preference.file"}
     assert all(f["bytes"] > 0 and len(f["sha256"]) == 64 for f in raw.files.values())
     assert raw.sha256 == fingerprint(tiny_cfg.data)  # the pipeline's cache key is the snapshot's hash
     v = validate(tiny_cfg.data, tiny_tok, copies=raw.copies())

@@ -41,7 +41,7 @@ def small(tmp_path):
     train = _csv(tmp_path / "train.csv", TRAIN)
     test = _csv(tmp_path / "test.csv", ["card still not here,card_arrival", "my card was stolen,lost_or_stolen_card"])
     return DataConfig(train_file=str(train), test_file=str(test), labels_file=str(labels), rows_per_label=3,
-                      eval_rows=2, mining_rows=1, preference_rows=0, checks={"contamination_benchmarks": ["eval"]})
+                      eval_rows=2, mining_rows=1, checks={"contamination_benchmarks": ["eval"]})
 
 
 WORDS = ("apple river stone cloud bread music paper green quick silver orange window garden yellow pencil "
@@ -171,7 +171,8 @@ def test_alpaca_with_held_out_split_and_general_mix(tmp_path, tiny_tok):
 
 
 def test_preference_pairs_report_length_bias(small, tiny_tok):
-    v = validate(_with(small, preference_rows=4), tiny_tok)
+    v = validate(_with(small, preference={"file": "data/hh_rlhf/helpful-base_test.prompt_chosen_rejected.jsonl",
+                                          "rows": 4}), tiny_tok)
     assert v.counts["pairs_used"] == 4 and 0 <= v.counts["chosen_longer_share"] <= 1
     assert json.loads(v.preferences.iloc[0].prompt)[-1]["role"] == "user"
 

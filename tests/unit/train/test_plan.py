@@ -1,5 +1,7 @@
-"""The memory planner: exact parameter counts from the config alone, the auto choice, the CLI and
-step report. The estimate against measured training memory is in tests/integration/test_plan_measured.py.
+"""The memory planner: exact parameter counts from the config alone (Llama, Gemma 3, Qwen2, Mistral,
+Mixtral and Qwen2-MoE, each from a small config, checked against the real model and PEFT), the auto choice,
+the CLI and step report. The estimate against measured training memory is in
+tests/integration/test_plan_measured.py.
 """
 
 import json
@@ -7,7 +9,7 @@ import json
 import pytest
 import torch
 from peft import get_peft_model
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from tuneline.config import SFTConfig
 from tuneline.paths import PROJECT_ROOT
@@ -58,7 +60,63 @@ def test_tiny_model_dir_shape_and_lora_count_match_peft(tiny_ref):
         assert lora_params(shape, sft.r, sft.target_modules, sft.top_layers) == trainable, sft
 
 
-SMOL = ModelShape(vocab=49152, hidden=576, layers=30, intermediate=1536, heads=9, kv_heads=3, head_dim=64)
+SMOL = shape_from_config(LlamaConfig(  # SmolLM2-135M's shape
+    vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+    num_key_value_heads=3, head_dim=64, tie_word_embeddings=True))
+
+# Small configs of each architecture family (seconds to build for real); `mlp` is the feed-forward width a
+# token passes through: dense width, or routed experts x expert width + the shared expert.
+SMALL = dict(vocab_size=512, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2)
+ARCHITECTURES = {
+    "gemma3_text": (dict(intermediate_size=96, head_dim=32, num_key_value_heads=1), 96),  # q/k norms, 4 norms
+    "qwen2": (dict(intermediate_size=96, tie_word_embeddings=False), 96),  # q/k/v biases, untied head
+    "mistral": (dict(intermediate_size=96, sliding_window=16), 96),
+    "mixtral": (dict(intermediate_size=40, num_local_experts=4, num_experts_per_tok=2), 2 * 40),
+    "qwen2_moe": (dict(intermediate_size=96, moe_intermediate_size=24, shared_expert_intermediate_size=48,
+                       num_experts=4, num_experts_per_tok=2), 2 * 24 + 48),
+}
+
+
+def _config(model_type):
+    return AutoConfig.for_model(model_type, **{**SMALL, **ARCHITECTURES[model_type][0]})
+
+
+@pytest.mark.parametrize("model_type", sorted(ARCHITECTURES))
+def test_every_architecture_is_counted_exactly_from_its_config(model_type):
+    cfg = _config(model_type)
+    shape = shape_from_config(cfg)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg)  # the real model, on CPU
+    assert shape.params == sum(p.numel() for p in model.parameters())
+    assert shape_from_config(cfg.to_dict()).params == shape.params
+    assert shape.mlp_width == ARCHITECTURES[model_type][1] and shape.layers == 3
+    experts = sum(p.numel() for n, p in model.named_parameters() if ".experts." in n)
+    assert (experts > 0) == ("num_experts_per_tok" in ARCHITECTURES[model_type][0])
+    assert shape.active_params == shape.params - experts // 2  # 2 of 4 experts per token
+    assert shape.tied == (model.get_output_embeddings().weight is model.get_input_embeddings().weight)
+    for sft in (SFTConfig(r=4), SFTConfig(r=4, target_modules="attention", top_layers=1)):
+        peft_model = get_peft_model(AutoModelForCausalLM.from_config(cfg), lora_config(sft, shape.layers))
+        trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+        assert lora_params(shape, sft.r, sft.target_modules, sft.top_layers) == trainable, sft
+
+
+def test_moe_memory_counts_every_expert_and_compute_only_the_routed_ones():
+    shape = shape_from_config(_config("mixtral"))
+    full = estimate(shape, "full", Workload())
+    assert full.parts["weights"] == 4 * shape.params and full.trainable_params == shape.params
+    assert full.flops_per_token == 6 * shape.active_params < 6 * shape.params
+    qlora = estimate(shape, "qlora", Workload())  # bitsandbytes packs nn.Linear only: fused experts stay fp32
+    assert qlora.parts["weights"] > 4 * (shape.params - shape.linear_params)
+
+
+def test_gemma3_270m_shape_matches_the_real_model():
+    """google/gemma-3-270m's config (as its GGUF converts): 268,098,176 parameters, counted on the real model."""
+    cfg = AutoConfig.for_model("gemma3_text", vocab_size=262144, hidden_size=640, intermediate_size=2048,
+                               num_hidden_layers=18, num_attention_heads=4, num_key_value_heads=1, head_dim=256)
+    shape = shape_from_config(cfg)
+    assert shape.params == 268_098_176 and shape.embedding_params == 262144 * 640 and shape.tied
+    lora = estimate(shape, "lora", Workload(batch_size=4, seq_len=256))
+    assert lora.parts["logits"] == 4 * 256 * 262144 * 12  # the 262k vocabulary dominates
 
 
 def test_estimate_parts_follow_the_formulas():

@@ -1,0 +1,86 @@
+"""The serving check on the tiny model's GGUF: llama.cpp's OpenAI-compatible server, the official openai client."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from tuneline.config import BaseModelConfig  # noqa: E402
+from tuneline.export import gguf  # noqa: E402
+from tuneline.export.gate import Probe  # noqa: E402
+from tuneline.export.records import ExportFile  # noqa: E402
+from tuneline.export.serve import llama_server, serve_check, serve_smallest, user_commands  # noqa: E402
+from tuneline.model.base import prepare  # noqa: E402
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "Classify the banking intent: my card is lost"}],
+    [{"role": "system", "content": ""}, {"role": "user", "content": "Classify the banking intent: top up failed"}],
+    [{"role": "user", "content": "Which intent: I was charged twice"}],
+]
+
+
+@pytest.fixture(scope="module")
+def q8(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("serve")
+    f16 = gguf.convert(Path(prepare(BaseModelConfig(source="tiny")).path), out / "tiny-F16.gguf", "f16")
+    return gguf.quantize(f16, out / "tiny-Q8_0.gguf", "Q8_0")
+
+
+@pytest.fixture(scope="module")
+def probe() -> Probe:
+    return Probe(conversations=CONVERSATIONS, answers=["lost_card", "top_up_failed", "duplicate_charge"], max_tokens=12)
+
+
+def gate_file(path: Path, probe: Probe) -> ExportFile:
+    """The file as the gate leaves it: its in-process answers (and their finish reasons) in samples."""
+    res = gguf.check(path, probe.conversations, probe.answers, probe.max_tokens)
+    return ExportFile(format="gguf", qtype="Q8_0", path=str(path), size_bytes=path.stat().st_size,
+                      samples=res.samples, passed=True, reason="gate passed",
+                      modelfile=str(path.with_suffix(".Modelfile")))
+
+
+def test_served_answers_equal_the_gates(q8, probe):
+    file = gate_file(q8, probe)
+    check = serve_check(file, probe)
+    assert check.served, check.error
+    assert check.n == 3 and check.identical == 3, check.mismatches
+    # The random tiny model rarely stops in 12 tokens: the server must say so exactly as the gate did.
+    assert check.stopped == sum(s.finish_reason == "stop" for s in file.samples)
+    assert "-m llama_cpp.server --model tiny-Q8_0.gguf --host 127.0.0.1 --port 8000" in check.command
+    assert check.ollama == "ollama create tuneline-q8_0 -f tiny-Q8_0.Modelfile && ollama run tuneline-q8_0"
+
+
+def test_a_changed_answer_or_no_stop_marks_the_file(q8, probe):
+    file = gate_file(q8, probe)
+    file.samples[1].predicted += " (not what the server says)"
+    larger = file.model_copy(update={"qtype": "F16", "size_bytes": file.size_bytes * 2})
+    assert serve_smallest([larger, file], probe) is file  # the smallest passing file is the one served
+    assert larger.serve is None and larger.passed
+    assert not file.passed and file.reason.startswith("serving check failed: 2/3 served answers equal the gate's")
+    assert "top up failed" in file.reason
+    if file.serve.stopped < 3:  # answers that ran to max_tokens fail it too, and the reason says how many
+        assert f"{file.serve.stopped}/3 ended by a stop" in file.reason
+
+
+def test_a_server_that_cannot_start_marks_the_file_and_is_stopped(tmp_path, probe):
+    bad = tmp_path / "broken-Q8_0.gguf"
+    bad.write_bytes(b"GGUF not really")
+    file = ExportFile(format="gguf", qtype="Q8_0", path=str(bad), passed=True, samples=[])
+    serve_smallest([file], probe)
+    assert not file.passed and not file.serve.served
+    assert file.reason.startswith("serving check failed: RuntimeError: llama.cpp server exited with")
+    assert user_commands(file) == ("python -m llama_cpp.server --model broken-Q8_0.gguf --host 127.0.0.1 --port 8000 "
+                                   "--n_ctx 2048", "")  # no Modelfile, no Ollama command
+
+
+def test_the_server_is_stopped_when_the_block_fails(q8):
+    with pytest.raises(KeyError), llama_server(q8) as url:
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        raise KeyError("a failure inside the block")
+    import socket
+
+    with socket.socket() as s, pytest.raises(ConnectionRefusedError):  # nobody listens: the server is gone
+        s.connect(("127.0.0.1", port))
