@@ -61,8 +61,20 @@ def test_a_changed_answer_or_no_stop_marks_the_file(q8, probe):
     assert larger.serve is None and larger.passed
     assert not file.passed and file.reason.startswith("serving check failed: 2/3 served answers equal the gate's")
     assert "top up failed" in file.reason
-    if file.serve.stopped < 3:  # answers that ran to max_tokens fail it too, and the reason says how many
-        assert f"{file.serve.stopped}/3 ended by a stop" in file.reason
+    assert f"{file.serve.stopped}/3 ended by a stop" in file.reason
+
+
+def test_cut_where_the_gate_was_cut_passes_cut_where_it_stopped_fails(q8, probe):
+    """An answer longer than max_tokens is cut in process and when served alike (raise export.max_new_tokens);
+    a served answer cut where the gate's stopped is the stop-token bug the check exists for."""
+    file = gate_file(q8, probe)
+    cut = [s for s in file.samples if s.finish_reason == "length"]
+    assert cut, "the random tiny model should run into max_tokens on at least one prompt"
+    check = serve_check(file, probe)
+    assert check.ok and check.cut_as_gate == len(cut) and check.stopped + check.cut_as_gate == 3, check
+    cut[0].finish_reason = "stop"
+    check = serve_check(file, probe)
+    assert not check.ok and check.cut_as_gate == len(cut) - 1
 
 
 def test_a_server_that_cannot_start_marks_the_file_and_is_stopped(tmp_path, probe):

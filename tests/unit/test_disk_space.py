@@ -43,3 +43,18 @@ def test_the_cli_reports_it_without_a_traceback(monkeypatch, capsys):
     monkeypatch.setattr(cli, "parse", lambda argv=None: args)
     assert cli.main([]) == 1
     assert "merge needs about 2.00 GB free at /x" in capsys.readouterr().err
+
+
+def test_merge_and_gguf_export_check_before_writing(tmp_path, monkeypatch, tiny_ref):
+    """Both refuse at once when the disk holding their output is (reported) full: nothing is written."""
+    from collections import namedtuple
+
+    from tuneline.export import gguf, merge
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr("tuneline.disk_space.shutil.disk_usage", lambda p: usage(10**12, 10**12, 1000))
+    with pytest.raises(DiskSpaceError, match="merge needs about"):
+        merge.merge(tiny_ref, str(tmp_path / "no-adapter"), tmp_path / "merged")
+    with pytest.raises(DiskSpaceError, match="GGUF export needs about"):
+        gguf.export_files(tiny_ref.path, tmp_path / "gguf", ["f16", "Q8_0"], probe=None, gate=None)
+    assert not (tmp_path / "merged").exists() and not any((tmp_path / "gguf").iterdir())

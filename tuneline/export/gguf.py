@@ -30,6 +30,7 @@ from pydantic import BaseModel
 
 from tuneline.config import ExportConfig
 from tuneline.data.records import messages
+from tuneline.disk_space import MARGIN, dir_bytes, need_free
 from tuneline.eval.perplexity import general_texts
 from tuneline.eval.scoring import score_items
 from tuneline.export.gate import ExportChecks, Gate, Probe, checked_rows, gate_for, merged_results, verdict
@@ -308,6 +309,8 @@ def export_files(model_dir: str | Path, out_dir: str | Path, types: list[str], p
     names = _validate_types(types, auto_types)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Each type is at most the model's size on disk (F16 of a float16 merge); auto may try all its types.
+    need_free({out_dir: dir_bytes(model_dir) * (len(names) + len(auto_types)) + MARGIN}, "GGUF export")
     base = out_dir / f"{name}-{names[0]}.gguf"
     # Without the converted file there is nothing to quantize from: a convert failure raises.
     start = time.monotonic()

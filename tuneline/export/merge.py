@@ -24,6 +24,7 @@ import torch
 from peft import PeftConfig
 
 from tuneline.cards import CardInfo, merged_card, write_card
+from tuneline.disk_space import MARGIN, dir_bytes, need_free
 from tuneline.eval.report import EvalReport
 from tuneline.model.adapters import is_adapter_dir, load_adapter, load_full
 from tuneline.model.base import BaseModelRef, chat_template, load_model, load_tokenizer
@@ -38,6 +39,8 @@ def merge(ref: BaseModelRef, adapter_dir: str, out_dir: Path, dtype: str = "floa
     combine it with `combination.adapters` first. README.md is a Hugging Face model card: `about` (license,
     tags, datasets) and `report`'s figures for the final candidate as metadata; lineage (`card`) and
     `evaluation_md` as its text."""
+    if Path(ref.path).exists():  # a hub id has no local dir to size
+        need_free({out_dir: dir_bytes(ref.path) + MARGIN}, "merge")
     tok = load_tokenizer(ref)
     if combination is not None and combination.combination != "none":
         model = combine(ref, [adapter_dir, *combination.adapters], combination)
