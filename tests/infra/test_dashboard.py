@@ -287,6 +287,8 @@ def test_run_page_in_headless_chromium(server, run, tmp_path):
         browser.call("Page.navigate", url=url)
         text, deadline = "", time.time() + 120
         while time.time() < deadline:
+            # Under load the page text once held only the first steps of the DAG: fit the view so every node is drawn.
+            browser.js("document.querySelector('button[aria-label=\"Fit view\"]')?.click()")
             text = browser.js("document.body ? document.body.innerText : ''") or ""
             if all(s in text for s in steps) and "Calculating DAG" not in text:
                 break
