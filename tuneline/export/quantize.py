@@ -34,6 +34,7 @@ from typing import Literal  # noqa: E402
 from pydantic import BaseModel  # noqa: E402
 
 from tuneline.config import ExportConfig, QuantizeConfig  # noqa: E402
+from tuneline.disk_space import dir_bytes  # noqa: E402
 from tuneline.export.gate import ExportChecks, checked_rows, gate_for, merged_results, verdict  # noqa: E402
 from tuneline.export.records import ExportFile, ExportResult, ExportSample  # noqa: E402
 from tuneline.model.base import sha256_file  # noqa: E402
@@ -228,7 +229,7 @@ def quantize(model_dir: str | Path, out_dir: str | Path, method: Method, cfg: Qu
             seconds=round(time.perf_counter() - start, 2))
         while True:  # size_bytes counts this file too, whose length depends on the number in it
             (tmp / META_FILE).write_text(result.model_dump_json(indent=2) + "\n")
-            size = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
+            size = dir_bytes(tmp)
             if size == result.size_bytes:
                 break
             result.size_bytes = size
