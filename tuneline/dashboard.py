@@ -97,6 +97,25 @@ def _export_row(e: ExportFile) -> str:
             f"<td>{'pass' if e.passed else 'REJECTED'}</td><td>{html.escape(e.reason)}</td></tr>")
 
 
+def _served(exports: list[ExportFile]) -> list[ExportFile]:
+    return [e for e in exports if e.serve is not None]
+
+
+def _serving_html(exports: list[ExportFile]) -> str:
+    """The serving check (llama.cpp's OpenAI-compatible server asked through the openai client) and how to serve."""
+    items = "".join(
+        f"<p><b>{html.escape(e.path)}</b>: {html.escape(e.serve.sentence(), quote=False)}</p>"
+        f"<pre>{html.escape(e.serve.command)}</pre>" + (f"<pre>{html.escape(e.serve.ollama)}</pre>" if e.serve.ollama else "")
+        for e in _served(exports))
+    return f"<h3>Serving check (OpenAI-compatible server, official client)</h3>{items}" if items else ""
+
+
+def serving_markdown(exports: list[ExportFile]) -> str:
+    parts = [f"**{e.path}**: {e.serve.sentence()}\n\n```\n{e.serve.command}\n"
+             + (f"{e.serve.ollama}\n" if e.serve.ollama else "") + "```\n" for e in _served(exports)]
+    return "\n## Serving check (OpenAI-compatible server, official client)\n\n" + "\n".join(parts) if parts else ""
+
+
 def evaluation_markdown(report: EvalReport) -> str:
     """The candidates' task metric, benchmarks and general-text perplexity as a Markdown table (model card)."""
     metric = report.task["base"].metric
@@ -130,6 +149,7 @@ def evaluation_html(report: EvalReport, decision_text: str | None = None, export
 <h3>Forgetting checks (each candidate vs base, paired)</h3>
 <table border=1 cellpadding=4><tr><th>benchmark</th><th>candidate</th><th>base</th><th>candidate</th><th>n</th><th>change (95% CI)</th></tr>{_forgetting_rows(report)}</table>
 {f'<h3>Exports (judged against the merged model)</h3><table border=1 cellpadding=4><tr><th>format</th><th>type</th><th>size</th><th>{metric}</th><th>perplexity (vs merged)</th><th>stopped at EOS</th><th>check</th><th>why</th></tr>{export_rows}</table>' if export_rows else ''}
+{_serving_html(exports or [])}
 <p style="color:#666">Evaluated in {report.seconds:.0f} s. CIs: paired bootstrap over the same items.</p>
 </body></html>"""
 
@@ -195,6 +215,8 @@ def run_summary(report: EvalReport, exports: list[ExportFile], decision: str, mo
         name = e.path if e.format == "gguf" else e.candidate  # a GGUF file's name says its type; a GPTQ/AWQ dir is "model"
         lines.append(f"export {name}{' (auto)' if e.auto == 'picked' else ''}: {e.size_bytes / 2**20:.1f} MB, "
                      f"score {e.score:.1%}{ppl}, {'passed' if e.passed else 'REJECTED: ' + e.reason}")
+        if e.serve is not None:
+            lines += [f"  served by llama.cpp's OpenAI-compatible server: {e.serve.sentence()}", f"  serve it: {e.serve.command}"]
     lines.append(f"model {model_name or '-'}: {decision}")
     lines.append("=" * 72)
     return "\n".join(lines)
@@ -296,6 +318,6 @@ def evaluation_report(report: EvalReport, decision_text: str | None = None,
     png = evaluation_chart_png(report)
     md = (f"**{decision_text}**\n\n" if decision_text else "") + "## Evaluation\n\n" + evaluation_markdown(report)
     if exports:
-        md += "\n## Exports (judged against the merged model)\n\n" + exports_markdown(exports)
+        md += "\n## Exports (judged against the merged model)\n\n" + exports_markdown(exports) + serving_markdown(exports)
     return Report(html=evaluation_html(report, decision_text, exports, png), markdown=md,
                   images={"evaluation_chart": png})

@@ -9,6 +9,9 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 from tuneline.config import BaseModelConfig  # noqa: E402
+from tuneline.dashboard import evaluation_report, run_summary  # noqa: E402
+from tuneline.eval.report import EvalReport  # noqa: E402
+from tuneline.eval.task import TaskResult  # noqa: E402
 from tuneline.export import gguf  # noqa: E402
 from tuneline.export.gate import Probe  # noqa: E402
 from tuneline.export.records import ExportFile  # noqa: E402
@@ -34,6 +37,11 @@ def probe() -> Probe:
     return Probe(conversations=CONVERSATIONS, answers=["lost_card", "top_up_failed", "duplicate_charge"], max_tokens=12)
 
 
+def tiny_report() -> EvalReport:
+    base = TaskResult(score=0.0, n=3, per_item=[0.0] * 3, item_ids=["0", "1", "2"], predictions=[""] * 3, seconds=0)
+    return EvalReport(task={"base": base}, task_vs_base={}, benchmarks={}, benchmarks_vs_base={}, final="base", seconds=0)
+
+
 def gate_file(path: Path, probe: Probe) -> ExportFile:
     """The file as the gate leaves it: its in-process answers (and their finish reasons) in samples."""
     res = gguf.check(path, probe.conversations, probe.answers, probe.max_tokens)
@@ -51,6 +59,13 @@ def test_served_answers_equal_the_gates(q8, probe):
     assert check.stopped == sum(s.finish_reason == "stop" for s in file.samples)
     assert "-m llama_cpp.server --model tiny-Q8_0.gguf --host 127.0.0.1 --port 8000" in check.command
     assert check.ollama == "ollama create tuneline-q8_0 -f tiny-Q8_0.Modelfile && ollama run tuneline-q8_0"
+    # The final report (HTML, Markdown) and the run summary show the figure and the command to serve the file.
+    file.serve = check
+    page = evaluation_report(tiny_report(), "not promoted", [file])
+    summary = run_summary(tiny_report(), [file], "not promoted", None)
+    figure = f"3/3 served answers equal to the gate's, {check.stopped} stopped by a stop token"
+    assert all(figure in text for text in (page.html, page.markdown, summary)), page.markdown
+    assert all(check.command in text for text in (page.markdown, summary)) and check.ollama in page.markdown
 
 
 def test_a_changed_answer_or_no_stop_marks_the_file(q8, probe):

@@ -51,6 +51,15 @@ class ServeCheck(BaseModel):
     def ok(self) -> bool:
         return self.served and self.identical == self.n == self.stopped + self.cut_as_gate
 
+    def sentence(self) -> str:
+        """One line for the report and the run summary: the figure, then what went wrong if anything."""
+        if not self.served:
+            return f"not served: {self.error or 'the server did not answer'}"
+        text = (f"{self.identical}/{self.n} served answers equal to the gate's, {self.stopped} stopped by a stop token"
+                f"{f', {self.cut_as_gate} cut at max_tokens like the gate' if self.cut_as_gate else ''}"
+                f" ({self.seconds:.0f} s): {'pass' if self.ok else 'FAILED'}")
+        return text + (f"; first differences: {'; '.join(self.mismatches[:3])}" if self.mismatches else "")
+
 
 class ExportFile(BaseModel):
     """One exported file (or, for GPTQ/AWQ, model dir) with its checks and the gate's verdict."""
