@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from tuneline.config import BaseModelConfig, DataConfig, EvaluateConfig, MMLUConfig
+    from tuneline.data.generation import carried_length
     from tuneline.data.validate import validate
     from tuneline.eval.harness import run_benchmarks
     from tuneline.eval.scoring import check_metric
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     model.eval()
     task = validate(DataConfig(), tok).task
     rows = task[task.split == "eval"].to_dict("records")[: args.rows]
-    max_new = EvaluateConfig().max_new_tokens
+    max_new = carried_length(task)  # data.max_new_tokens: auto, from the gold labels
     print(f"model {args.model} ({Path(ref.path).name}), torch threads {torch.get_num_threads()}, "
           f"device {next(model.parameters()).device}, load average {os.getloadavg()[0]:.1f}, "
           f"loaded in {time.perf_counter() - t_load:.1f}s", flush=True)

@@ -24,6 +24,7 @@ from steps.train_sft import train_sft
 from steps.validate_data import validate_data
 from tuneline.config import TunelineConfig
 from tuneline.data.snapshot import fingerprint
+from tuneline.eval.perplexity import general_text_sha256
 from tuneline.export.gate import ExportChecks
 
 # A step killed by an OOM or a storage error runs again (training resumes from its checkpoint) instead of failing
@@ -43,7 +44,11 @@ def finetune(config: TunelineConfig = TunelineConfig()) -> None:
     # The data files' hash is a parameter: changed data re-runs the snapshot and everything after it,
     # unchanged data stays cached.
     data_sha256 = fingerprint(config.data)
-    raw = snapshot_data(config.data, data_sha256)
+    # evaluate.perplexity's general texts are read here too, before training, into their own artifact keyed by
+    # the file's hash: the evaluation and the exports score that snapshot, so editing the file re-runs them
+    # (and not validation or training: raw_data's content hash stays the same).
+    perplexity = config.evaluate.perplexity
+    raw, general_text = snapshot_data(config.data, data_sha256, perplexity, general_text_sha256(perplexity))
     task_data, preference_data, _rejected, validation, _report = validate_data(base, raw, config.data, mmlu,
                                                                                config.dpo.data_use())
     data_gate(validation)
@@ -51,18 +56,19 @@ def finetune(config: TunelineConfig = TunelineConfig()) -> None:
     final = sft_adapter
     dpo_adapter = None
     if config.dpo.enabled:
-        dpo_adapter, _ = train_dpo(base, sft_adapter, task_data, preference_data, config.dpo)
+        dpo_adapter, _ = train_dpo(base, sft_adapter, task_data, preference_data, config.dpo,
+                                   metric=config.evaluate.metric)  # mining judges answers by the task metric
         final = dpo_adapter
-    evaluation, _ = evaluate(base, sft_adapter, dpo_adapter, task_data, config.evaluate)
+    evaluation, _ = evaluate(base, sft_adapter, dpo_adapter, task_data, config.evaluate, general_text)
     # The model card carries the lineage (data hash, adapters, config) and the evaluation table.
     training = {"sft": config.sft.model_dump(mode="json"), "dpo": config.dpo.model_dump(mode="json")}
     merged = merge(base, final, config.merge, evaluation, data_sha256, training)
     # The exports take of `evaluate` only what they check with, so its other knobs (bootstrap_resamples)
     # re-run the evaluation and the promotion, not the exports.
     checks = ExportChecks.of(config.evaluate, config.export)
-    gguf = export_gguf(merged, task_data, config.export, checks)
+    gguf = export_gguf(merged, task_data, config.export, checks, general_text)
     # One step per format: a failed quantization fails only its own step, the others stay cached.
-    q = (merged, task_data, config.quantize, config.export, checks)
+    q = (merged, task_data, config.quantize, config.export, checks, general_text)
     gptq = export_gptq(*q) if "gptq" in config.quantize.methods else None
     awq = export_awq(*q) if "awq" in config.quantize.methods else None
     promote(evaluation, gguf, config.promote, gptq_export=gptq, awq_export=awq)

@@ -23,6 +23,10 @@ One fix applies to the compile and to --submit: ZenML 0.98's `KubeflowOrchestrat
 `pod_settings` from its legacy top-level `node_selectors` key on every validation, and ZenML's settings
 filter drops that key, so `node_selectors: {accelerator: ...}` never reaches the orchestrator and every
 GPU request is silently dropped from the KFP YAML. `fixed_kubeflow_settings()` keeps `pod_settings`.
+A second one, also for both: ZenML drops every other pod setting with KFP 2.x, so the pod security context of
+configs/env/kubeflow.yaml (`pod_settings.additional_pod_spec_args.security_context`) is applied to each task with
+kfp-kubernetes' `set_security_context` (runAsUser, runAsGroup, runAsNonRoot: what KFP lets a pipeline set; the
+KFP backend enforces no privilege escalation, all capabilities dropped and RuntimeDefault seccomp itself).
 
 Per-run values (the store URL, an API token against a server, stack/user ids, the snapshot id, the
 run name) are replaced by placeholders in the written YAML, so the file is reproducible; a real
@@ -103,6 +107,8 @@ def fixed_kubeflow_settings():
             if legacy:
                 pod = {**pod, "node_selectors": {**(pod.get("node_selectors") or {}), **legacy}}
             if pod:
+                # Applied by security_context_patch() instead (ZenML would only warn that it ignores them).
+                pod = {k: v for k, v in pod.items() if k not in ("additional_pod_spec_args", "container_security_context")}
                 data["pod_settings"] = pod
             if (data.get("client_username") is None) != (data.get("client_password") is None):
                 raise ValueError("`client_username` and `client_password` both need to be set together.")
@@ -118,6 +124,42 @@ def _settings_patch():
 
     fixed = fixed_kubeflow_settings()
     return mock.patch.object(KubeflowOrchestrator, "settings_class", property(lambda self: fixed))
+
+
+def step_security_contexts(run_config: dict) -> dict[str, dict]:
+    """{step: pod security context} from the run config: a step's pod_settings fields replace the pipeline's."""
+    def pod_settings(settings: dict) -> dict:
+        return ((settings or {}).get("orchestrator.kubeflow") or {}).get("pod_settings") or {}
+
+    pipeline = pod_settings(run_config.get("settings"))
+    out = {}
+    for step, conf in (run_config.get("steps") or {}).items():
+        merged = {**pipeline, **pod_settings((conf or {}).get("settings"))}
+        sc = (merged.get("additional_pod_spec_args") or {}).get("security_context")
+        if sc:
+            out[step] = sc
+    return out
+
+
+def security_context_patch(run_config: dict):
+    """Sets each task's security context (kfp.kubernetes.set_security_context) as ZenML names the task."""
+    from unittest import mock
+
+    from kfp import kubernetes
+    from kfp.dsl import PipelineTask
+
+    contexts = step_security_contexts(run_config)
+    original = PipelineTask.set_display_name
+
+    def set_display_name(self, name):  # noqa: ANN001 - kfp's signature; ZenML passes the step name
+        task = original(self, name)
+        sc = contexts.get(name)
+        if sc:
+            kubernetes.set_security_context(task, run_as_user=sc.get("runAsUser"), run_as_group=sc.get("runAsGroup"),
+                                            run_as_non_root=sc.get("runAsNonRoot"))
+        return task
+
+    return mock.patch.object(PipelineTask, "set_display_name", set_display_name)
 
 
 def _setup_env() -> None:
@@ -180,7 +222,8 @@ def _compile(config: Path, env: Path | None, output: Path, registry: str, work: 
     client.activate_stack("kubeflow")
 
     run_config = work / "run_config.yaml"
-    run_config.write_text(yaml.safe_dump(merged_run_config(config, env), sort_keys=False))
+    merged = merged_run_config(config, env)
+    run_config.write_text(yaml.safe_dump(merged, sort_keys=False))
     written: list[str] = []
 
     def _capture(self, snapshot, pipeline_file_path, run_name):  # noqa: ANN001 - ZenML's signature
@@ -192,16 +235,17 @@ def _compile(config: Path, env: Path | None, output: Path, registry: str, work: 
     assert hasattr(KubeflowOrchestrator, "_upload_and_run_pipeline"), "ZenML changed: update this script"
     from pipelines.finetune import finetune
 
-    with _settings_patch(), \
+    with _settings_patch(), security_context_patch(merged), \
          mock.patch.object(KubeflowOrchestrator, "_upload_and_run_pipeline", _capture), \
          mock.patch.object(KubeflowOrchestrator, "validator", property(lambda self: validator)), \
          mock.patch.object(KubeflowOrchestratorConfig, "is_remote", property(lambda self: False)):
         finetune.with_options(config_path=str(run_config))()
     if len(written) != 1:
         raise RuntimeError(f"expected one compiled pipeline file, got {written}")
-    doc = normalize(yaml.safe_load(Path(written[0]).read_text()))
+    # The pipeline spec, then (with the security context) its Kubernetes platform spec: two YAML documents.
+    docs = [normalize(d) for d in yaml.safe_load_all(Path(written[0]).read_text()) if d]
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(yaml.safe_dump(doc, sort_keys=False))
+    output.write_text(yaml.safe_dump_all(docs, sort_keys=False))
     return output
 
 
@@ -213,10 +257,11 @@ def submit(config: Path, env: Path | None) -> None:
     source_utils.set_custom_source_root(str(PROJECT_ROOT))
     with tempfile.TemporaryDirectory(prefix="tuneline-kfp-") as work:
         run_config = Path(work) / "run_config.yaml"
-        run_config.write_text(yaml.safe_dump(merged_run_config(config, env), sort_keys=False))
+        merged = merged_run_config(config, env)
+        run_config.write_text(yaml.safe_dump(merged, sort_keys=False))
         from pipelines.finetune import finetune
 
-        with _settings_patch():
+        with _settings_patch(), security_context_patch(merged):
             finetune.with_options(config_path=str(run_config))()
 
 

@@ -16,6 +16,8 @@
 #   REGISTRY_URI         container registry the images are pushed to and pulled from (required)
 #   IMAGE_BUILDER        kaniko (default: builds in the cluster, needs kubectl) or local (needs Docker)
 #   STACK_NAME           default tuneline-k8s (also the prefix of the component and secret names)
+#   KANIKO_IMAGE         Kaniko executor image, by digest (default: v1.24.0, the final upstream release;
+#                        docs/kubernetes.md "Images by digest")
 # Credentials, each optional, read from the environment and never written to a command line
 # (they go through a mode-600 temporary file that is removed on exit):
 #   AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY[, AWS_SESSION_TOKEN]  S3; without them the pods use
@@ -30,6 +32,7 @@ set -euo pipefail
 K8S_NAMESPACE=${K8S_NAMESPACE:-tuneline}
 IMAGE_BUILDER=${IMAGE_BUILDER:-kaniko}
 STACK_NAME=${STACK_NAME:-tuneline-k8s}
+KANIKO_IMAGE=${KANIKO_IMAGE:-gcr.io/kaniko-project/executor:v1.24.0@sha256:4e7a52dd1f14872430652bb3b027405b8dfd17c4538751c620ac005741ef9698}
 ORCHESTRATOR="$STACK_NAME-orchestrator"
 ARTIFACT_STORE="$STACK_NAME-artifacts"
 REGISTRY="$STACK_NAME-registry"
@@ -129,7 +132,8 @@ register_or_update container-registry "$REGISTRY" "${registry_args[@]}"
 # 4. Image builder.
 case "$IMAGE_BUILDER" in
     kaniko)
-        builder_args=(--flavor=kaniko --kubernetes_context="$K8S_CONTEXT" --kubernetes_namespace="$K8S_NAMESPACE")
+        builder_args=(--flavor=kaniko --kubernetes_context="$K8S_CONTEXT" --kubernetes_namespace="$K8S_NAMESPACE"
+                      --executor_image="$KANIKO_IMAGE")
         if [ -n "${REGISTRY_USERNAME:-}" ] && [ -n "${REGISTRY_PASSWORD:-}" ]; then
             # The Kaniko pod pushes with a docker config mounted from a Kubernetes Secret.
             python3 - "$TMP/dockerconfig.json" <<'PY'

@@ -1,6 +1,8 @@
 """Step: task metric for base/SFT/DPO, benchmarks and perplexity for base and final, paired CIs.
 
-With an MLflow tracker (configs/env/mlflow.yaml) every candidate's metrics go to the run's MLflow run."""
+Perplexity scores the run's `general_text` snapshot (snapshot_data), not the file as it is now, so an edited
+file re-runs this step. With an MLflow tracker (configs/env/mlflow.yaml) every candidate's metrics go to the
+run's MLflow run."""
 
 from typing import Annotated
 
@@ -12,7 +14,9 @@ from steps._tracking import log_evaluation
 from tuneline.artifacts import TrainedDir
 from tuneline.config import EvaluateConfig
 from tuneline.dashboard import Report, evaluation_report
+from tuneline.data.generation import carried_length
 from tuneline.eval.evaluate import evaluate as run_evaluation
+from tuneline.eval.perplexity import GeneralText
 from tuneline.eval.report import EvalReport
 from tuneline.model.base import BaseModelRef
 
@@ -20,11 +24,12 @@ from tuneline.model.base import BaseModelRef
 @step
 def evaluate(
     base: BaseModelRef, sft_adapter: TrainedDir, dpo_adapter: TrainedDir | None, task_data: pd.DataFrame,
-    config: EvaluateConfig,
+    config: EvaluateConfig, general_text: GeneralText | None = None,
 ) -> tuple[Annotated[EvalReport, "evaluation"], Annotated[Report, "evaluation_report"]]:
+    config = general_text.pin(config) if general_text else config
     adapters = {"sft": sft_adapter.path} | ({"dpo": dpo_adapter.path} if dpo_adapter else {})
     rows = task_data[task_data.split == "eval"].to_dict("records")
-    report = run_evaluation(base.ensure(), adapters, sft_adapter.method, rows, config)
+    report = run_evaluation(base.ensure(), adapters, sft_adapter.method, rows, config, carried_length(task_data))
     log(report.summary())
     log_evaluation(report)
     return report, evaluation_report(report)

@@ -2,8 +2,6 @@
 loaded back by transformers and judged against the merged model like every GGUF file. One step per
 format, so each has its own container settings and a failed quantization fails only its own step."""
 
-import tempfile
-from pathlib import Path
 from typing import Annotated
 
 import pandas as pd
@@ -12,20 +10,29 @@ from zenml import step
 from materializers import DirectoryMaterializer
 from steps._cards import about
 from steps._metadata import log
-from tuneline.artifacts import ExportDir, ModelDir
+from tuneline.artifacts import ExportDir, ModelDir, step_output
 from tuneline.cards import export_card, write_card
 from tuneline.config import ExportConfig, QuantizeConfig
+from tuneline.data.generation import carried_length
+from tuneline.disk_space import MARGIN, dir_bytes, need_free
+from tuneline.eval.perplexity import GeneralText
 from tuneline.export.gate import ExportChecks
 from tuneline.export.quantize import export_quantized
 
 
 def _export(method: str, merged: ModelDir, task_data: pd.DataFrame, config: QuantizeConfig, export: ExportConfig,
-            checks: ExportChecks) -> ExportDir:
-    out = Path(tempfile.mkdtemp(prefix=f"{method}-")) / "model"
+            checks: ExportChecks, general_text: GeneralText | None) -> ExportDir:
     train = task_data[task_data.split == "train"].to_dict("records")
     rows = task_data[task_data.split == "eval"].to_dict("records")
-    res, q = export_quantized(merged.path, out, method, train, rows, config, export, checks)
-    write_card(out, export_card(merged.base, about(task_data), res.files, method, checks.metric))
+    checks = checks.with_length(carried_length(task_data))  # data.max_new_tokens as the data step resolved it
+    # The run's snapshot of the general texts (the file is not read again): an edited file re-runs this step.
+    checks = general_text.pin(checks) if general_text else checks
+    with step_output(method) as tmp:  # deleted once the artifact store holds it
+        out = tmp / "model"  # export_quantized renames its finished dir to `out`: it must not exist yet
+        # 4-bit weights plus the embeddings and head left in 16 bits: at most half the merged model.
+        need_free({tmp: dir_bytes(merged.path) // 2 + MARGIN}, f"{method.upper()} export")
+        res, q = export_quantized(merged.path, out, method, train, rows, config, export, checks)
+        write_card(out, export_card(merged.base, about(task_data), res.files, method, checks.metric))
     f = res.files[0]
     log({"method": method, "qtype": f.qtype, "size_mb": round(f.size_bytes / 2**20, 1), "sha256": f.sha256,
          "score": f.score, "reference_accuracy": res.reference.score, "perplexity": f.perplexity,
@@ -37,11 +44,11 @@ def _export(method: str, merged: ModelDir, task_data: pd.DataFrame, config: Quan
 
 @step(output_materializers={"gptq_export": DirectoryMaterializer})
 def export_gptq(merged: ModelDir, task_data: pd.DataFrame, config: QuantizeConfig, export: ExportConfig,
-                checks: ExportChecks) -> Annotated[ExportDir, "gptq_export"]:
-    return _export("gptq", merged, task_data, config, export, checks)
+                checks: ExportChecks, general_text: GeneralText | None = None) -> Annotated[ExportDir, "gptq_export"]:
+    return _export("gptq", merged, task_data, config, export, checks, general_text)
 
 
 @step(output_materializers={"awq_export": DirectoryMaterializer})
 def export_awq(merged: ModelDir, task_data: pd.DataFrame, config: QuantizeConfig, export: ExportConfig,
-               checks: ExportChecks) -> Annotated[ExportDir, "awq_export"]:
-    return _export("awq", merged, task_data, config, export, checks)
+               checks: ExportChecks, general_text: GeneralText | None = None) -> Annotated[ExportDir, "awq_export"]:
+    return _export("awq", merged, task_data, config, export, checks, general_text)

@@ -1,7 +1,8 @@
-"""Step: DPO from the SFT adapter (the SFT model is the reference); outputs the DPO adapter."""
+"""Step: DPO from the SFT adapter (the SFT model is the reference); outputs the DPO adapter.
 
-import tempfile
-from pathlib import Path
+Mining generates data.max_new_tokens tokens as the data step resolved it (carried on task_data) and judges the
+answers by `metric` (evaluate.metric, passed by the pipeline) with dpo.min_margin."""
+
 from typing import Annotated
 
 import pandas as pd
@@ -12,10 +13,11 @@ from steps._cards import about
 from steps._checkpoints import mirror
 from steps._metadata import log
 from steps._tracking import log_training
-from tuneline.artifacts import TrainedDir
+from tuneline.artifacts import TrainedDir, step_output
 from tuneline.cards import adapter_card, write_card
 from tuneline.config import DPOConfig
 from tuneline.dashboard import Report, loss_curve_report
+from tuneline.data.generation import carried_length
 from tuneline.model.base import BaseModelRef
 from tuneline.train.dpo import train
 
@@ -23,13 +25,14 @@ from tuneline.train.dpo import train
 @step(output_materializers={"dpo_adapter": DirectoryMaterializer})
 def train_dpo(
     base: BaseModelRef, sft_adapter: TrainedDir, task_data: pd.DataFrame, preference_data: pd.DataFrame,
-    config: DPOConfig, checkpoint_artifacts: bool | None = None,
+    config: DPOConfig, checkpoint_artifacts: bool | None = None, metric: str = "exact_match", keep_checkpoints: int = 2,
 ) -> tuple[Annotated[TrainedDir, "dpo_adapter"], Annotated[Report, "dpo_loss_curve"]]:
     base = base.ensure()
-    out = Path(tempfile.mkdtemp(prefix="dpo-adapter-"))
     mining = task_data[task_data.split == "mining"].to_dict("records")
-    res = train(base, sft_adapter.path, sft_adapter.method, mining, preference_data.to_dict("records"), config, out,
-                config.mining_max_new_tokens, config.mining_batch_size, mirror=mirror(checkpoint_artifacts))
+    with step_output("dpo-adapter") as out:  # deleted once the artifact store holds it
+        res = train(base, sft_adapter.path, sft_adapter.method, mining, preference_data.to_dict("records"), config,
+                    out, carried_length(task_data), config.mining_batch_size,
+                    mirror=mirror(checkpoint_artifacts, keep_checkpoints), metric=metric)
     log(res.metadata())  # the metrics, seed, data hash, base sha256 and library versions
     log_training("dpo", config.model_dump(mode="json"), res.history, res.metrics, res.reproducibility())
     adapter = TrainedDir(path=str(out), base=base, kind="dpo", method=sft_adapter.method,

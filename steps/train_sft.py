@@ -3,8 +3,6 @@
 `method: auto` is decided here, for this machine's memory (the `plan` step shows the same table first).
 """
 
-import tempfile
-from pathlib import Path
 from typing import Annotated
 
 import pandas as pd
@@ -15,7 +13,7 @@ from steps._cards import about
 from steps._checkpoints import mirror
 from steps._metadata import log
 from steps._tracking import log_training
-from tuneline.artifacts import TrainedDir
+from tuneline.artifacts import TrainedDir, step_output
 from tuneline.cards import adapter_card, write_card
 from tuneline.config import SFTConfig
 from tuneline.dashboard import Report, loss_curve_report
@@ -26,12 +24,13 @@ from tuneline.train.sft import train
 @step(output_materializers={"sft_adapter": DirectoryMaterializer})
 def train_sft(
     base: BaseModelRef, task_data: pd.DataFrame, config: SFTConfig, max_tokens: int = 512,
-    checkpoint_artifacts: bool | None = None,
+    checkpoint_artifacts: bool | None = None, keep_checkpoints: int = 2,
 ) -> tuple[Annotated[TrainedDir, "sft_adapter"], Annotated[Report, "sft_loss_curve"]]:
     base = base.ensure()
-    out = Path(tempfile.mkdtemp(prefix="sft-adapter-"))
-    res = train(base, task_data[task_data.split == "train"].to_dict("records"), config, out, max_tokens,
-                mirror=mirror(checkpoint_artifacts), eval_records=task_data[task_data.split == "eval"].to_dict("records"))
+    with step_output("sft-adapter") as out:  # deleted once the artifact store holds it
+        res = train(base, task_data[task_data.split == "train"].to_dict("records"), config, out, max_tokens,
+                    mirror=mirror(checkpoint_artifacts, keep_checkpoints),
+                    eval_records=task_data[task_data.split == "eval"].to_dict("records"))
     log(res.metadata())  # the metrics, seed, data hash, base sha256 and library versions
     log_training("sft", config.model_dump(mode="json"), res.history, res.metrics, res.reproducibility())
     # method: auto is resolved by train() on this machine; the adapter records what actually trained.

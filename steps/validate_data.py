@@ -38,5 +38,6 @@ def validate_data(
                                  "statistics": g["result"].statistics, "result": g["result"].raw} for g in v.gx]}
     log({"raw_data_sha256": raw_data.sha256, "chat_template": base.template.reason if base.template else "auto",
          "counts": v.counts, "checks": v.checks, "gate": "failed" if v.gate_failures else "passed",
+         "max_new_tokens": v.generation.model_dump() if v.generation else None,  # and why: counts.max_new_tokens_why
          "balance": {k: x for k, x in (v.balance.get("train") or {}).items() if k != "counts"}})
     return v.task, v.preferences, v.rejected, summary, data_report(v, base.template.reason if base.template else "")

@@ -108,6 +108,13 @@ def _split(task, name: str) -> list[dict]:
     return task[task.split == name].to_dict("records")
 
 
+def carried_length(task) -> int:
+    """data.max_new_tokens as the data step resolved it for this task table (tuneline.data.generation)."""
+    from tuneline.data.generation import carried_length as carried
+
+    return carried(task)
+
+
 def plan(a: argparse.Namespace) -> int:
     cfg = load(a.config, a.overrides)
     from tuneline.model.base import prepare
@@ -150,7 +157,7 @@ def train(a: argparse.Namespace) -> int:
 
         v = _gated(cfg, ref)
         res = train_dpo(ref, a.sft_adapter, cfg.sft.method, _split(v.task, "mining"), v.preferences.to_dict("records"),
-                        cfg.dpo, out, cfg.dpo.mining_max_new_tokens, cfg.dpo.mining_batch_size)
+                        cfg.dpo, out, carried_length(v.task), cfg.dpo.mining_batch_size, metric=cfg.evaluate.metric)
     print("METRICS " + json.dumps(res.metrics, default=str))
     return 0
 
@@ -186,18 +193,19 @@ def evaluate(a: argparse.Namespace) -> int:
         return 0
     adapters = _pairs(a.adapter, "--adapter")
     ref = _base(cfg)
-    rows = _split(_validated(cfg, ref).task, "eval")
+    task = _validated(cfg, ref).task
+    rows, length = _split(task, "eval"), carried_length(task)
     if adapters:
         from tuneline.eval.evaluate import evaluate as evaluate_all
 
-        print(json.dumps(evaluate_all(ref, adapters, cfg.sft.method, rows, cfg.evaluate).summary(), indent=2))
+        print(json.dumps(evaluate_all(ref, adapters, cfg.sft.method, rows, cfg.evaluate, length).summary(), indent=2))
         return 0
     from tuneline.eval.harness import run_benchmarks
     from tuneline.eval.task import score_task
     from tuneline.model.base import load_model, load_tokenizer
 
     e, model, tok = cfg.evaluate, load_model(ref).eval(), load_tokenizer(ref)
-    r = score_task(model, tok, rows, e.max_new_tokens, e.batch_size, e.metric)
+    r = score_task(model, tok, rows, length, e.batch_size, e.metric)
     print(f"base {r.metric}: {r.score:.3f} on {r.n} rows ({r.seconds:.1f} s); e.g. {r.predictions[:5]}")
     for b in run_benchmarks(model, tok, e).values():
         print(f"base {b.name}: {b.metric}={b.score:.3f} on {b.n} items ({b.seconds:.0f} s)")
@@ -221,7 +229,7 @@ def export(a: argparse.Namespace) -> int:
 
     task = _validated(cfg, _base(cfg)).task
     rows, out = _split(task, "eval"), Path(a.out)
-    checks = ExportChecks.of(cfg.evaluate, cfg.export)
+    checks = ExportChecks.of(cfg.evaluate, cfg.export, carried_length(task))
     if a.format == "gguf":
         res = export_gguf(a.merged_dir, out, rows, cfg.export, checks)
     else:

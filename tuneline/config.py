@@ -129,6 +129,8 @@ class PreferenceData(Section):
 # Old data keys, read with a FutureWarning that names the key replacing them.
 DEPRECATED_DATA_KEYS = {"preference_file": "data.preference.file", "preference_rows": "data.preference.rows"}
 OLD_PREFERENCE_FILE = "data/hh_rlhf/helpful-base_test.prompt_chosen_rejected.jsonl"
+# The old generation lengths, one per place: data.max_new_tokens replaces all three (read with a FutureWarning).
+DEPRECATED_LENGTH_KEYS = ("dpo.mining_max_new_tokens", "evaluate.max_new_tokens", "export.max_new_tokens")
 
 
 class DataConfig(Section):
@@ -138,8 +140,10 @@ class DataConfig(Section):
     test_file: str | None = "data/banking77/test.csv"
     # auto detects from the columns: alpaca, messages, prompt_completion, preference, hh_preference,
     # classification (text/label). Set it when detection reports an ambiguity.
+    # text: raw documents for continued pretraining (a `text` column, or .txt files: one document per
+    # blank-line-separated block, or per file in a directory); needs evaluate.metric: perplexity.
     shape: Literal["auto", "alpaca", "messages", "prompt_completion", "preference", "hh_preference",
-                   "classification"] = "auto"
+                   "classification", "text"] = "auto"
     # Renames source columns before detection, e.g. {question: instruction, response: output}.
     columns: dict[str, str] = {}
     # Classification: the allowed labels (JSON list); rows with other labels are quarantined.
@@ -164,6 +168,11 @@ class DataConfig(Section):
     chat_template: str = "auto"
     max_tokens: int = Field(96, ge=8)
     min_tokens: int = Field(1, ge=1)  # whole chat incl. template; catches rows with nothing in them
+    # New tokens every generation may produce: DPO mining, the evaluation and every export's check. auto: the
+    # gold answers' token lengths (p95; classification: the longest label) + the stop token + a margin, capped at
+    # max_new_tokens_cap (tuneline/data/generation.py); resolved by the data step and carried to every later step.
+    max_new_tokens: int | str = "auto"
+    max_new_tokens_cap: int = Field(256, ge=1)
     checks: DataChecks = DataChecks()
     balance: Balance = Balance()
     gate: DataGate = DataGate()
@@ -194,6 +203,14 @@ class DataConfig(Section):
                                  "(classification), train_rows samples rows of any shape. Set one of them to null")
             data["rows_per_label"] = None
         return data
+
+    @field_validator("max_new_tokens")
+    @classmethod
+    def _length(cls, v: int | str) -> int | str:
+        if v != "auto" and not (isinstance(v, int) and v >= 1):
+            raise ValueError(f"data.max_new_tokens must be auto (from the gold answers) or a number of tokens >= 1, "
+                             f"not {v!r}")
+        return v
 
     @field_validator("prompt_template")
     @classmethod
@@ -319,8 +336,10 @@ class DPOConfig(Section):
     seed: int = 0
     max_steps: int = Field(-1, ge=-1, le=10_000_000)
     logging_steps: int = Field(2, ge=1)
-    # Generation settings for mining the SFT model's answers.
-    mining_max_new_tokens: int = Field(12, ge=1)
+    # Mining: a mined answer is a mistake (a pair: chosen = gold, rejected = the answer) when it scores at least
+    # min_margin below the gold answer on evaluate.metric (metric points, 0..1; exact_match: any wrong answer).
+    # Its length is data.max_new_tokens.
+    min_margin: float = Field(0.2, ge=0, le=1)
     mining_batch_size: int = Field(32, ge=1)
 
     @model_validator(mode="after")
@@ -376,8 +395,8 @@ class PerplexityConfig(Section):
 
 class EvaluateConfig(Section):
     # Task metric on the held-out rows: exact_match (labels), token_f1, rouge1, rouge2, rougeL.
-    metric: Literal["exact_match", "token_f1", "rouge1", "rouge2", "rougeL"] = "exact_match"
-    max_new_tokens: int = Field(12, ge=1)
+    # perplexity: held-out documents of a data.shape text run (continued pretraining); lower is better.
+    metric: Literal["exact_match", "token_f1", "rouge1", "rouge2", "rougeL", "perplexity"] = "exact_match"
     # Task generation batch (short prompts: large batches pay off).
     batch_size: int = Field(32, ge=1)
     # lm-eval batch: 4-8 on CPU; 32 is 4-8x slower there (long MMLU passages x full-vocab logits).
@@ -421,7 +440,6 @@ class ExportConfig(Section):
     # model) may rise at most this much relative to the merged model: `default` for any type not named.
     max_perplexity_increase: dict[str, float] = {"default": 0.05, "F32": 0.005, "F16": 0.005, "BF16": 0.005,
                                                  "Q8_0": 0.005}
-    max_new_tokens: int = Field(16, ge=1)
     # Run the evaluation's MMLU / GSM8K (evaluate.mmlu, evaluate.gsm8k) on the merged model and on every
     # GGUF file that passed (llama.cpp through lm-eval), so the report shows what merging and quantizing forgot.
     benchmarks: bool = True
@@ -554,12 +572,55 @@ class TunelineConfig(Section):
     quantize: QuantizeConfig = QuantizeConfig()
     promote: PromoteConfig = PromoteConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _old_length_keys(cls, data: Any) -> Any:
+        """The old per-place lengths (DEPRECATED_LENGTH_KEYS) become data.max_new_tokens: the largest of them, so
+        no place generates fewer tokens than it did."""
+        if not isinstance(data, dict):
+            return data
+        data, old = dict(data), {}
+        for key in DEPRECATED_LENGTH_KEYS:
+            section, name = key.split(".")
+            if isinstance(data.get(section), dict) and name in data[section]:
+                data[section] = dict(data[section])
+                old[key] = data[section].pop(name)
+        if not old:
+            return data
+        for key in old:
+            warnings.warn(f"{key} is deprecated: use data.max_new_tokens (one generation length for DPO mining, the "
+                          "evaluation and the exports; auto follows the gold answers)", FutureWarning, stacklevel=2)
+        section = data.get("data") or {}
+        if not isinstance(section, dict) or "max_new_tokens" in section:
+            raise ValueError(f"data.max_new_tokens is set, and so are the old keys {sorted(old)}: remove the old keys")
+        values = list(old.values())
+        ints = all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+        data["data"] = {**section, "max_new_tokens": max(values) if ints else values[0]}  # not ints: refused there
+        return data
+
     @model_validator(mode="after")
     def _dpo_can_continue_sft(self) -> "TunelineConfig":
         m = self.sft.method
         if self.dpo.enabled and m in NO_DPO_METHODS:
             raise ValueError(f"dpo.enabled needs an SFT result DPO can train further, and {m} is not one: "
                              f"{NO_DPO_METHODS[m]}. Set dpo.enabled: false or pick another sft.method")
+        return self
+
+    @model_validator(mode="after")
+    def _text_task(self) -> TunelineConfig:
+        """Raw text (data.shape text) is scored by held-out perplexity and has no answers DPO could prefer."""
+        text, metric = self.data.shape == "text", self.evaluate.metric
+        if text and metric != "perplexity":
+            raise ValueError(f"data.shape text (continued pretraining) is scored by held-out perplexity, not "
+                             f"evaluate.metric {metric}: set evaluate.metric: perplexity")
+        if metric == "perplexity" and not text:
+            raise ValueError(f"evaluate.metric perplexity scores raw documents: set data.shape: text (it is "
+                             f"{self.data.shape}), or pick a metric for answers (exact_match, token_f1, rougeL)")
+        if text and self.dpo.enabled and (self.data.preference is None or self.dpo.mine_mistakes):
+            fix = ("set dpo.mine_mistakes: false to train DPO on data.preference alone"
+                   if self.data.preference is not None else "set dpo.enabled: false")
+            raise ValueError("dpo.enabled, but data.shape is text: raw documents have no answers to prefer or to "
+                             f"mine mistakes from. {fix[0].upper()}{fix[1:]}")
         return self
 
     @model_validator(mode="after")
@@ -789,6 +850,8 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def _check_key(key: str, value: str) -> None:
+    if key in DEPRECATED_LENGTH_KEYS:  # still read: TunelineConfig maps it to data.max_new_tokens, with a warning
+        return
     section: type[Section] | None = TunelineConfig
     where: list[str] = []
     for part in key.split("."):

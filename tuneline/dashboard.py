@@ -17,6 +17,7 @@ import io
 from pydantic import BaseModel
 
 from tuneline.eval.report import EvalReport
+from tuneline.eval.scoring import lower_is_better, show, show_change
 from tuneline.export.records import ExportFile
 
 
@@ -58,17 +59,69 @@ def evaluation_chart_png(report: EvalReport) -> bytes:
     fig, ax = plt.subplots(figsize=(7, 3.2))
     vals = [report.task[n].score for n in names]
     ax.bar(names, vals, color=["#999"] + ["#4a7"] * (len(names) - 1))
+    metric = report.task["base"].metric
+    top = 1.0 if not lower_is_better(metric) else max(vals, default=1.0)  # perplexity has no upper bound
     for i, v in enumerate(vals):
-        ax.text(i, v + 0.01, f"{v:.1%}", ha="center")
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel(f"task {report.task['base'].metric}")
+        ax.text(i, v + 0.01 * top, show(metric, v), ha="center")
+    ax.set_ylim(0, 1.05 * top)
+    ax.set_ylabel(f"task {metric}" + (" (lower is better)" if lower_is_better(metric) else ""))
     ax.tick_params(axis="x", labelrotation=20)
     return _png(fig)
 
 
-def _diff(d) -> str:
+def _diff(d, metric: str = "exact_match") -> str:
     sig = "significant" if d.ci_low > 0 or d.ci_high < 0 else "not significant"
-    return f"{d.diff:+.1%} [{d.ci_low:+.1%}, {d.ci_high:+.1%}] ({sig}, p={d.p_value:.3f})"
+    return "{} [{}, {}]".format(*show_change(metric, d)) + f" ({sig}, p={d.p_value:.3f})"
+
+
+# Generated answers the report shows beside the gold answers: the first eval rows, in order (not picked by
+# score, so they are a fair sample of what the models say).
+EXAMPLES = 4
+EXAMPLE_CHARS = 300  # longer prompts and answers are cut here (the evaluation artifact has them whole)
+
+
+def _cut(text: str) -> str:
+    text = text.strip()
+    if not text:
+        return "(empty)"  # nothing but whitespace: a model that never said a word shows as such
+    return text if len(text) <= EXAMPLE_CHARS else text[:EXAMPLE_CHARS] + " [...]"
+
+
+def examples(report: EvalReport, n: int = EXAMPLES) -> list[dict]:
+    """The first `n` eval rows: prompt, gold answer, and the base's and the final candidate's answers and scores."""
+    base, final = report.task["base"], report.task[report.final]
+    if not base.references or not base.predictions:  # older results, or a perplexity task: nothing generated
+        return []
+    theirs = dict(zip(final.item_ids, zip(final.predictions, final.per_item)))
+    rows = []
+    for i, item in enumerate(base.item_ids):
+        if item in theirs and len(rows) < n:
+            said, score = theirs[item]
+            rows.append({"id": item, "prompt": base.prompts[i] if base.prompts else "", "gold": base.references[i],
+                         "base": base.predictions[i], "base_score": base.per_item[i], "final": said,
+                         "final_score": score})
+    return rows
+
+
+def _examples_html(report: EvalReport) -> str:
+    rows = "".join(
+        f"<tr><td>{html.escape(e['id'])}</td><td>{html.escape(_cut(e['prompt']))}</td>"
+        f"<td>{html.escape(_cut(e['gold']))}</td><td>{html.escape(_cut(e['base']))} ({e['base_score']:.2f})</td>"
+        f"<td>{html.escape(_cut(e['final']))} ({e['final_score']:.2f})</td></tr>" for e in examples(report))
+    if not rows:
+        return ""
+    return (f"<h3>Examples (the first {EXAMPLES} eval rows; {report.task['base'].metric} in brackets)</h3>"
+            f"<table border=1 cellpadding=4><tr><th>row</th><th>prompt</th><th>gold answer</th><th>base</th>"
+            f"<th>{html.escape(report.final)}</th></tr>{rows}</table>")
+
+
+def examples_markdown(report: EvalReport) -> str:
+    rows = [[e["id"], _cut(e["prompt"]), _cut(e["gold"]), f"{_cut(e['base'])} ({e['base_score']:.2f})",
+             f"{_cut(e['final'])} ({e['final_score']:.2f})"] for e in examples(report)]
+    if not rows:
+        return ""
+    return (f"\n### Examples (the first {EXAMPLES} eval rows; {report.task['base'].metric} in brackets)\n\n"
+            + _md_table(["row", "prompt", "gold answer", "base", report.final], rows))
 
 
 def _forgetting_rows(report: EvalReport) -> str:
@@ -88,11 +141,11 @@ def _forgetting_rows(report: EvalReport) -> str:
     return rows
 
 
-def _export_row(e: ExportFile) -> str:
+def _export_row(e: ExportFile, metric: str = "exact_match") -> str:
     ppl = f"{e.perplexity:.3f} ({e.perplexity_increase:+.2%})" if e.perplexity_increase is not None else "-"
     auto = {"picked": " (auto's pick)", "tried": " (tried by auto)"}.get(e.auto, "")
     return (f"<tr><td>{e.format}</td><td>{e.qtype}{auto}</td><td>{e.size_bytes / 2**20:.1f} MB</td>"
-            f"<td>{e.score:.1%}</td><td>{ppl}</td>"
+            f"<td>{show(metric, e.score)}</td><td>{ppl}</td>"
             f"<td>{format(e.eos_share, '.0%') if e.eos_measured else '-'}</td>"
             f"<td>{'pass' if e.passed else 'REJECTED'}</td><td>{html.escape(e.reason)}</td></tr>")
 
@@ -124,28 +177,29 @@ def evaluation_markdown(report: EvalReport) -> str:
     rows = [head, "|" + "---|" * (len(benches) + 3)]
     for name, task in report.task.items():
         d = report.task_vs_base.get(name)
-        vs = f" ({d.diff:+.1%} vs base, 95% CI {d.ci_low:+.1%}..{d.ci_high:+.1%})" if d else ""
+        vs = " ({} vs base, 95% CI {}..{})".format(*show_change(metric, d)) if d else ""
         scores = [f"{report.benchmarks[name][b].score:.1%}" if b in report.benchmarks.get(name, {}) else "-" for b in benches]
         ppl = f"{report.perplexity[name].ppl:.2f}" if name in report.perplexity else "-"
-        rows.append(f"| {name} | {task.score:.1%}{vs} | " + " | ".join(scores) + f" | {ppl} |")
-    return "\n".join(rows) + "\n"
+        rows.append(f"| {name} | {show(metric, task.score)}{vs} | " + " | ".join(scores) + f" | {ppl} |")
+    return "\n".join(rows) + "\n" + examples_markdown(report)
 
 
 def evaluation_html(report: EvalReport, decision_text: str | None = None, exports: list[ExportFile] | None = None,
                     chart: bytes | None = None) -> str:
     metric = report.task["base"].metric
     rows = "".join(
-        f"<tr><td>{n}</td><td>{r.score:.1%}</td><td>{r.n}</td>"
-        f"<td>{_diff(report.task_vs_base[n]) if n in report.task_vs_base else '-'}</td></tr>"
+        f"<tr><td>{n}</td><td>{show(metric, r.score)}</td><td>{r.n}</td>"
+        f"<td>{_diff(report.task_vs_base[n], metric) if n in report.task_vs_base else '-'}</td></tr>"
         for n, r in report.task.items()
     )
-    export_rows = "".join(_export_row(e) for e in exports or [])
+    export_rows = "".join(_export_row(e, metric) for e in exports or [])
     return f"""<html><body style="font-family:sans-serif;max-width:1000px">
 <h2>tuneline evaluation</h2>
 {f'<p><b>{html.escape(decision_text)}</b></p>' if decision_text else ''}
 <h3>Task ({report.task['base'].n} held-out rows, {metric}; every candidate on the same rows)</h3>
 <img src="data:image/png;base64,{_b64(chart or evaluation_chart_png(report))}"/>
 <table border=1 cellpadding=4><tr><th>candidate</th><th>{metric}</th><th>n</th><th>vs base (95% CI)</th></tr>{rows}</table>
+{_examples_html(report)}
 <h3>Forgetting checks (each candidate vs base, paired)</h3>
 <table border=1 cellpadding=4><tr><th>benchmark</th><th>candidate</th><th>base</th><th>candidate</th><th>n</th><th>change (95% CI)</th></tr>{_forgetting_rows(report)}</table>
 {f'<h3>Exports (judged against the merged model)</h3><table border=1 cellpadding=4><tr><th>format</th><th>type</th><th>size</th><th>{metric}</th><th>perplexity (vs merged)</th><th>stopped at EOS</th><th>check</th><th>why</th></tr>{export_rows}</table>' if export_rows else ''}
@@ -181,6 +235,7 @@ def data_html(v, chat_template: str = "") -> str:
     return f"""<html><body style="font-family:sans-serif;max-width:1000px">
 <h2>Data validation</h2>{verdict}
 {f"<p><b>Chat template</b>: {html.escape(chat_template)}</p>" if chat_template else ""}
+{f"<p><b>Generation length</b> (data.max_new_tokens): {html.escape(_length(v))}</p>" if _length(v) else ""}
 <h3>Rows (accepted + dropped + unused = input)</h3><table border=1 cellpadding=4>{counts}</table>
 <h3>Checks</h3><table border=1 cellpadding=4><tr><th>check</th><th>policy</th><th>rows flagged</th><th>truncated</th></tr>{checks}</table>
 <h3>Reasons</h3><table border=1 cellpadding=4><tr><th>reason</th><th>rows</th></tr>{reasons}</table>
@@ -189,6 +244,12 @@ def data_html(v, chat_template: str = "") -> str:
 <h3>Quarantined and flagged rows (first {len(preview)}; all are in the rejected_rows artifact)</h3>
 <table border=1 cellpadding=4><tr><th>file:line</th><th>action</th><th>reason</th><th>field</th><th>detail</th></tr>{rej}</table>
 </body></html>"""
+
+
+def _length(v) -> str:
+    """How many tokens every generation of the run may produce, and why (tuneline.data.generation)."""
+    length = getattr(v, "generation", None)
+    return length.reason() if length is not None else ""
 
 
 def _body(page: str) -> str:
@@ -203,7 +264,8 @@ def run_summary(report: EvalReport, exports: list[ExportFile], decision: str, mo
     lines = ["", "=" * 72, "tuneline run summary", "-" * 72, f"task {base.metric} ({base.n} held-out rows):"]
     for n, r in report.task.items():
         d = report.task_vs_base.get(n)
-        lines.append(f"  {n:<12} {r.score:6.1%}" + (f"  vs base {d.diff:+.1%} (95% CI {d.ci_low:+.1%}..{d.ci_high:+.1%})" if d else ""))
+        lines.append(f"  {n:<12} {show(base.metric, r.score):>6}"
+                     + ("  vs base {} (95% CI {}..{})".format(*show_change(base.metric, d)) if d else ""))
     for cand, diffs in (report.benchmark_changes or {report.final: report.benchmarks_vs_base}).items():
         for name, d in diffs.items():
             lines.append(f"{name}: base {d.mean_base:.1%} -> {cand} {d.mean_candidate:.1%} "
@@ -214,7 +276,7 @@ def run_summary(report: EvalReport, exports: list[ExportFile], decision: str, mo
         ppl = f", perplexity {e.perplexity_increase:+.2%} vs merged" if e.perplexity_increase is not None else ""
         name = e.path if e.format == "gguf" else e.candidate  # a GGUF file's name says its type; a GPTQ/AWQ dir is "model"
         lines.append(f"export {name}{' (auto)' if e.auto == 'picked' else ''}: {e.size_bytes / 2**20:.1f} MB, "
-                     f"score {e.score:.1%}{ppl}, {'passed' if e.passed else 'REJECTED: ' + e.reason}")
+                     f"score {show(base.metric, e.score)}{ppl}, {'passed' if e.passed else 'REJECTED: ' + e.reason}")
         if e.serve is not None:
             lines += [f"  served by llama.cpp's OpenAI-compatible server: {e.serve.sentence()}", f"  serve it: {e.serve.command}"]
     lines.append(f"model {model_name or '-'}: {decision}")
@@ -298,6 +360,7 @@ def data_markdown(v, chat_template: str = "") -> str:
                f"max/min {bal['max_min_ratio']}, normalized entropy {bal['normalized_entropy']}" if bal
                else "No labels or categories: balance not measured.")
     template = f"**Chat template**: {chat_template}\n\n" if chat_template else ""
+    template += f"**Generation length** (data.max_new_tokens): {_length(v)}\n\n" if _length(v) else ""
     return (f"## Data validation\n\n{verdict}\n\n{template}### Rows (accepted + dropped + unused = input)\n\n{counts}\n"
             f"### Checks\n\n{checks}\n### Reasons\n\n{reasons}\n### Balance (training split)\n\n{balance}\n")
 

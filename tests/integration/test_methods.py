@@ -211,9 +211,9 @@ def test_evaluate_scores_every_kind_of_artifact(method, trained):
     """Task accuracy (generation) and perplexity (logits lined up with the input) for the base and the candidate."""
     ref, res, _, _ = trained(method)
     records = HELD_OUT[:2]
-    cfg = EvaluateConfig(mmlu=None, gsm8k=None, perplexity=PerplexityConfig(rows=2, batch_size=2), max_new_tokens=2,
+    cfg = EvaluateConfig(mmlu=None, gsm8k=None, perplexity=PerplexityConfig(rows=2, batch_size=2),
                          batch_size=2, bootstrap_resamples=100)
-    rep = evaluate(ref, {"sft": res.adapter_dir}, method, records, cfg)
+    rep = evaluate(ref, {"sft": res.adapter_dir}, method, records, cfg, max_new_tokens=2)
     assert rep.task["sft"].n == 2 and rep.final == "sft"
     assert rep.perplexity["sft"].ppl != rep.perplexity["base"].ppl
 

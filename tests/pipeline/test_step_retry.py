@@ -39,7 +39,7 @@ class DieAfterFirstCheckpoint(TrainerCallback):
 @pipeline(enable_cache=False)
 def sft_with_retries(config):
     base = prepare_base(config.base_model, config.data.chat_template)
-    raw = snapshot_data(config.data, fingerprint(config.data))
+    raw, _general_text = snapshot_data(config.data, fingerprint(config.data))
     task_data, *_ = validate_data(base, raw, config.data, None, config.dpo.data_use())
     retried_train_sft(base, task_data, config.sft, config.data.max_tokens, checkpoint_artifacts=False)
 

@@ -91,7 +91,8 @@ def check_hygiene(recs: list[dict]) -> dict:
         texts = [m["content"] for m in r["prompt"]] + answers
         if any(_CONTROL.search(t) for t in texts):
             flagged[i] = ("control_chars", "text", "control characters (not newline/tab) in the text")
-        elif r["completion"] and dedup.normalize_text(r["completion"]) == dedup.normalize_text(key_text(r)):
+        elif r["prompt"] and r["completion"] and (  # a document (no prompt) is its own key text
+                dedup.normalize_text(r["completion"]) == dedup.normalize_text(key_text(r))):
             flagged[i] = ("answer_is_prompt", "completion", "the answer repeats the prompt")
     return flagged
 
@@ -121,10 +122,17 @@ def check_leakage(train: list[dict], held_out: list[dict], threshold: float) -> 
             for i, (j, sim) in hits.items()}
 
 
+def _whole_text(rec: dict) -> str:
+    """The row's input and answer as one text; a document (shape text) is both, so it counts once."""
+    if rec.get("shape") == "text":
+        return rec["completion"]
+    return key_text(rec) + "\n" + (rec["completion"] or "")
+
+
 def check_contamination(recs: list[dict], index) -> dict:
     flagged = {}
     for i, r in enumerate(recs):
-        hit = index.find(key_text(r) + "\n" + (r["completion"] or ""))
+        hit = index.find(_whole_text(r))
         if hit:
             flagged[i] = ("contamination", "prompt", f"shares a {index.n}-gram with {hit[0]}: {hit[1][:120]!r}")
     return flagged
@@ -138,7 +146,7 @@ def contamination_index(cfg: DataConfig, eval_recs: list[dict], mmlu_subjects: l
     if "gsm8k" in names:
         index.add("GSM8K", contamination.gsm8k_texts())
     if "eval" in names:
-        index.add("the task eval split", [key_text(r) + "\n" + r["completion"] for r in eval_recs])
+        index.add("the task eval split", [_whole_text(r) for r in eval_recs])
     return index
 
 
@@ -153,13 +161,25 @@ def token_lengths(chats: list[list[dict]], tokenizer) -> list[int]:
     return [len(ids) for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"]]
 
 
+def document_lengths(texts: list[str], tokenizer) -> list[int]:
+    """Token counts of raw documents (shape text): no chat template, as continued pretraining trains them."""
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+
+
 def chat(rec: dict) -> list[dict]:
     """The chat a canonical record trains on: its prompt turns and its answer."""
     return messages({"prompt": rec["prompt"], "assistant": rec["completion"]})
 
 
 def check_lengths(recs: list[dict], cfg: DataConfig, tokenizer) -> tuple[dict, int]:
-    """Too long (policy data.checks.length) or too short (always dropped); returns flags and truncations."""
+    """Too long (policy data.checks.length) or too short (always dropped); returns flags and truncations.
+
+    Documents (shape text) are counted without a template and are never too long: training packs them into
+    data.max_tokens blocks, a longer document running on into the next block."""
+    if recs and all(r.get("shape") == "text" for r in recs):
+        lengths = document_lengths([r["completion"] for r in recs], tokenizer)
+        return {i: ("too_short", "text", f"{n} tokens < data.min_tokens={cfg.min_tokens}")
+                for i, n in enumerate(lengths) if n < cfg.min_tokens}, 0
     lengths = token_lengths([chat(r) for r in recs], tokenizer)
     flagged, truncated = {}, 0
     for i, (r, n) in enumerate(zip(recs, lengths)):

@@ -28,10 +28,12 @@ if TYPE_CHECKING:
     import great_expectations as gx
 
 COLUMNS = ["source", "line", "shape", "prompt", "completion", "label", "chosen", "rejected"]
-SHAPES = ("alpaca", "messages", "prompt_completion", "preference", "hh_preference", "classification")
+SHAPES = ("alpaca", "messages", "prompt_completion", "preference", "hh_preference", "classification", "text")
 PREFERENCE_SHAPES = ("preference", "hh_preference")
 # Optional system turn, then user/assistant alternating, ending with the user (the answer is separate).
 ROLE_ORDER = r"^(?:system,)?user(?:,assistant,user)*$"  # non-capturing: pandas warns about groups in str.contains
+# A text record (a document for continued pretraining) has no turns at all: its prompt is "[]".
+NO_TURNS = r"^$"
 NOT_BLANK = r"\S"  # at least one non-whitespace character ("" and "  \n" both fail)
 BAD_PROMPT = "<not a JSON list of messages>"
 
@@ -103,7 +105,7 @@ def suite_for(shape: str, labels: list[str] | None) -> gx.ExpectationSuite:
     exps += [E.ExpectColumnValuesToBeOfType(column="line", type_="int"),
              E.ExpectColumnValuesToBeInSet(column="shape", value_set=[shape]),
              E.ExpectCompoundColumnsToBeUnique(column_list=["source", "line"]),
-             E.ExpectColumnValuesToMatchRegex(column="role_order", regex=ROLE_ORDER),
+             E.ExpectColumnValuesToMatchRegex(column="role_order", regex=NO_TURNS if shape == "text" else ROLE_ORDER),
              E.ExpectColumnValuesToBeInSet(column="prompt_content_ok", value_set=[True])]
     if preference:  # the pair's answers live in chosen/rejected
         exps += [E.ExpectColumnValuesToBeInSet(column="completion", value_set=[""]),

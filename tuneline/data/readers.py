@@ -3,7 +3,9 @@
     tuneline validate configs/default.yaml --source data/banking77/train.csv   # reaches this through read_source
     rows = read_file("train.csv", Path("data/banking77/train.csv"), rejected)
 
-Formats: .jsonl, .json, .csv, .parquet, each optionally .gz; a Hugging Face dataset id (read_hub).
+Formats: .jsonl, .json, .csv, .parquet, .txt, each optionally .gz; a Hugging Face dataset id (read_hub).
+A .txt file is raw text for the `text` shape (continued pretraining): one {"text": ..} row per
+blank-line-separated block, or the whole file as one row when it is one of a directory's files.
 A row that cannot be read (bad JSON, bad bytes, a ragged CSV line) is a reject {source, line, reason,
 field, detail, row}: nothing is dropped silently. A file that cannot be used at all raises DataError
 with its name and the fix. `name` is the file as configured: every row, reject and error shows it,
@@ -21,7 +23,7 @@ import zlib
 from collections import Counter
 from pathlib import Path
 
-EXTENSIONS = (".jsonl", ".json", ".csv", ".parquet")
+EXTENSIONS = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 # One JSONL line or CSV record larger than this is almost surely junk (a pasted dump, a missing newline).
 MAX_LINE_BYTES = 1_000_000
 MAX_ROW_CHARS = 2000
@@ -234,6 +236,39 @@ def _read_parquet(name: str, data: bytes, rejected: list) -> list[dict]:
 
 
 
+def _txt_text(name: str, data: bytes) -> str:
+    """A .txt file's text with \n line ends; the whole file is refused when it is not UTF-8 or holds NULs
+    (a binary file named .txt), since no document boundary inside it can be trusted."""
+    if b"\0" in data:
+        raise DataError(f"{name}: NUL bytes: binary data, not text; point the config at text files")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{name}: not UTF-8 at byte {e.start}; re-save the file as UTF-8") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _read_txt_blocks(name: str, data: bytes, rejected: list) -> list[dict]:
+    """One {"text"} row per blank-line-separated block; `_line` is the block's first line."""
+    rows, block, start = [], [], 0
+    for no, line in enumerate(_txt_text(name, data).split("\n") + [""], 1):
+        if line.strip():
+            start = start or no
+            block.append(line)
+        elif block:
+            rows.append({"text": "\n".join(block), "_source": name, "_line": start})
+            block, start = [], 0
+    if not rows:
+        raise _empty(name)
+    return rows
+
+
+def _read_txt_document(name: str, data: bytes, rejected: list) -> list[dict]:
+    """The whole file as one {"text"} row (a directory of .txt files: one document per file); an empty file is
+    an empty document, rejected by the shape's checks like an empty cell, not a reason to refuse the directory."""
+    return [{"text": _txt_text(name, data).strip(), "_source": name, "_line": 1}]
+
+
 def has_surrogate(s: str) -> bool:
     """True when `s` holds a lone surrogate: bytes that were not UTF-8, or a '\\ud800'-style escape."""
     try:
@@ -243,15 +278,18 @@ def has_surrogate(s: str) -> bool:
         return True
 
 
-READERS = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "parquet": _read_parquet}
+READERS = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "parquet": _read_parquet,
+           "txt": _read_txt_blocks}
 
 
-def read_file(name: str, path: Path, rejected: list) -> list[dict]:
-    """The rows of one file at `path`, named `name` in rows, rejects and errors."""
+def read_file(name: str, path: Path, rejected: list, in_directory: bool = False) -> list[dict]:
+    """The rows of one file at `path`, named `name` in rows, rejects and errors. `in_directory`: the file is one
+    of a directory source's, where a .txt file is one document (alone, it is one document per block)."""
     file_kind = kind(path)
     if file_kind is None:
         raise DataError(f"{name}: unsupported file type; use {', '.join(EXTENSIONS)} (optionally .gz) or convert it")
-    return READERS[file_kind](name, _file_bytes(name, path), rejected)
+    reader = _read_txt_document if file_kind == "txt" and in_directory else READERS[file_kind]
+    return reader(name, _file_bytes(name, path), rejected)
 
 
 def read_hub(name: str) -> list[dict]:

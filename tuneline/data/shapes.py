@@ -1,4 +1,4 @@
-"""The six data shapes: detect a source's shape from its columns and turn its rows into canonical records.
+"""The seven data shapes: detect a source's shape from its columns and turn its rows into canonical records.
 
     tuneline validate configs/default.yaml          # every source goes through detect -> rename -> normalize
     records = normalize(rows, file_shape(rows, "train.csv"), rejected=rejected)
@@ -9,8 +9,12 @@
     preference         prompt, chosen, rejected
     hh_preference      chosen, rejected: whole '\\n\\nHuman: ..\\n\\nAssistant: ..' transcripts
     classification     text, label (or category)
+    text               text: raw documents for continued pretraining (also .txt files: tuneline.data.readers);
+                       never detected: set data.shape: text (a lone text column may be classification
+                       data that lost its label column, and raw text changes the whole run: metric, DPO)
 
 A canonical record is {source, line, shape, prompt (chat turns), completion, label, chosen, rejected};
+a text record has no prompt turns and the document as its completion (trained with loss on every token).
 a row that does not make one becomes a reject with a reason code and the field to fix.
 """
 
@@ -22,7 +26,7 @@ from collections import Counter
 from tuneline.config import hint
 from tuneline.data.readers import DataError, has_surrogate, reject
 
-SHAPES = ("alpaca", "messages", "prompt_completion", "preference", "hh_preference", "classification")
+SHAPES = ("alpaca", "messages", "prompt_completion", "preference", "hh_preference", "classification", "text")
 
 ROLES = ("system", "user", "assistant")
 # ShareGPT-style turns ({"from": "human", "value": ..}) are common under the `conversations` key.
@@ -35,6 +39,7 @@ REQUIRED = {
     "preference": (("prompt",), ("chosen",), ("rejected",)),
     "hh_preference": (("chosen",), ("rejected",)),
     "classification": (("text",), ("label", "category")),
+    "text": (("text",),),
 }
 CANONICAL_FIELDS = {"instruction", "input", "output", "messages", "conversations", "prompt", "completion",
                     "chosen", "rejected", "text", "label", "category"}
@@ -66,12 +71,15 @@ def detect_shape(columns: set[str], source, key: str = "data") -> str:
     `key` is the config section the source is set in (data, data.preference, data.general_mix): errors name
     its `shape` and `columns` keys."""
     cols = sorted(set(columns) - {"_source", "_line"})
-    found = [s for s in SHAPES if _fits(s, cols)]
+    found = [s for s in SHAPES if s != "text" and _fits(s, cols)]  # text is only ever set (SHAPES above)
     if len(found) == 1:
         return found[0]
     if not found:
+        text = (f" A text column alone: raw documents for continued pretraining ({key}.shape: text), or "
+                "classification data without its label column?" if _fits("text", cols) else "")
         raise DataError(f"{source}: cannot tell the data shape from the columns {cols}. Expected ({SHAPE_HELP}). "
-                        f"Set {key}.shape, and rename columns with {key}.columns (e.g. {{question: instruction}}).")
+                        f"Set {key}.shape, and rename columns with {key}.columns (e.g. {{question: instruction}})."
+                        + text)
     raise DataError(f"{source}: the columns {cols} fit several shapes ({', '.join(found)}); "
                     f"set {key}.shape to the one you mean.")
 
@@ -275,6 +283,9 @@ def _record(row: dict, shape: str, labels, template, system) -> dict:
         head, chosen, rejected = split_hh(_text(row.get("chosen"), "chosen"), _text(row.get("rejected"), "rejected"))
         prompt = _turns(hh_prompt_messages(head), "chosen", ends_with="user")
         rec["chosen"], rec["rejected"] = _text(chosen, "chosen"), _text(rejected, "rejected")
+    elif shape == "text":  # a document: no turns, no template; `key` makes dedup and contamination see it whole
+        prompt, rec["completion"] = [], _text(row.get("text"), "text")
+        return {"shape": shape, "prompt": prompt, **rec, "key": rec["completion"]}
     else:  # classification
         key = _pick(row, REQUIRED["classification"][1])
         text, label = _text(row.get("text"), "text"), _text(row.get(key), key)
@@ -320,7 +331,8 @@ def normalize(rows: list[dict], shape: str, *, columns: dict[str, str] | None = 
         src, line = row.get("_source", "?"), row.get("_line", 0)
         original = {inverse.get(k, k): v for k, v in row.items()} if inverse else row
         if not _fits(shape, row):
-            others = [s for s in SHAPES if _fits(s, row)]
+            # Any row with a text field fits `text`: that says nothing about which other shape it was meant as.
+            others = [s for s in SHAPES if s != "text" and _fits(s, row)]
             if others:
                 need = ", ".join("/".join(a) for a in REQUIRED[shape])
                 reject(rejected, src, line, "shape_mismatch", "-",

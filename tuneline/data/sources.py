@@ -65,7 +65,8 @@ def read_rows(source: Source, rejected: list) -> list[dict]:
                        and not any(part.startswith(".") for part in p.relative_to(path).parts))
         if not files:
             raise DataError(f"{source.name}: a directory with no {', '.join(EXTENSIONS)} files (optionally .gz) in it")
-        return [row for f in files for row in read_file(str(Path(source.name) / f.relative_to(path)), f, rejected)]
+        return [row for f in files  # in_directory: a .txt file in a directory is one document
+                for row in read_file(str(Path(source.name) / f.relative_to(path)), f, rejected, in_directory=True)]
     if path.is_file():
         return read_file(source.name, path, rejected)
     raise DataError(f"{path}: file not found. Check data.* paths in the config "

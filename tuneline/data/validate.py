@@ -33,6 +33,7 @@ from tuneline.data.checks import (
     check_leakage,
     contamination_index,
 )
+from tuneline.data.generation import GenerationLength, carry, generation_length
 from tuneline.data.readers import DataError
 from tuneline.data.records import PREF_COLUMNS, REJECT_COLUMNS, TASK_COLUMNS, to_record
 from tuneline.data.sources import Source, locate, read_labels, read_source, same_source
@@ -57,6 +58,7 @@ class Validated:
     gx: list = field(default_factory=list)  # one GXResult per input file
     gate_failures: list[str] = field(default_factory=list)
     dpo: DPOData | None = None  # what DPO will take from this data (the gate checks it can get pairs)
+    generation: GenerationLength | None = None  # data.max_new_tokens resolved (also on task.attrs)
 
 
 def validate(cfg: DataConfig, tokenizer, mmlu_subjects: list[str] | None = None,
@@ -120,7 +122,9 @@ def validate(cfg: DataConfig, tokenizer, mmlu_subjects: list[str] | None = None,
     sample, split_counts = training_sample(train, cfg, shape, rng), {}
     if cfg.train_rows:
         split_counts = {"train_rows": cfg.train_rows, "train_rows_available": len(train)}
-    held_for_mining = sample is None and dpo is not None and dpo.mine_mistakes
+    # Raw text has no answers to get wrong: DPO cannot mine it (the config check and the gate say so).
+    mines = dpo is not None and dpo.mine_mistakes and shape != "text"
+    held_for_mining = sample is None and mines
     if held_for_mining:  # every row would train: mining gets rows of its own, seeded, disjoint from training
         mining, chosen = stratified(train, None, cfg.mining_rows, rng)
         split_counts["mining_held_out"] = len(mining)
@@ -130,12 +134,17 @@ def validate(cfg: DataConfig, tokenizer, mmlu_subjects: list[str] | None = None,
     chosen = rebalance(chosen, cfg, ledger, rng)
     unused = []
     if not held_for_mining:  # the rows the sample left over
-        mining, unused = stratified(rest, None, cfg.mining_rows, rng)
+        mining, unused = stratified(rest, None, cfg.mining_rows if shape != "text" else 0, rng)
     mix, mix_stats = ([], {})
     if cfg.general_mix:
         mix, mix_stats = general_mix(cfg, source("general_mix.file", cfg.general_mix.file), len(chosen), tokenizer, rng)
     splits = {"train": chosen + mix, "mining": mining, "eval": eval_rows}
     task = pd.DataFrame([to_record(r, s) for s, rows in splits.items() for r in rows], columns=TASK_COLUMNS)
+    # The task's own gold answers (not the general mix's) set how long every later generation may be.
+    length = generation_length([r["completion"] for rows in (chosen, mining, eval_rows) for r in rows], tokenizer,
+                               cfg.max_new_tokens, cfg.max_new_tokens_cap, closed_set=shape == "classification")
+    carry(task, length)
+    split_counts |= {"max_new_tokens": length.tokens, "max_new_tokens_why": length.reason()}
 
     prefs, pref_stats, task_rejects = [], {}, len(ledger.rows)
     if cfg.preference:
@@ -144,7 +153,7 @@ def validate(cfg: DataConfig, tokenizer, mmlu_subjects: list[str] | None = None,
     counts = _counts(task, rejected.iloc[:task_rejects], rejected, n_train + n_test, len(unused) + len(test_unused),
                      labels, shape, pref_stats | split_counts, sum(bool(r.get("upsampled")) for r in chosen), len(mix))
     v = Validated(task=task, preferences=pd.DataFrame(prefs, columns=PREF_COLUMNS), rejected=rejected,
-                  counts=counts | mix_stats, checks=stats,
+                  counts=counts | mix_stats, checks=stats, generation=length,
                   balance={"train_before": balance_before, "train": balance_stats(chosen)}, gx=gx, dpo=dpo)
     v.gate_failures = gate(v, cfg)
     return v
@@ -207,6 +216,10 @@ def _dpo_pairs(v: Validated, cfg: DataConfig) -> list[str]:
     """DPO needs 2 pairs: fail before any training when the data cannot give them, naming what to change."""
     if v.dpo is None or not v.dpo.enabled:
         return []
+    if v.counts["shape"] == "text" and v.dpo.mine_mistakes:
+        return [("dpo.enabled with dpo.mine_mistakes, but the data is raw text (shape text): it has no answers for "
+                 "the SFT model to get wrong, so there is nothing to mine. Set dpo.enabled: false, or give your own "
+                 "pairs in data.preference with dpo.mine_mistakes: false")]
     mining = v.counts.get("split_mining", 0) if v.dpo.mine_mistakes else 0
     user = v.counts.get("pairs_used", 0)
     if mining + user >= 2:

@@ -2,7 +2,7 @@
 
     tuneline evaluate configs/default.yaml --adapter sft=/tmp/sft-adapter dpo=/tmp/dpo-adapter
 
-In code: `evaluate(ref, {"sft": sft_dir, "dpo": dpo_dir}, cfg.sft.method, eval_rows, cfg.evaluate)`
+In code: `evaluate(ref, {"sft": sft_dir, "dpo": dpo_dir}, cfg.sft.method, eval_rows, cfg.evaluate, length)`
 returns an `EvalReport` (tuneline.eval.report). One copy of the base weights serves every adapter
 candidate: the base is scored first, then the adapters are loaded side by side into one PeftModel and
 switched. A full-weight candidate (sft.method full, bitfit or galore: a model dir, not an adapter) is
@@ -29,8 +29,9 @@ def _paired(a, b, cfg: EvaluateConfig) -> PairedDiff:
 
 
 def evaluate(ref: BaseModelRef, adapters: dict[str, str], sft_method: str, records: list[dict],
-             cfg: EvaluateConfig) -> EvalReport:
-    """`adapters` maps candidate name -> adapter dir, in training order; the last one is the final model."""
+             cfg: EvaluateConfig, max_new_tokens: int) -> EvalReport:
+    """`adapters` maps candidate name -> adapter dir, in training order; the last one is the final model.
+    `max_new_tokens`: data.max_new_tokens as the data step resolved it (tuneline.data.generation)."""
     t0 = time.perf_counter()
     tok = load_tokenizer(ref)
     model = load_model(ref, quantize_4bit=sft_method == "qlora").eval()
@@ -40,7 +41,7 @@ def evaluate(ref: BaseModelRef, adapters: dict[str, str], sft_method: str, recor
     texts = general_texts(cfg)
     ppl: dict[str, PerplexityResult] = {}
     # The base is scored before any adapter goes into it (PEFT wraps the model in place).
-    task["base"] = score_task(model, tok, records, cfg.max_new_tokens, cfg.batch_size, cfg.metric)
+    task["base"] = score_task(model, tok, records, max_new_tokens, cfg.batch_size, cfg.metric)
     bench_base = run_benchmarks(model, tok, cfg)
     if texts:
         ppl["base"] = perplexity(model, tok, texts, cfg.perplexity.batch_size)
@@ -55,7 +56,7 @@ def evaluate(ref: BaseModelRef, adapters: dict[str, str], sft_method: str, recor
             candidate = peft.eval()
         else:
             candidate = load_full(adapters[name]).eval()
-        task[name] = score_task(candidate, tok, records, cfg.max_new_tokens, cfg.batch_size, cfg.metric)
+        task[name] = score_task(candidate, tok, records, max_new_tokens, cfg.batch_size, cfg.metric)
         if name == final or cfg.benchmark_candidates == "all":
             bench[name] = run_benchmarks(candidate, tok, cfg)
             if texts:

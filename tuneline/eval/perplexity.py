@@ -1,6 +1,8 @@
 """Perplexity on held-out general text, for an HF model in memory and for a GGUF file, on the same token ids.
 
     texts = general_texts(cfg.evaluate)                      # evaluate.perplexity's texts ([] when off)
+    snap = read_general_text(cfg.evaluate.perplexity)        # GeneralText: the texts, the file's sha256, rejects
+    general_texts(snap.pin(cfg.evaluate))                    # the snapshot's texts: the file is not read again
     hf = perplexity(model, tokenizer, texts)                 # PerplexityResult: ppl, per-text mean NLL
     gguf = gguf_perplexity("model-Q4_K_M.gguf", encode_texts(tokenizer, texts))   # pairs with `hf` text by text
 
@@ -8,20 +10,30 @@
 merged model and each exported file. Perplexity moves even when benchmark accuracy sits at chance
 (tiny models), so it is the forgetting signal of last resort. The first token of each text has no
 prediction and is not scored.
+
+In the pipeline the file is read once, by `snapshot_data` before training, into the `general_text` artifact
+(a `GeneralText`: the texts, the file's sha256, its quarantined lines); `evaluate` and the exports take that
+artifact and score its texts (`pin`), so editing the file re-runs them, and a run scores what it snapshotted.
+The file goes through the data readers (tuneline/data/readers.py): a bad line is quarantined with its
+file:line and reason, and only a file with fewer than 2 usable texts is an error.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import math
 import time
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import BaseModel
 
-from tuneline.config import EvaluateConfig, resolve
-from tuneline.data.readers import DataError
+from tuneline.config import EvaluateConfig, PerplexityConfig, resolve
+from tuneline.data.readers import DataError, read_file, reject
+from tuneline.model.base import sha256_file
 from tuneline.progress import progress
+
+log = logging.getLogger(__name__)
 
 
 class PerplexityResult(BaseModel):
@@ -32,30 +44,108 @@ class PerplexityResult(BaseModel):
     seconds: float = 0.0
 
 
-def read_general_texts(path: Path, field: str, rows: int, min_words: int) -> list[str]:
-    """The last `rows` texts of a JSONL file with at least `min_words` words (held-out general text)."""
-    texts = []
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            for line_no, line in enumerate(f, 1):
-                try:
-                    text = str(json.loads(line).get(field) or "").strip()
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{line_no}: not valid JSON ({e})") from None
-                if len(text.split()) >= min_words:
-                    texts.append(text)
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found; set evaluate.perplexity.file") from None
+class PinnedTexts(PerplexityConfig):
+    """evaluate.perplexity with its texts already read (GeneralText.pin): general_texts returns these."""
+
+    texts: list[str]
+
+
+# EvaluateConfig or ExportChecks: anything with a `perplexity: PerplexityConfig | None` field.
+WithPerplexity = TypeVar("WithPerplexity", bound=BaseModel)
+
+
+class GeneralText(BaseModel):
+    """evaluate.perplexity's file as a run read it, before training: the `general_text` artifact.
+
+    input_rows = kept + short + len(rejected): every row the file has is a text, too short, or quarantined."""
+
+    config: PerplexityConfig | None = None  # what it was read with; None: perplexity is off
+    sha256: str = ""  # of the file's bytes
+    bytes: int = 0
+    input_rows: int = 0
+    kept: int = 0  # texts with min_words+ words (the last `rows` of them are scored)
+    short: int = 0  # readable rows under min_words words: skipped, not errors
+    texts: list[str] = []
+    rejected: list[dict] = []  # quarantined rows: {source, line, reason, field, detail, row}
+
+    def pin(self, cfg: WithPerplexity) -> WithPerplexity:
+        """`cfg` with its perplexity texts taken from this snapshot, so the file is not read again."""
+        p = cfg.perplexity
+        if p is None:
+            return cfg
+        if p != self.config:
+            raise ValueError(f"the general_text snapshot was read with {self.config}, but this step's "
+                             f"evaluate.perplexity is {p}: pass the snapshot of the same config")
+        return cfg.model_copy(update={"perplexity": PinnedTexts(**p.model_dump(), texts=self.texts)})
+
+    def summary(self) -> dict:
+        """What the snapshot step logs: the lineage and the row accounting, the first rejects by file:line."""
+        return {"file": self.config.file if self.config else None, "sha256": self.sha256, "bytes": self.bytes,
+                "input_rows": self.input_rows, "kept": self.kept, "short": self.short, "texts": len(self.texts),
+                "rejected": len(self.rejected), "rejects": [_where(r) for r in self.rejected[:20]]}
+
+
+def _where(r: dict) -> str:
+    return f"{r['source']}:{r['line']}: {r['detail']} [{r['reason']}]"
+
+
+def general_text_sha256(p: PerplexityConfig | None) -> str:
+    """The file's sha256 as the pipeline compiles: snapshot_data's cache key for the general texts ('' when off)."""
+    if p is None:
+        return ""
+    path = resolve(p.file)
+    return sha256_file(path) if path.is_file() else f"missing:{p.file}"
+
+
+def read_general_text(p: PerplexityConfig) -> GeneralText:
+    """Read evaluate.perplexity's file through the data readers: any of their formats; a bad line (bad JSON or
+    bytes, not an object, `field` missing or not text) is quarantined by file:line, not fatal; DataError only
+    when fewer than 2 texts of `min_words`+ words are left."""
+    name, path = p.file, resolve(p.file)
+    if not path.is_file():
+        what = "is a directory, not a file" if path.is_dir() else "file not found"
+        raise DataError(f"{name}: {what}; set evaluate.perplexity.file to a .jsonl/.json/.csv/.parquet file of "
+                        f"general text, or evaluate.perplexity: null to skip perplexity")
+    rejected: list[dict] = []
+    rows = read_file(name, path, rejected)
+    input_rows, texts, short = len(rows) + len(rejected), [], 0
+    for row in rows:
+        value = row.get(p.field)
+        if value is None:
+            reject(rejected, row["_source"], row["_line"], "missing_field", p.field, f"'{p.field}' is missing or null", row)
+        elif not isinstance(value, str):
+            reject(rejected, row["_source"], row["_line"], "wrong_type", p.field,
+                   f"'{p.field}' is a {type(value).__name__}, expected a string", row)
+        elif len(value.split()) < p.min_words:
+            short += 1
+        else:
+            texts.append(value.strip())
     if len(texts) < 2:
-        raise DataError(f"{path}: fewer than 2 '{field}' texts with {min_words}+ words; "
+        bad = "".join(f"; {_where(r)}" for r in rejected[:5])
+        raise DataError(f"{name}: fewer than 2 '{p.field}' texts with {p.min_words}+ words ({input_rows} rows: "
+                        f"{len(texts)} long enough, {short} shorter, {len(rejected)} quarantined{bad}); "
                         "set evaluate.perplexity.file/field")
-    return texts[-rows:]
+    return GeneralText(config=p, sha256=sha256_file(path), bytes=path.stat().st_size, input_rows=input_rows,
+                       kept=len(texts), short=short, texts=texts[-p.rows:], rejected=rejected)
+
+
+def read_general_texts(path: Path, field: str, rows: int, min_words: int) -> list[str]:
+    """The last `rows` texts of a file with at least `min_words` words (held-out general text)."""
+    return read_general_text(PerplexityConfig(file=str(path), field=field, rows=rows, min_words=min_words)).texts
 
 
 def general_texts(cfg: EvaluateConfig) -> list[str]:
-    """evaluate.perplexity's held-out general texts ([] when it is off)."""
+    """evaluate.perplexity's held-out general texts ([] when it is off): a pinned snapshot's, or read from the file."""
     p = cfg.perplexity
-    return read_general_texts(resolve(p.file), p.field, p.rows, p.min_words) if p else []
+    if p is None:
+        return []
+    if isinstance(p, PinnedTexts):
+        return list(p.texts)
+    snap = read_general_text(p)
+    if snap.rejected:
+        log.warning("%s: %d of %d rows quarantined, e.g. %s", p.file, len(snap.rejected), snap.input_rows,
+                    _where(snap.rejected[0]))
+    return snap.texts
 
 
 def encode_texts(tokenizer, texts: list[str], max_length: int = 1024) -> list[list[int]]:

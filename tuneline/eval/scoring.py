@@ -13,6 +13,10 @@ bootstrap (tuneline.eval.stats). Metrics (`METRICS`):
   loaded from the script shipped in tuneline/eval/metrics/rouge/rouge.py by absolute path, so nothing
   is fetched from the hub. rouge_score keeps only [a-z0-9] tokens: an empty prediction, or text
   with no such tokens, scores 0 (even against an empty reference).
+
+The task metric may also be `perplexity` (held-out documents, data.shape text: tuneline.eval.task.score_documents),
+where per-item scores are mean NLLs and lower is better; `gain` turns any metric's paired difference so
+that positive means better, for the promotion and the export gate.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from functools import lru_cache
 
 METRICS = ("exact_match", "token_f1", "rouge1", "rouge2", "rougeL")
 ROUGE_METRICS = ("rouge1", "rouge2", "rougeL")
+PERPLEXITY = "perplexity"  # the task metric of raw text: not scored from answers, see the docstring
+LOWER_IS_BETTER = (PERPLEXITY,)
 
 _SPACE = re.compile(r"\s+")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -68,6 +74,30 @@ def _rouge():
     # An absolute path to a .py file: evaluate imports it from disk and never looks at the hub.
     # keep_in_memory: no Arrow cache files under ~/.cache, so parallel steps cannot collide.
     return evaluate.load(str(ROUGE_SCRIPT), keep_in_memory=True)
+
+
+def lower_is_better(metric: str) -> bool:
+    return metric in LOWER_IS_BETTER
+
+
+def gain(d, metric: str) -> tuple[float, float, float]:
+    """(gain, CI low, CI high) of a paired candidate - base difference (a tuneline.eval.stats.PairedDiff),
+    signed so that a positive gain is an improvement whichever way the metric points."""
+    if lower_is_better(metric):
+        return -d.diff, -d.ci_high, -d.ci_low
+    return d.diff, d.ci_low, d.ci_high
+
+
+def show(metric: str, value: float) -> str:
+    """A task score as reports print it: a percentage, or a perplexity as the number it is."""
+    return f"{value:.2f}" if lower_is_better(metric) else f"{value:.1%}"
+
+
+def show_change(metric: str, d) -> tuple[str, str, str]:
+    """A paired candidate - base change and its CI bounds as reports print them: percentage points, or for
+    perplexity the change in mean NLL per item (nats; negative is better)."""
+    fmt, head = ("+.3f", "NLL ") if lower_is_better(metric) else ("+.1%", "")
+    return head + format(d.diff, fmt), format(d.ci_low, fmt), format(d.ci_high, fmt)
 
 
 def check_metric(metric: str) -> str:

@@ -12,6 +12,8 @@ loaded back by llama.cpp, scored on held-out general text (perplexity on the mer
 ids) and asked the held-out questions through the chat template embedded in the GGUF. It passes only
 if its perplexity and accuracy stay near the merged model's and its answers end at EOS (a broken
 quantization rambles to the length limit or answers gibberish). A rejected file is kept and marked.
+A raw-text task (evaluate.metric perplexity) is asked nothing: each file's task score is its perplexity on the
+held-out documents (the merged model's token ids), judged like the general-text perplexity; no serving check.
 """
 
 from __future__ import annotations
@@ -249,6 +251,10 @@ def write_modelfile(gguf_path: str | Path, metadata: dict, conversation: list[di
 
 def _add_modelfile(entry: ExportFile, probe: Probe) -> None:
     """Best effort, after the verdict: a file that passed stays passed; without a Modelfile it says why."""
+    if not probe.conversations:  # a text task (evaluate.metric perplexity)
+        entry.modelfile_note = ("no Modelfile: a text task has no held-out prompt to check Ollama's template "
+                                "against; the file serves raw-text completions (llama.cpp's /completion)")
+        return
     try:
         entry.modelfile = str(write_modelfile(entry.path, read_metadata(entry.path), probe.conversations[0]))
     except Exception as exc:  # noqa: BLE001  (nothing about the Modelfile may reject a checked file)
@@ -271,9 +277,15 @@ def _make_and_check(entry: ExportFile, make, probe: Probe, gate: Gate) -> Export
             from tuneline.eval.perplexity import gguf_perplexity
 
             entry.score_perplexity(gguf_perplexity(path, probe.ppl_ids), gate.reference_ppl)
-        result = check(path, probe.conversations, probe.answers, probe.max_tokens, metric=probe.metric)
-        entry.score, entry.eos_share, entry.samples = result.score, result.eos_share, result.samples
-        entry.per_item = result.per_item
+        if probe.task_ids:  # a text task: the held-out documents' perplexity is the task score
+            from tuneline.eval.perplexity import gguf_perplexity
+
+            task = gguf_perplexity(path, probe.task_ids)
+            entry.score, entry.per_item = task.ppl, task.per_item
+        else:
+            result = check(path, probe.conversations, probe.answers, probe.max_tokens, metric=probe.metric)
+            entry.score, entry.eos_share, entry.samples = result.score, result.eos_share, result.samples
+            entry.per_item = result.per_item
         entry.passed, entry.reason = verdict(entry, gate)
     except Exception as exc:  # one broken type must not hide the results of the others
         entry.passed, entry.reason = False, f"{type(exc).__name__}: {exc}"
@@ -343,11 +355,19 @@ def export_gguf(model_dir: str, out_dir: Path, records: list[dict], cfg: ExportC
     the checks' general texts); with export.benchmarks, MMLU / GSM8K run on the merged model and on every
     file that passed, on the evaluation's items."""
     rows = checked_rows(records, cfg)
-    merged = merged_results(model_dir, rows, cfg.max_new_tokens, checks, general_texts(checks))
-    probe = Probe(conversations=[messages(r, with_answer=False) for r in rows], answers=[r["assistant"] for r in rows],
-                  max_tokens=cfg.max_new_tokens, metric=checks.metric, ppl_ids=merged.ppl_ids)
+    merged = merged_results(model_dir, rows, checks.max_new_tokens, checks, general_texts(checks))
+    if merged.task_ids:  # a text task: scored on its documents' token ids, nothing to ask
+        probe = Probe(conversations=[], answers=[], max_tokens=checks.max_new_tokens, metric=checks.metric,
+                      ppl_ids=merged.ppl_ids, task_ids=merged.task_ids)
+    else:
+        probe = Probe(conversations=[messages(r, with_answer=False) for r in rows],
+                      answers=[r["assistant"] for r in rows], max_tokens=checks.max_new_tokens, metric=checks.metric,
+                      ppl_ids=merged.ppl_ids)
     files = export_files(model_dir, out_dir, cfg.gguf_types, probe, gate_for(cfg, merged), auto_types=cfg.auto_types)
-    serve_smallest(files, probe)  # served by llama.cpp's server, asked through the openai client
+    if probe.conversations:
+        serve_smallest(files, probe)  # served by llama.cpp's server, asked through the openai client
+    else:
+        log.info("serving check skipped: a text task (evaluate.metric perplexity) has no prompts to ask the server")
     if checks.benchmarks:
         from tuneline.eval.harness import run_gguf_benchmarks
 

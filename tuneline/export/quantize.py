@@ -98,6 +98,8 @@ def calibration_texts(records: list[dict], n: int, seed: int, tokenizer) -> list
     for r in rows[:n]:
         if "text" in r and "assistant" not in r:
             texts.append(str(r["text"]))
+        elif r.get("shape") == "text":  # a document (continued pretraining) trains and serves without a template
+            texts.append(str(r["assistant"]))
         else:
             texts.append(tokenizer.apply_chat_template(record_messages(r), tokenize=False))
     return texts
@@ -284,14 +286,14 @@ def export_quantized(model_dir: str, out_dir: Path, method: Method, train_record
 
     rows = checked_rows(records, cfg)
     texts = general_texts(checks)
-    merged = merged_results(model_dir, rows, cfg.max_new_tokens, checks, texts, benchmarks=False)
+    merged = merged_results(model_dir, rows, checks.max_new_tokens, checks, texts, benchmarks=False)
     calib = calibration_texts(train_records, qcfg.calibration_rows, qcfg.seed, AutoTokenizer.from_pretrained(model_dir))
     start = time.monotonic()
     q = quantize(model_dir, out_dir, method, qcfg, calib)
     entry = ExportFile(format=method, qtype=f"W{q.bits}G{q.group_size}", path=q.path, size_bytes=q.size_bytes,
                        sha256=q.sha256)
     model, tok = load_quantized(q.path)
-    task = score_task(model, tok, rows, cfg.max_new_tokens, batch_size=32, metric=checks.metric)
+    task = score_task(model, tok, rows, checks.max_new_tokens, batch_size=32, metric=checks.metric)
     # EOS is not measured here (min_eos_share 0 below): transformers stops on the merged model's generation
     # config, copied into the export; the report shows "-" for it.
     entry.score, entry.per_item = task.score, task.per_item

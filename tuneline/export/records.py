@@ -1,7 +1,8 @@
 """What an export step hands on: one ExportFile per file made, whatever its format, and the merged
 model's results each file was judged against.
 
-    res = export_gguf(merged_dir, out, eval_rows, cfg.export, ExportChecks.of(cfg.evaluate, cfg.export))
+    checks = ExportChecks.of(cfg.evaluate, cfg.export, carried_length(task_data))  # data.max_new_tokens, resolved
+    res = export_gguf(merged_dir, out, eval_rows, cfg.export, checks)
     {f.candidate: f.passed for f in res.files}      # {"gguf-F16": True, "gguf-Q8_0": True, ...}
 
 `tuneline export configs/default.yaml /tmp/merged --out /tmp/gguf` prints these records; the evaluation, the
@@ -39,7 +40,7 @@ class ServeCheck(BaseModel):
     identical: int = 0  # served answers equal to the gate's in-process answers
     stopped: int = 0  # responses with finish_reason "stop"
     # Responses cut at max_tokens exactly where the gate's in-process answer was cut too: the answer is
-    # longer than export.max_new_tokens allows (raise it), not a stop token the server misses.
+    # longer than data.max_new_tokens allows (raise it), not a stop token the server misses.
     cut_as_gate: int = 0
     mismatches: list[str] = []  # the first few prompts whose served answer differs, or did not stop
     command: str = ""  # how to serve the file with llama.cpp's server

@@ -12,8 +12,8 @@ llama.cpp's OpenAI-compatible server (llama-cpp-python's `server` extra) runs in
 completion at temperature 0 and the gate's max_tokens. The file passes only if every served answer is
 the gate's in-process answer and ended by a stop (finish_reason "stop", not "length"): a server that
 applies another template or misses the stop token is caught here, not by the first user. The one
-exception: an answer cut at max_tokens in process too (a gold answer longer than export.max_new_tokens,
-e.g. one 17-token Banking77 label under the default 16) is counted as `cut_as_gate`, not as a failure;
+exception: an answer cut at max_tokens in process too (a gold answer longer than data.max_new_tokens,
+e.g. a 17-token Banking77 label under a data.max_new_tokens of 16) is counted as `cut_as_gate`, not as a failure;
 the gate's EOS share already judges it. The server
 is always stopped; a failure marks the file (passed False, the reason), it never fails the export.
 

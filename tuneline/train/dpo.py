@@ -10,8 +10,11 @@ with plain AdamW) and saved as a full model dir; TRL loads the reference from th
 Prompt-based and X-LoRA adapters cannot be re-trained by DPO (config.py refuses dpo.enabled with them).
 
 Pairs come from two sources:
-- mined: the SFT model answers unused training rows; each wrong answer becomes a pair
-  (chosen = the gold label, rejected = what the model said): on-policy negatives;
+- mined: the SFT model answers unused training rows (data.mining_rows, data.max_new_tokens tokens); an answer
+  that scores at least `dpo.min_margin` below the gold answer on the task metric (evaluate.metric; exact_match:
+  any wrong answer) becomes a pair (chosen = the gold answer, rejected = what the model said): on-policy
+  negatives. For generated text (token F1, ROUGE) the margin keeps answers that are nearly right, and would
+  teach DPO to prefer one wording over an equally good one, out of the pairs;
 - user pairs: data.preference, any pair file whose columns map to prompt/chosen/rejected, read and
   checked by the data step (with dpo.mine_mistakes: false, DPO trains on them alone).
 An SFT (NLL) term on the chosen answer (`sft_weight`) keeps DPO from lowering both
@@ -40,7 +43,7 @@ from tuneline.config import DPOConfig
 from tuneline.data.readers import DataError
 from tuneline.data.records import messages
 from tuneline.disk_space import need_free, training_bytes
-from tuneline.eval.scoring import exact_match
+from tuneline.eval.scoring import score_items
 from tuneline.eval.task import generate
 from tuneline.model.adapters import is_adapter_dir, load_adapter, load_full
 from tuneline.model.base import BaseModelRef, load_model, load_tokenizer
@@ -67,20 +70,49 @@ class Pair(BaseModel):
     origin: str
 
 
-def mine_pairs(model, tokenizer, records: list[dict], max_new_tokens: int, batch_size: int) -> list[Pair]:
+class Mining(BaseModel):
+    """What mining found: per answer, how far it scored below the gold answer on the task metric."""
+
+    metric: str = "exact_match"
+    min_margin: float = 0.0
+    rows: int = 0
+    mistakes: int = 0  # answers at least min_margin below the gold: the mined pairs
+    near: int = 0  # answers below the gold, but by less than min_margin: not pairs
+    mean_gap: float | None = None  # mean of (gold's score - answer's score), metric points
+
+
+EPS = 1e-9  # a gap of exactly min_margin holds: 1 - 0.8 is 0.19999999999999996 in floats
+
+
+def select_mistakes(records: list[dict], predictions: list[str], metric: str,
+                    min_margin: float) -> tuple[list[Pair], Mining]:
+    """The pairs among the model's answers: those scoring at least `min_margin` below the gold answer.
+
+    The gold answer's score is its own against itself (1, except ROUGE on a gold with no [a-z0-9] token, 0: such a
+    row cannot tell a better answer, and gives no pair). exact_match scores 0 or 1, so there any wrong answer is a
+    mistake, whatever the margin; an empty answer is a mistake under every metric."""
+    golds = [r["assistant"] for r in records]
+    gaps = [b - s for b, s in zip(score_items(golds, golds, metric), score_items(predictions, golds, metric))]
+    holds = [gap > 0 and gap >= min_margin - EPS for gap in gaps]
+    pairs = [Pair(prompt=messages(r, with_answer=False), chosen=r["assistant"], rejected=p.strip(), origin=r["id"])
+             for r, p, ok in zip(records, predictions, holds) if ok]
+    near = sum(gap > 0 and not ok for gap, ok in zip(gaps, holds))
+    return pairs, Mining(metric=metric, min_margin=min_margin, rows=len(records), mistakes=len(pairs), near=near,
+                         mean_gap=round(sum(gaps) / len(gaps), 4) if gaps else None)
+
+
+def mine_pairs(model, tokenizer, records: list[dict], max_new_tokens: int, batch_size: int,
+               metric: str = "exact_match", min_margin: float = 0.2) -> tuple[list[Pair], Mining]:
+    """The SFT model's answers on the mining rows, and the mistakes among them (`select_mistakes`)."""
     preds = generate(model, tokenizer, [messages(r, with_answer=False) for r in records], max_new_tokens, batch_size)
-    return [
-        Pair(prompt=messages(r, with_answer=False), chosen=r["assistant"], rejected=p.strip(), origin=r["id"])
-        for r, p in zip(records, preds)
-        if not exact_match(p, r["assistant"])  # an empty answer is a mistake too
-    ]
+    return select_mistakes(records, preds, metric, min_margin)
 
 
 def user_pairs(rows: list[dict]) -> list[Pair]:
     return [Pair(prompt=json.loads(r["prompt"]), chosen=r["chosen"], rejected=r["rejected"], origin=r["id"]) for r in rows]
 
 
-def too_few_pairs(cfg: DPOConfig, mined: int, mining_rows: int, user: int) -> str:
+def too_few_pairs(cfg: DPOConfig, mined: int, mining_rows: int, user: int, mining: Mining | None = None) -> str:
     """Why DPO got fewer than 2 pairs, with the setting that would give it more (the data gate checks what it can
     before training; this is what only mining can tell)."""
     got = f"DPO needs at least 2 preference pairs but got {mined + user}"
@@ -90,6 +122,12 @@ def too_few_pairs(cfg: DPOConfig, mined: int, mining_rows: int, user: int) -> st
     elif not mining_rows:
         why = (f"the task data has no mining rows, and data.preference gave {user} pairs: run it through the data "
                "gate (`tuneline validate`), which puts data.mining_rows rows in the mining split")
+    elif mining is not None and mining.metric != "exact_match":
+        why = (f"{mined} of the SFT model's {mining_rows} answers on the mining rows scored at least "
+               f"dpo.min_margin={mining.min_margin} below the gold answer on {mining.metric} ({mining.near} more "
+               f"scored below it by less; mean gap {mining.mean_gap}), and data.preference gave {user} pairs: lower "
+               "dpo.min_margin, raise data.mining_rows where the training file has rows to spare, or set "
+               "data.preference")
     else:
         why = (f"the SFT model answered {mining_rows - mined} of its {mining_rows} mining rows right, so it made "
                f"{mined} mistakes to learn from, and data.preference gave {user} pairs: raise data.mining_rows "
@@ -225,16 +263,20 @@ def checkpoint_key(ref: BaseModelRef, sft_dir: str, sft_method: str, cfg: DPOCon
 
 def train(ref: BaseModelRef, sft_dir: str, sft_method: str, mining_records: list[dict], pref_rows: list[dict],
           cfg: DPOConfig, out_dir: Path, max_new_tokens: int = 12, batch_size: int = 32,
-          mirror: CheckpointMirror | None = None) -> TrainResult:
+          mirror: CheckpointMirror | None = None, metric: str = "exact_match") -> TrainResult:
+    """`max_new_tokens`: data.max_new_tokens as the data step resolved it; `metric`: evaluate.metric, which
+    mining judges the SFT model's answers by (with dpo.min_margin)."""
     tok = load_tokenizer(ref)
     model = load_sft(ref, sft_dir, sft_method, trainable=True)
     t0 = time.perf_counter()
-    mined = mine_pairs(model, tok, mining_records, max_new_tokens, batch_size) if cfg.mine_mistakes else []
+    mined, mining = [], Mining(metric=metric, min_margin=cfg.min_margin)
+    if cfg.mine_mistakes:
+        mined, mining = mine_pairs(model, tok, mining_records, max_new_tokens, batch_size, metric, cfg.min_margin)
     guard_4bit(model)  # generation must not have left a 4-bit weight in the layout without a backward
     mining_seconds = time.perf_counter() - t0
     pairs = mined + user_pairs(pref_rows)
     if len(pairs) < 2:
-        raise DataError(too_few_pairs(cfg, len(mined), len(mining_records), len(pref_rows)))
+        raise DataError(too_few_pairs(cfg, len(mined), len(mining_records), len(pref_rows), mining))
     random.Random(cfg.seed).shuffle(pairs)
     held = pairs[: max(1, len(pairs) // 5)]
     train_pairs = pairs[len(held):]
@@ -263,6 +305,8 @@ def train(ref: BaseModelRef, sft_dir: str, sft_method: str, mining_records: list
     history = trainer.state.log_history
     metrics = {
         "pairs_mined": len(mined), "pairs_user": len(pref_rows), "pairs_train": len(train_pairs),
+        "mining_metric": metric, "mining_min_margin": cfg.min_margin, "mining_near_misses": mining.near,
+        "mining_mean_gap": mining.mean_gap, "mining_max_new_tokens": max_new_tokens,
         "pairs_heldout": len(held), "mining_seconds": round(mining_seconds, 1), "train_seconds": round(seconds, 1),
         "heldout_pref_accuracy_before": before["accuracy"], "heldout_pref_accuracy_after": after["accuracy"],
         "heldout_margin_before": before["margin"], "heldout_margin_after": after["margin"],

@@ -14,6 +14,12 @@ model dir).
 
 Completion-only loss: records become conversational prompt/completion pairs, so TRL masks the
 prompt and trains on the assistant turn (its label and the closing <|im_end|>) only.
+Continued pretraining (data.shape text): the rows are documents, trained as plain text (no chat template)
+with loss on every token, packed by TRL into data.max_tokens blocks: `bfd_split` (a document longer than a
+block is split, no token is dropped; documents in one block are kept apart by their position ids), or
+`wrapped` (plain concatenate-and-cut) where batches are padded (`padding_free: false`). TRL appends EOS to
+each document, so the model learns where documents end. Chat rows mixed in (data.general_mix) are rendered
+through the chat template and trained as text too.
 Padding-free batches (rows concatenated, positions restarting per row) avoid computing pad
 tokens; transformers isolates the rows by their position ids when the KV cache is off (so prefix and
 prompt tuning, which bring a cache or drop the position ids, need padding_free: false; config.py says so).
@@ -48,15 +54,25 @@ from tuneline.train.methods import Method, method_for, total_steps
 from tuneline.train.qlora_guard import guard_callbacks, guarded
 
 
-def to_dataset(records: list[dict]) -> Dataset:
+def is_text(records: list[dict]) -> bool:
+    """Continued pretraining: the task rows are documents (shape text)."""
+    return any(r.get("shape") == "text" for r in records)
+
+
+def to_dataset(records: list[dict], tokenizer=None) -> Dataset:
+    """Prompt/completion chats (loss on the answer), or for text rows a `text` column (loss on every token)."""
+    if is_text(records):
+        return Dataset.from_list([{"text": r["assistant"] if r.get("shape") == "text"
+                                   else tokenizer.apply_chat_template(messages(r), tokenize=False)} for r in records])
     rows = [{"prompt": messages(r, with_answer=False), "completion": [{"role": "assistant", "content": r["assistant"]}]}
             for r in records]
     return Dataset.from_list(rows)
 
 
-def trl_args(cfg: SFTConfig, method: Method, out: Path, max_tokens: int, evaluates: bool = False) -> TRLSFTConfig:
+def trl_args(cfg: SFTConfig, method: Method, out: Path, max_tokens: int, evaluates: bool = False,
+             text: bool = False) -> TRLSFTConfig:
     """TRL's config: the common trainer args, then what SFT adds. Rows are cut at `max_tokens` only when
-    padded (padding-free batches have no fixed length)."""
+    padded (padding-free batches have no fixed length); `text` rows are packed into `max_tokens` blocks."""
     common = trainer_args(cfg, out)
     if not method.resumable:
         common["save_strategy"] = "no"  # checkpoints a re-run could not resume from
@@ -67,8 +83,9 @@ def trl_args(cfg: SFTConfig, method: Method, out: Path, max_tokens: int, evaluat
         gradient_accumulation_steps=cfg.grad_accum,
         gradient_checkpointing=cfg.gradient_checkpointing,
         padding_free=cfg.padding_free,
-        completion_only_loss=True,
-        max_length=None if cfg.padding_free else max_tokens,
+        completion_only_loss=not text,
+        max_length=max_tokens if text or not cfg.padding_free else None,
+        **({"packing": True, "packing_strategy": "bfd_split" if cfg.padding_free else "wrapped"} if text else {}),
         dataset_num_proc=None,
         **method.optimizer_args(cfg),
     )
@@ -91,15 +108,10 @@ def checkpoint_key(ref: BaseModelRef, cfg: SFTConfig, records: list[dict], max_t
                    data_hash(records), data_hash(held or []))
 
 
-def train(ref: BaseModelRef, records: list[dict], cfg: SFTConfig, out_dir: Path, max_tokens: int = 512,
-          mirror: CheckpointMirror | None = None, eval_records: list[dict] | None = None) -> TrainResult:
-    """Train `cfg.method` on `records` (task rows); save the adapter (or, full-weight methods, the model) to out_dir.
-
-    `method: auto` is resolved here, on the machine that trains, for its memory (rows of up to `max_tokens`).
-    Rows longer than `max_tokens` are cut when batches are padded (`padding_free: false`).
-    `mirror` gets a copy of every checkpoint and gives the newest back when this machine has none.
-    `eval_records` (held-out rows) give the eval loss curve when `cfg.eval_steps` is set."""
-    cfg, auto_reason = resolve_auto(ref, cfg, max_tokens)
+def build_trainer(ref: BaseModelRef, records: list[dict], cfg: SFTConfig, ckpt: Path, max_tokens: int = 512,
+                  held: list[dict] = (), callbacks: list = ()):
+    """The TRL trainer `train` runs (cfg.method already resolved): the base loaded and prepared for the method,
+    the rows as TRL datasets (chats, or packed text), checkpoints in `ckpt`."""
     method = method_for(cfg)
     tok = load_tokenizer(ref)
     model = guarded(load_model(ref, quantize_4bit=method.quantize_4bit))  # mid-run evaluation would repack 4-bit weights
@@ -109,12 +121,27 @@ def train(ref: BaseModelRef, records: list[dict], cfg: SFTConfig, out_dir: Path,
     peft = method.peft_config(cfg, model.config.num_hidden_layers, model.config.hidden_size,
                               total_steps(len(records), cfg))
     method.set_trainable(model)
+    args = trl_args(cfg, method, ckpt, max_tokens, bool(held), is_text(records))
+    return method.trainer(model=model, args=args, train_dataset=to_dataset(records, tok),
+                          eval_dataset=to_dataset(list(held), tok) if held else None, processing_class=tok,
+                          peft_config=peft, callbacks=method.callbacks() + guard_callbacks(model) + list(callbacks))
+
+
+def train(ref: BaseModelRef, records: list[dict], cfg: SFTConfig, out_dir: Path, max_tokens: int = 512,
+          mirror: CheckpointMirror | None = None, eval_records: list[dict] | None = None) -> TrainResult:
+    """Train `cfg.method` on `records` (task rows); save the adapter (or, full-weight methods, the model) to out_dir.
+
+    `method: auto` is resolved here, on the machine that trains, for its memory (rows of up to `max_tokens`).
+    Rows longer than `max_tokens` are cut when batches are padded (`padding_free: false`); documents (shape
+    text) are packed into `max_tokens` blocks.
+    `mirror` gets a copy of every checkpoint and gives the newest back when this machine has none.
+    `eval_records` (held-out rows) give the eval loss curve when `cfg.eval_steps` is set."""
+    cfg, auto_reason = resolve_auto(ref, cfg, max_tokens)
+    method = method_for(cfg)
     held = (eval_records or [])[: cfg.eval_rows] if cfg.eval_steps else []
     ckpt = checkpoint_dir("sft", checkpoint_key(ref, cfg, records, max_tokens, held))
-    trainer = method.trainer(model=model, args=trl_args(cfg, method, ckpt, max_tokens, bool(held)),
-                             train_dataset=to_dataset(records), eval_dataset=to_dataset(held) if held else None,
-                             processing_class=tok, peft_config=peft,
-                             callbacks=method.callbacks() + guard_callbacks(model) + mirror_callbacks(ckpt, mirror))
+    trainer = build_trainer(ref, records, cfg, ckpt, max_tokens, held, mirror_callbacks(ckpt, mirror))
+    tok = trainer.processing_class
     trainable, total = trainable_parameters(trainer.model)
     need_free(dict(zip((ckpt, out_dir), training_bytes(trainable, total, method.full_weight))), f"SFT ({cfg.method})")
     t0 = time.perf_counter()

@@ -84,7 +84,7 @@ ERRORS = [
      "maps 'answer', which is not a column; columns found: ['question', 'response']"),
     ("top_level_scalar.json", {}, "the top level is a JSON int"),
     ("two_lists.json", {}, "2 list-valued keys"),
-    ("unsupported.txt", {}, "unsupported file type"),
+    ("unsupported.txt", {}, "columns ['text']. Expected"),  # .txt reads as raw text, which is never guessed
     ("does_not_exist.jsonl", {}, "file not found"),
 ]
 
