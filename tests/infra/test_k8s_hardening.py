@@ -17,7 +17,6 @@ The rendered step pods themselves (what ZenML builds from these settings) are ch
 """
 
 import hashlib
-import importlib.util
 import ipaddress
 import re
 import subprocess
@@ -34,6 +33,7 @@ from tuneline.paths import PROJECT_ROOT
 pytest.importorskip("kubernetes_validate", reason="pip install -e '.[k8s]'")
 
 import test_k8s  # render, api_calls, granted: one implementation of each
+from test_containers import REQ  # docker/requirements.py, loaded once for the tests
 
 K8S = PROJECT_ROOT / "k8s"
 DOCKER = PROJECT_ROOT / "docker"
@@ -44,14 +44,6 @@ KUBEFLOW_YAML = PROJECT_ROOT / "configs" / "env" / "kubeflow.yaml"
 DEFAULT_YAML = PROJECT_ROOT / "configs" / "default.yaml"
 OVERLAYS = test_k8s.OVERLAYS
 
-def _requirements_module():
-    spec = importlib.util.spec_from_file_location("docker_requirements", DOCKER / "requirements.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-REQ = _requirements_module()
 
 DIGEST_REF = re.compile(r"^[a-z0-9.\-/_:]+:[A-Za-z0-9._\-]+@sha256:[0-9a-f]{64}$")
 # Images that could not be pinned from here, each with the reason (docs/kubernetes.md "Images by digest").
