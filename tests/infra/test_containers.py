@@ -2,7 +2,7 @@
 
 Parsed with dockerfile-parse: base images pinned to a tag, a numeric non-root final USER, no
 secret-looking ENV/ARG, every `pip install name==version` and every locked version of a project pin
-(docker/requirements-*.lock) equal to the project's pins (pyproject.toml, the Makefile for the embedded
+(docker/requirements-*.lock) equal to the project's pins (pyproject.toml, the nodeps lock for the embedded
 model package), every dependency of pyproject installed, HF offline by default, and a build context
 that holds only what the images COPY. The locks themselves: tests/infra/test_k8s_hardening.py.
 """
@@ -64,8 +64,8 @@ def project_pins() -> dict[str, str]:
             except ValueError:  # an unpinned entry of some extra: nothing an image may install
                 continue
             assert pins.setdefault(name, version) == version, f"{name} pinned twice differently in pyproject.toml"
-    # The embedded model package is installed by the Makefile (--no-deps), not from pyproject.
-    for name, version in re.findall(r"([A-Za-z0-9._-]+)==([0-9][^\s]*)", (PROJECT_ROOT / "Makefile").read_text()):
+    # The embedded model package is not in pyproject: its pin is the nodeps lock's, which `make setup` installs too.
+    for name, version in re.findall(r"^([A-Za-z0-9._-]+)==(\S+)", (DOCKER / "requirements-nodeps.lock").read_text(), re.M):
         pins.setdefault(REQ.canonical(name), version)
     return pins
 
