@@ -134,7 +134,8 @@ def validate(cfg: DataConfig, tokenizer, mmlu_subjects: list[str] | None = None,
     chosen = rebalance(chosen, cfg, ledger, rng)
     unused = []
     if not held_for_mining:  # the rows the sample left over
-        mining, unused = stratified(rest, None, cfg.mining_rows if shape != "text" else 0, rng)
+        no_mining = shape == "text" or (dpo is not None and not (dpo.enabled and dpo.mine_mistakes))  # nothing mines
+        mining, unused = stratified(rest, None, 0 if no_mining else cfg.mining_rows, rng)
     mix, mix_stats = ([], {})
     if cfg.general_mix:
         mix, mix_stats = general_mix(cfg, source("general_mix.file", cfg.general_mix.file), len(chosen), tokenizer, rng)

@@ -100,6 +100,10 @@ def test_train_rows_leaves_the_rest_for_mining(tmp_path, tiny_tok):
     v = validate(_alpaca(tmp_path, train_rows=10, mining_rows=5), tiny_tok, dpo=MINES)
     assert (v.counts["split_train"], v.counts["split_mining"], v.counts["unused"]) == (10, 5, 11)
     assert "mining_held_out" not in v.counts and _accounted(v)
+    # DPO from user pairs alone (or no DPO): nothing mines, so the rows the sample left over are unused
+    for dpo in (DPOData(enabled=True, mine_mistakes=False), DPOData(enabled=False)):
+        v = validate(_alpaca(tmp_path, train_rows=10, mining_rows=5), tiny_tok, dpo=dpo)
+        assert (v.counts["split_train"], v.counts.get("split_mining", 0), v.counts["unused"]) == (10, 0, 16) and _accounted(v)
 
 
 def test_the_gate_stops_dpo_that_can_get_no_pairs(tmp_path, tiny_tok):
