@@ -84,19 +84,20 @@ class Probe(BaseModel):
     task_ids: list[list[int]] = []  # metric perplexity: the held-out documents' token ids (no conversations)
 
 
-def _task_perplexity(entry: ExportFile, gate: Gate, problems: list[str], fine: list[str]) -> None:
-    """A lower-is-better task score (perplexity of the held-out documents) against the merged model's."""
-    rise, limit = entry.score / gate.reference_accuracy - 1, gate.ppl_limit(entry.qtype)
-    text = (f"task {gate.metric} {entry.score:.3f} vs merged {gate.reference_accuracy:.3f} "
-            f"({rise:+.2%}, limit +{limit:.2%})")
+def _perplexity_rise(label: str, value: float, reference: float, limit: float, problems: list[str],
+                     fine: list[str]) -> None:
+    """A perplexity (the general texts', or a raw-text task's) may rise at most `limit` over the merged model's."""
+    rise = value / reference - 1
+    text = f"{label} {value:.3f} vs merged {reference:.3f} ({rise:+.2%}, limit +{limit:.2%})"
     (problems if rise > limit else fine).append(text)
 
 
 def verdict(entry: ExportFile, gate: Gate) -> tuple[bool, str]:
     floor = gate.reference_accuracy - gate.max_accuracy_drop
     problems, fine = [], []
+    limit = gate.ppl_limit(entry.qtype)
     if lower_is_better(gate.metric):
-        _task_perplexity(entry, gate, problems, fine)
+        _perplexity_rise(f"task {gate.metric}", entry.score, gate.reference_accuracy, limit, problems, fine)
     elif entry.score < floor:  # metric points (0..1): 0.02 is 2 points of accuracy, token F1 or ROUGE alike
         problems.append(f"score {entry.score:.3f} < {floor:.3f} ({gate.metric}: merged model "
                         f"{gate.reference_accuracy:.3f} - export.max_accuracy_drop "
@@ -104,10 +105,7 @@ def verdict(entry: ExportFile, gate: Gate) -> tuple[bool, str]:
     else:
         fine.append(f"score {entry.score:.3f} >= {floor:.3f} ({gate.metric})")
     if entry.perplexity_increase is not None:
-        limit = gate.ppl_limit(entry.qtype)
-        text = (f"perplexity {entry.perplexity:.3f} vs merged {gate.reference_ppl:.3f} "
-                f"({entry.perplexity_increase:+.2%}, limit +{limit:.2%})")
-        (problems if entry.perplexity_increase > limit else fine).append(text)
+        _perplexity_rise("perplexity", entry.perplexity, gate.reference_ppl, limit, problems, fine)
     if entry.eos_share < gate.min_eos_share:
         problems.append(f"only {entry.eos_share:.0%} of answers stopped at EOS (need {gate.min_eos_share:.0%}); "
                         "the rest ran to the token limit")
