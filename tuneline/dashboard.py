@@ -103,25 +103,31 @@ def examples(report: EvalReport, n: int = EXAMPLES) -> list[dict]:
     return rows
 
 
+def _example_cells(report: EvalReport) -> list[list[str]]:
+    """The examples table's cells, as the HTML page and the Markdown both show them (unescaped)."""
+    return [[e["id"], _cut(e["prompt"]), _cut(e["gold"]), f"{_cut(e['base'])} ({e['base_score']:.2f})",
+             f"{_cut(e['final'])} ({e['final_score']:.2f})"] for e in examples(report)]
+
+
+def _examples_title(report: EvalReport) -> str:
+    return f"Examples (the first {EXAMPLES} eval rows; {report.task['base'].metric} in brackets)"
+
+
 def _examples_html(report: EvalReport) -> str:
-    rows = "".join(
-        f"<tr><td>{html.escape(e['id'])}</td><td>{html.escape(_cut(e['prompt']))}</td>"
-        f"<td>{html.escape(_cut(e['gold']))}</td><td>{html.escape(_cut(e['base']))} ({e['base_score']:.2f})</td>"
-        f"<td>{html.escape(_cut(e['final']))} ({e['final_score']:.2f})</td></tr>" for e in examples(report))
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
+                   for cells in _example_cells(report))
     if not rows:
         return ""
-    return (f"<h3>Examples (the first {EXAMPLES} eval rows; {report.task['base'].metric} in brackets)</h3>"
+    return (f"<h3>{_examples_title(report)}</h3>"
             f"<table border=1 cellpadding=4><tr><th>row</th><th>prompt</th><th>gold answer</th><th>base</th>"
             f"<th>{html.escape(report.final)}</th></tr>{rows}</table>")
 
 
 def examples_markdown(report: EvalReport) -> str:
-    rows = [[e["id"], _cut(e["prompt"]), _cut(e["gold"]), f"{_cut(e['base'])} ({e['base_score']:.2f})",
-             f"{_cut(e['final'])} ({e['final_score']:.2f})"] for e in examples(report)]
+    rows = _example_cells(report)
     if not rows:
         return ""
-    return (f"\n### Examples (the first {EXAMPLES} eval rows; {report.task['base'].metric} in brackets)\n\n"
-            + _md_table(["row", "prompt", "gold answer", "base", report.final], rows))
+    return f"\n### {_examples_title(report)}\n\n" + _md_table(["row", "prompt", "gold answer", "base", report.final], rows)
 
 
 def _forgetting_rows(report: EvalReport) -> str:
