@@ -6,8 +6,8 @@
     .venv/bin/python bench/default_run.py --compare before.json       # ratios against a saved run
 
 Reports each step's wall time and its share of the run, whether it was cached, SFT tokens/s where the
-step recorded it, and the evaluation summary (task score per candidate, MMLU/GSM8K, perplexity) plus each
-export file's verdict, so a before/after pair shows both the time and that the numbers did not move.
+step recorded it, the evaluation's items/s per scoring pass, and the evaluation summary (task score per
+candidate, MMLU/GSM8K, perplexity) plus each export file's verdict, so a before/after pair shows both the time and that the numbers did not move.
 """
 
 from __future__ import annotations
@@ -46,15 +46,26 @@ def collect(run_id: str | None) -> dict:
     steps = {name: {"seconds": _seconds(s), "status": str(s.status)} for name, s in run.steps.items()}
     total = sum(s["seconds"] or 0 for s in steps.values())
     sft = run.steps.get("train_sft")
-    summary = {}
+    summary, speed = {}, {}
     if "promote" in run.steps and "final_evaluation" in run.steps["promote"].outputs:
-        summary = run.steps["promote"].outputs["final_evaluation"][0].load().summary()
+        final = run.steps["promote"].outputs["final_evaluation"][0].load()
+        summary, speed = final.summary(), throughput(final)
     return {
         "run": str(run.id), "status": str(run.status), "steps": steps, "steps_total_s": total,
         "wall_s": (run.end_time - run.start_time).total_seconds() if run.end_time and run.start_time else None,
         "sft_tokens_per_s": sft.run_metadata.get("train_tokens_per_second") if sft else None,
-        "evaluation": summary, "exports": _exports(run),
+        "evaluation": summary, "throughput": speed, "exports": _exports(run),
     }
+
+
+def throughput(report) -> dict[str, float]:
+    """Items/s of each scoring pass the report timed: task rows per candidate, general-text tokens per
+    candidate (and a benchmark's items where its result carries seconds)."""
+    out = {f"task {c} rows/s": r.n / r.seconds for c, r in report.task.items() if r.seconds}
+    out |= {f"perplexity {c} tokens/s": r.n_tokens / r.seconds for c, r in report.perplexity.items() if r.seconds}
+    for cand, results in report.benchmarks.items():
+        out |= {f"{b} {cand} items/s": r.n / r.seconds for b, r in results.items() if getattr(r, "seconds", 0)}
+    return {k: round(v, 2) for k, v in out.items()}
 
 
 def show(now: dict, before: dict | None) -> None:
@@ -72,6 +83,9 @@ def show(now: dict, before: dict | None) -> None:
     for key, value in now["evaluation"].items():
         old = (before or {}).get("evaluation", {}).get(key)
         print(f"  {key:<28} {value}" + (f"   (before {old}{'' if old == value else ' CHANGED'})" if before else ""))
+    for key, value in now.get("throughput", {}).items():
+        old = (before or {}).get("throughput", {}).get(key)
+        print(f"  {key:<36} {value:8.2f}" + (f"   (before {old:.2f}, {value / old:.2f}x)" if old else ""))
     for name, e in now["exports"].items():
         print(f"  export {name:<20} {'passed' if e['passed'] else 'rejected'} {e['score']:.3f} {e['reason'][:60]}")
 

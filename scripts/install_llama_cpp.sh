@@ -22,9 +22,9 @@ VERSION=0.3.36
 # --no-binary :all: llama-cpp-python==0.3.36`, then `sha256sum`). Change it only together with VERSION.
 SDIST_SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
 SDIST_NAME="llama_cpp_python-$VERSION.tar.gz"
-# What convert_hf_to_gguf.py needs beside itself: the `conversion` package it imports, the
+# What convert_hf_to_gguf.py (and convert_lora_to_gguf.py, for export.lora_adapters) needs beside itself: the `conversion` package it imports, the
 # gguf-py it puts first on sys.path, and models/templates, which some model classes read.
-PARTS=(convert_hf_to_gguf.py conversion gguf-py models/templates LICENSE)
+PARTS=(convert_hf_to_gguf.py convert_lora_to_gguf.py conversion gguf-py models/templates LICENSE)
 
 say() { echo "install_llama_cpp: $*" >&2; }
 
@@ -114,7 +114,7 @@ main() {
 
     have_module() { "$py" -c 'import llama_cpp' >/dev/null 2>&1; }
     # A converter from an unverified sdist (no hash file, or another one) is replaced.
-    have_converter() { [ -f "$dest/convert_hf_to_gguf.py" ] && [ "$(cat "$dest/SDIST_SHA256" 2>/dev/null)" = "$SDIST_SHA256" ]; }
+    have_converter() { [ -f "$dest/convert_hf_to_gguf.py" ] && [ -f "$dest/convert_lora_to_gguf.py" ] && [ "$(cat "$dest/SDIST_SHA256" 2>/dev/null)" = "$SDIST_SHA256" ]; }
 
     if have_module && have_converter; then
         say "llama_cpp $("$py" -c 'import llama_cpp; print(llama_cpp.__version__)') and converter in $dest already present: nothing to do"

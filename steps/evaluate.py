@@ -1,4 +1,5 @@
-"""Step: task metric for base/SFT/DPO, benchmarks and perplexity for base and final, paired CIs.
+"""Step: task metric for SFT/DPO, benchmarks and perplexity for the final model, each paired with the base's
+scores from `evaluate_base` (cached across retrains), with CIs.
 
 Perplexity scores the run's `general_text` snapshot (snapshot_data), not the file as it is now, so an edited
 file re-runs this step. With an MLflow tracker (configs/env/mlflow.yaml) every candidate's metrics go to the
@@ -14,7 +15,7 @@ from steps._tracking import log_evaluation
 from tuneline.artifacts import TrainedDir
 from tuneline.config import EvaluateConfig
 from tuneline.dashboard import Report, evaluation_report
-from tuneline.data.generation import carried_length
+from tuneline.eval.evaluate import BaseEvaluation, eval_rows
 from tuneline.eval.evaluate import evaluate as run_evaluation
 from tuneline.eval.perplexity import GeneralText
 from tuneline.eval.report import EvalReport
@@ -24,12 +25,13 @@ from tuneline.model.base import BaseModelRef
 @step
 def evaluate(
     base: BaseModelRef, sft_adapter: TrainedDir, dpo_adapter: TrainedDir | None, task_data: pd.DataFrame,
-    config: EvaluateConfig, general_text: GeneralText | None = None,
+    config: EvaluateConfig, general_text: GeneralText | None = None, base_evaluation: BaseEvaluation | None = None,
 ) -> tuple[Annotated[EvalReport, "evaluation"], Annotated[Report, "evaluation_report"]]:
     config = general_text.pin(config) if general_text else config
     adapters = {"sft": sft_adapter.path} | ({"dpo": dpo_adapter.path} if dpo_adapter else {})
-    rows = task_data[task_data.split == "eval"].to_dict("records")
-    report = run_evaluation(base.ensure(), adapters, sft_adapter.method, rows, config, carried_length(task_data))
+    rows = eval_rows(task_data)  # the same rows, by the same function, as evaluate_base's
+    report = run_evaluation(base.ensure(), adapters, sft_adapter.method, rows.rows, config, rows.max_new_tokens,
+                            base=base_evaluation)
     log(report.summary())
     log_evaluation(report)
     return report, evaluation_report(report)

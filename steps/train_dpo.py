@@ -1,7 +1,9 @@
 """Step: DPO from the SFT adapter (the SFT model is the reference); outputs the DPO adapter.
 
 Mining generates data.max_new_tokens tokens as the data step resolved it (carried on task_data) and judges the
-answers by `metric` (evaluate.metric, passed by the pipeline) with dpo.min_margin."""
+answers by `metric` (evaluate.metric, passed by the pipeline) with dpo.min_margin. dpo.loss_type rloo | grpo is RL
+(tuneline.train.rl): it samples answers and scores them by `metric` (dpo.reward: task_metric) or by `reward_model`
+(the train_reward step's output, dpo.reward: reward_model)."""
 
 from typing import Annotated
 
@@ -15,7 +17,7 @@ from steps._metadata import log
 from steps._tracking import log_training
 from tuneline.artifacts import TrainedDir, step_output
 from tuneline.cards import adapter_card, write_card
-from tuneline.config import DPOConfig
+from tuneline.config import RL_LOSSES, DPOConfig
 from tuneline.dashboard import Report, loss_curve_report
 from tuneline.data.generation import carried_length
 from tuneline.model.base import BaseModelRef
@@ -26,16 +28,19 @@ from tuneline.train.dpo import train
 def train_dpo(
     base: BaseModelRef, sft_adapter: TrainedDir, task_data: pd.DataFrame, preference_data: pd.DataFrame,
     config: DPOConfig, checkpoint_artifacts: bool | None = None, metric: str = "exact_match", keep_checkpoints: int = 2,
+    reward_model: TrainedDir | None = None,
 ) -> tuple[Annotated[TrainedDir, "dpo_adapter"], Annotated[Report, "dpo_loss_curve"]]:
     base = base.ensure()
     mining = task_data[task_data.split == "mining"].to_dict("records")
     with step_output("dpo-adapter") as out:  # deleted once the artifact store holds it
         res = train(base, sft_adapter.path, sft_adapter.method, mining, preference_data.to_dict("records"), config,
                     out, carried_length(task_data), config.mining_batch_size,
-                    mirror=mirror(checkpoint_artifacts, keep_checkpoints), metric=metric)
+                    mirror=mirror(checkpoint_artifacts, keep_checkpoints), metric=metric,
+                    reward_dir=reward_model.path if reward_model else None)
     log(res.metadata())  # the metrics, seed, data hash, base sha256 and library versions
     log_training("dpo", config.model_dump(mode="json"), res.history, res.metrics, res.reproducibility())
     adapter = TrainedDir(path=str(out), base=base, kind="dpo", method=sft_adapter.method,
                          parent=sft_adapter.path, metrics=res.metadata())
     write_card(out, adapter_card(base, out, "dpo", adapter.method, about(task_data, preference_data), res.metrics))
-    return adapter, loss_curve_report(res.history, "DPO loss")
+    name = config.loss_type.upper() if config.loss_type in RL_LOSSES else "DPO"  # RL: the reward is in the metadata
+    return adapter, loss_curve_report(res.history, f"{name} loss")

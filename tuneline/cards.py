@@ -133,6 +133,9 @@ def adapter_card(ref: BaseModelRef, directory: str | Path, kind: str, method: st
                  **({} if adapter else {"base_model_relation": "finetune"}))
     load = (f"`PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(\"{base_model_id(ref)}\"), DIR)`"
             if adapter else "`AutoModelForCausalLM.from_pretrained(DIR)` (a whole model: full-weight method)")
+    if method == "bottleneck":  # its layers are tuneline's: PEFT alone cannot rebuild them
+        load = ("`tuneline.model.adapters.load_adapter(AutoModelForCausalLM.from_pretrained("
+                f"\"{base_model_id(ref)}\"), DIR)` (bottleneck layers: PEFT alone cannot load them)")
     body = (f"# {name}\n\nThe {kind.upper()} result ({method}) of a tuneline run on `{ref.source}`. Load it with "
             f"{load}; the evaluation of the final candidate is in the merged model's card.\n")
     return card(data, body)

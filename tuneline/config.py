@@ -133,6 +133,69 @@ OLD_PREFERENCE_FILE = "data/hh_rlhf/helpful-base_test.prompt_chosen_rejected.jso
 DEPRECATED_LENGTH_KEYS = ("dpo.mining_max_new_tokens", "evaluate.max_new_tokens", "export.max_new_tokens")
 
 
+# The data keys that describe one task. With data.tasks, the files and what they hold are set in each task (set at
+# the top level they are refused); the others set at the top level are the default of every task that leaves them out.
+TASK_FILE_KEYS = ("train_file", "test_file", "shape", "columns", "labels_file")
+
+
+def is_set(section: BaseModel, key: str) -> bool:
+    """Whether `key` of a section holds something other than its default. Not `model_fields_set`: a pipeline's
+    parameters are stored as a JSON dump and validated again in each step, where every key reads as set."""
+    return getattr(section, key) != type(section).model_fields[key].get_default(call_default_factory=True)
+TASK_KEYS = (*TASK_FILE_KEYS, "rows_per_label", "train_rows", "eval_rows", "prompt_template", "system_prompt",
+             "max_new_tokens")
+
+
+class TaskSpec(Section):
+    """One task of a multi-task run (data.tasks): its own data, metric and generation length, and its share of
+    the mix. A key left at its default takes the top-level data key where that is not at its default (rows_per_label,
+    train_rows, eval_rows, prompt_template, system_prompt, max_new_tokens), else the default below; the other data keys (max_tokens,
+    checks, gate, balance, chat_template, seed, ...) apply to every task. tuneline/data/tasks.py reads it."""
+
+    name: str  # names the task in row ids, the report's per-task table and the promotion's reasons
+    train_file: str
+    test_file: str | None = None  # null: eval_rows rows of train_file are held out
+    # As data.shape; text (raw documents, scored by perplexity) cannot be one task of a mix.
+    shape: Literal["auto", "alpaca", "messages", "prompt_completion", "classification", "text"] = "auto"
+    columns: dict[str, str] = {}
+    labels_file: str | None = None
+    rows_per_label: int | None = Field(None, ge=1)
+    train_rows: int | None = Field(None, ge=1)
+    eval_rows: int = Field(200, ge=1)
+    prompt_template: str = "{text}"
+    system_prompt: str | None = ""
+    # The task's metric (evaluate.metric is not used with data.tasks).
+    metric: Literal["exact_match", "token_f1", "rouge1", "rouge2", "rougeL", "perplexity"] = "exact_match"
+    max_new_tokens: int | str = "auto"  # auto: from this task's gold answers (data.max_new_tokens)
+    # The task's share of the SFT rows is weight / sum of weights (data/tasks.py: no row is repeated).
+    weight: float = 1.0
+
+    @model_validator(mode="after")
+    def _fits_a_mix(self) -> TaskSpec:
+        where = f"data.tasks task '{self.name}'"
+        if not re.fullmatch(r"[A-Za-z0-9][\w.-]*", self.name):
+            raise ValueError(f"{where}: name must be letters, digits, _ . - (it names rows and report lines)")
+        if self.shape == "text" or self.metric == "perplexity":
+            raise ValueError(f"{where}: shape text / metric perplexity (continued pretraining) cannot be one task of a "
+                             "mix: its score is a perplexity, not metric points the mix could average or gate. Train it "
+                             "in its own run (configs/examples/continued-pretraining.yaml), or give the task answers and "
+                             "a metric (exact_match, token_f1, rouge1, rouge2, rougeL)")
+        if self.weight <= 0:
+            raise ValueError(f"{where}: weight={self.weight} must be > 0 (its share of the training rows is weight / "
+                             "sum of the weights); remove the task to leave it out")
+        if self.train_rows is not None and self.rows_per_label is not None:
+            raise ValueError(f"{where}: train_rows={self.train_rows} and rows_per_label={self.rows_per_label} are "
+                             "both set: set one of them (rows_per_label is per label, classification only)")
+        return self
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _has_text(cls, v: str) -> str:
+        from tuneline.data.shapes import check_template  # imported here: tuneline.data imports this module
+
+        return check_template(v)
+
+
 class DataConfig(Section):
     # A file (.jsonl/.json/.csv/.parquet, optionally .gz), a directory of them, or a hub dataset id.
     train_file: str = "data/banking77/train.csv"
@@ -180,6 +243,10 @@ class DataConfig(Section):
     # The user's own preference pairs for DPO (null: DPO trains on mined pairs only).
     preference: PreferenceData | None = None
     seed: int = 0
+    # Multi-task: several tasks in one SFT, each evaluated and gated on its own metric (TaskSpec above; docs/tasks.md).
+    # With tasks, the keys in TASK_KEYS go in each task; general_mix, preference and the rest apply to the whole mix,
+    # and data.mining_rows is shared out by weight.
+    tasks: list[TaskSpec] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -226,6 +293,24 @@ class DataConfig(Section):
 
         return check_setting(v)
 
+    @model_validator(mode="after")
+    def _tasks_fit(self) -> DataConfig:
+        if self.tasks is None:
+            return self
+        if not self.tasks:
+            raise ValueError("data.tasks is empty: list at least one task, or remove data.tasks for a single task")
+        names = [t.name for t in self.tasks]
+        if twice := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"data.tasks: task names {twice} are used more than once: give each task its own name")
+        if given := [k for k in TASK_FILE_KEYS if is_set(self, k)]:
+            raise ValueError(f"data.{', data.'.join(given)} set beside data.tasks: with tasks each task names its own "
+                             f"files, so set them in each task (data.tasks[].{given[0]}) and remove them from data")
+        from tuneline.data.tasks import task_config  # imported here: tuneline.data imports this module
+
+        for spec in self.tasks:  # each task's DataConfig must be valid too (e.g. rows_per_label and train_rows)
+            task_config(self, spec)
+        return self
+
 
 # How each sft.method trains (tuneline/train/methods.py has the details):
 # PEFT adapters (saved as a small adapter dir) and full-weight methods (saved as a full model dir).
@@ -244,13 +329,24 @@ LRScheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", 
                       "inverse_sqrt"]
 MAX_EPOCHS = 1000
 SFTMethod = Literal["auto", "lora", "qlora", "dora", "rslora", "adalora", "ia3", "prefix_tuning", "prompt_tuning", "xlora",
-                    "full", "bitfit", "galore"]
+                    "bottleneck", "full", "bitfit", "galore"]
+LONG_CONTEXT_METHODS = ("lora", "dora", "rslora")  # LongLoRA is LoRA + S²-Attn + trainable embeddings and norms
+
+
+class LongContextConfig(Section):
+    # LongLoRA's shifted sparse attention while training (tuneline/train/long_context.py): each token attends
+    # within groups of group_size_ratio x the sequence length (half the heads with groups shifted by half a
+    # group). Evaluation, generation and the saved adapter use full attention.
+    group_size_ratio: float = Field(0.25, gt=0, le=1)
+    # Train the embeddings and every norm beside LoRA (LongLoRA: needed to adapt to long context).
+    trainable_embeddings_and_norms: bool = True
 
 
 class SFTConfig(Section):
     # lora | qlora (LoRA on an NF4 4-bit base) | dora | rslora | adalora | ia3 | prefix_tuning | prompt_tuning
     # | xlora (a learned per-token mix of the LoRA adapters in xlora_experts) | full | bitfit (biases only)
     # | galore (every weight, Adam on rank-r projected gradients)
+    # | bottleneck (Houlsby/Pfeiffer adapter layers after attention / MLP; adds layers, so merge and GGUF refuse it)
     # | auto (the planner picks lora or qlora, with gradient checkpointing if needed, for the memory of the
     #   machine train_sft runs on: `tuneline plan configs/default.yaml` shows the table).
     method: SFTMethod = "lora"
@@ -266,6 +362,11 @@ class SFTConfig(Section):
     num_virtual_tokens: int = Field(16, ge=1, le=4096)
     # xlora: the trained LoRA adapter dirs it mixes (at least two); they stay frozen, only the gate trains.
     xlora_experts: list[str] = []
+    # bottleneck: the adapter's inner width, and after which sublayers it sits (Houlsby: both; Pfeiffer: [mlp]).
+    bottleneck_size: int = Field(64, ge=1, le=65536)
+    bottleneck_places: list[Literal["attention", "mlp"]] = Field(["attention", "mlp"], min_length=1)
+    # LongLoRA (lora, dora, rslora): S²-Attn while training, e.g. {group_size_ratio: 0.25}; null: full attention.
+    long_context: LongContextConfig | None = None
     # LoRA-style methods want ~1e-3; full and galore want ~1e-5 to 5e-5 on real models.
     learning_rate: float = Field(1e-3, gt=0, le=1)
     lr_scheduler: LRScheduler = "cosine"
@@ -278,6 +379,9 @@ class SFTConfig(Section):
     gradient_checkpointing: bool = False
     # bf16 autocast: 'auto' uses it on GPUs that support it and on CPUs with AVX512-BF16/AMX (~2x faster).
     bf16: Literal["auto", "true", "false"] = "auto"
+    # Completion-only loss (lora/qlora/dora/rslora): the LM head only where a label is, not on the masked prompt.
+    # Same loss; ~1.3-1.5x tokens/s on CPU (docs/training.md#cpu-throughput). false: TRL's own loss path.
+    labelled_head: bool = True
     max_steps: int = Field(-1, ge=-1, le=10_000_000)  # -1: train for epochs; N > 0: stop after N steps
     seed: int = 0
     logging_steps: int = Field(5, ge=1)
@@ -308,7 +412,13 @@ class SFTConfig(Section):
             raise ValueError("sft.max_steps=0 trains nothing: -1 trains for sft.epochs, N > 0 stops after N steps")
         if m != "xlora" and self.xlora_experts:
             raise ValueError(f"sft.xlora_experts is only used by method xlora (method is {m}): remove it")
+        if self.long_context and m not in LONG_CONTEXT_METHODS:
+            raise ValueError(f"sft.long_context (LongLoRA) trains LoRA beside S²-Attn: use method "
+                             f"{', '.join(LONG_CONTEXT_METHODS)}, not {m}, or set sft.long_context: null")
         return self
+
+
+RL_LOSSES = ("rloo", "grpo")  # dpo.loss_type values that sample answers and score them (tuneline.train.rl)
 
 
 class DPOConfig(Section):
@@ -316,8 +426,17 @@ class DPOConfig(Section):
     # On-policy pairs: chosen = gold label, rejected = the SFT model's wrong answer.
     mine_mistakes: bool = True
     # sigmoid | ipo | hinge: DPOTrainer; orpo: ORPOTrainer and simpo: CPOTrainer (no reference model);
-    # kto: KTOTrainer (each pair becomes one desirable and one undesirable answer).
-    loss_type: Literal["sigmoid", "ipo", "hinge", "orpo", "simpo", "kto"] = "sigmoid"
+    # kto: KTOTrainer (each pair becomes one desirable and one undesirable answer);
+    # rloo | grpo: RL (TRL's RLOOTrainer / GRPOTrainer; TRL 1.16 has no PPO): the SFT model samples
+    # num_generations answers per mining-row prompt and is pushed toward the ones `reward` scores higher,
+    # with beta as the KL pull to the SFT model. Needs sft_weight: 0 (no NLL term).
+    loss_type: Literal["sigmoid", "ipo", "hinge", "orpo", "simpo", "kto", "rloo", "grpo"] = "sigmoid"
+    # rloo | grpo only: what scores a sampled answer. reward_model: the `reward_model` section's model, trained on
+    # the preference pairs (RLHF); task_metric: evaluate.metric against the gold answer (no reward model; needs
+    # answers with a checkable gold, so not data.shape text).
+    reward: Literal["reward_model", "task_metric"] = "reward_model"
+    num_generations: int = Field(4, ge=2, le=256)  # rloo | grpo: answers sampled per prompt (k)
+    temperature: float = Field(1.0, gt=0, le=10)  # rloo | grpo: sampling temperature of those answers
     # DPO/IPO/KTO: the strength of the pull to the reference; ORPO: lambda (odds-ratio weight);
     # SimPO: the reward scale (its paper: 2.0-2.5).
     beta: float = Field(0.1, gt=0)
@@ -348,11 +467,49 @@ class DPOConfig(Section):
             why = "ORPO's loss already contains the NLL term" if self.loss_type == "orpo" else "KTOTrainer has no SFT term"
             raise ValueError(f"dpo.sft_weight={self.sft_weight} does not apply to loss_type {self.loss_type} ({why}): "
                              "set dpo.sft_weight: 0")
+        if self.loss_type in RL_LOSSES:
+            if self.sft_weight > 0:
+                raise ValueError(f"dpo.sft_weight={self.sft_weight} does not apply to loss_type {self.loss_type} (RL "
+                                 "samples its own answers: there is no chosen answer for an NLL term): set "
+                                 "dpo.sft_weight: 0")
+            if self.batch_size % self.num_generations:
+                raise ValueError(f"dpo.batch_size={self.batch_size} counts sampled answers for loss_type "
+                                 f"{self.loss_type} and must be a multiple of dpo.num_generations="
+                                 f"{self.num_generations}: set dpo.batch_size: "
+                                 f"{max(1, self.batch_size // self.num_generations) * self.num_generations}")
         return self
 
     def data_use(self) -> DPOData:
         """What the data step must know of DPO (the validate_data parameter)."""
         return DPOData(enabled=self.enabled, mine_mistakes=self.enabled and self.mine_mistakes)
+
+
+class RewardModelConfig(Section):
+    """RLHF's reward model (for dpo.loss_type rloo | grpo with dpo.reward: reward_model): LoRA on the base model with a
+    one-number head (AutoModelForSequenceClassification, num_labels=1), trained by TRL's RewardTrainer on the pairs DPO
+    would use (mined mistakes and/or data.preference); its accuracy on heldout_fraction of them is reported."""
+
+    enabled: bool = False
+    r: int = Field(16, ge=1, le=65536)
+    alpha: int = Field(32, ge=1, le=1_000_000)
+    learning_rate: float = Field(1e-4, gt=0, le=1)
+    lr_scheduler: LRScheduler = "linear"
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    epochs: float = Field(1.0, gt=0, le=MAX_EPOCHS)
+    max_steps: int = Field(-1, ge=-1, le=10_000_000)  # -1: train for epochs
+    batch_size: int = Field(8, ge=1, le=65536)  # pairs per step
+    max_length: int = Field(256, ge=16)  # pairs with a longer prompt + answer are dropped
+    heldout_fraction: float = Field(0.2, gt=0, lt=1)  # of the pairs, never trained on: the reported accuracy
+    bf16: Literal["auto", "true", "false"] = "auto"
+    seed: int = 0
+    logging_steps: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _steps(self) -> RewardModelConfig:
+        if self.max_steps == 0:
+            raise ValueError("reward_model.max_steps=0 trains nothing: -1 trains for reward_model.epochs, N > 0 stops "
+                             "after N steps")
+        return self
 
 
 class DPOData(BaseModel):
@@ -371,6 +528,9 @@ class MMLUConfig(Section):
     format: Literal["cloze", "letter"] = "cloze"
     limit_per_subject: int | None = Field(25, ge=1)
     num_fewshot: int = Field(0, ge=0, le=5)
+    # Score each question once and its four answers from its KV cache (same scores as lm-eval's HFLM,
+    # about 3x faster); false runs lm-eval's HFLM as is, the reference (tuneline.eval.harness).
+    reuse_context: bool = True
 
 
 class GSM8KConfig(Section):
@@ -440,9 +600,16 @@ class ExportConfig(Section):
     # model) may rise at most this much relative to the merged model: `default` for any type not named.
     max_perplexity_increase: dict[str, float] = {"default": 0.05, "F32": 0.005, "F16": 0.005, "BF16": 0.005,
                                                  "Q8_0": 0.005}
-    # Run the evaluation's MMLU / GSM8K (evaluate.mmlu, evaluate.gsm8k) on the merged model and on every
-    # GGUF file that passed (llama.cpp through lm-eval), so the report shows what merging and quantizing forgot.
+    # Run the evaluation's MMLU / GSM8K (evaluate.mmlu, evaluate.gsm8k) on the merged model and on the file that
+    # ships (the smallest GGUF file that passed; llama.cpp through lm-eval), so the report shows what merging and
+    # quantizing forgot; the other files report them as not run.
     benchmarks: bool = True
+    # Also write the base as a GGUF with each LoRA adapter of the merged model (the run's, then merge.adapters) as a
+    # GGUF LoRA adapter beside it, an Ollama Modelfile per adapter (FROM base + ADAPTER) and lora_adapters.json
+    # (agreement of base + adapters with the merged GGUF on the checked rows): one base, many task adapters
+    # (tuneline.export.gguf_lora). Plain LoRA only (lora, qlora, rslora): DoRA, AdaLoRA, IA3 and prompt methods
+    # are refused (llama.cpp applies A·B deltas only); full-weight methods have no adapter.
+    lora_adapters: bool = False
 
     @field_validator("gguf_types")
     @classmethod
@@ -528,6 +695,11 @@ class MergeConfig(Section):
     combination: Literal["none", "linear", "ties", "dare_linear", "dare_ties", "magnitude_prune"] = "none"
     adapters: list[str] = []
     # One weight per adapter, the run's own first; null: 1.0 each (task arithmetic adds the deltas).
+    # Task negation ("base - LoRA_toxic"): a negative weight subtracts that adapter's delta, with linear,
+    # dare_linear or magnitude_prune (per-delta pruning, then a weighted sum). Not with ties / dare_ties: they
+    # elect each entry's sign from the unweighted deltas and drop the entries that disagree, so a negated delta
+    # is dropped (alone) or outvoted (beside others) instead of subtracted: refused at load. `combination:
+    # linear` with `weights: [-1.0]` and no `adapters` negates the run's own adapter.
     weights: list[float] | None = None
     # ties, dare_*, magnitude_prune: the share of each delta kept (by magnitude; DARE: at random, rescaled).
     density: float = Field(0.5, gt=0, le=1)
@@ -540,12 +712,21 @@ class MergeConfig(Section):
         if self.combination == "none" and self.adapters:
             raise ValueError(f"merge.adapters {self.adapters} are only used by a combination: set merge.combination "
                              "(linear, ties, dare_linear, dare_ties, magnitude_prune) or remove them")
-        if self.combination != "none" and not self.adapters:
+        if self.combination != "none" and not self.adapters and (self.combination != "linear" or self.weights is None):
             raise ValueError(f"merge.combination {self.combination} combines the run's adapter with others: list "
-                             "their dirs in merge.adapters")
+                             "their dirs in merge.adapters (or, to scale or negate the run's own adapter alone, "
+                             "combination: linear with weights: [-1.0])")
         if self.weights is not None and len(self.weights) != 1 + len(self.adapters):
             raise ValueError(f"merge.weights has {len(self.weights)} values for {1 + len(self.adapters)} adapters "
                              "(the run's own first, then merge.adapters): give one per adapter or null")
+        if self.weights is not None and self.combination == "none":
+            raise ValueError(f"merge.weights {self.weights} are only used by a combination: set merge.combination: "
+                             "linear (weights: [-1.0] negates the run's adapter) or remove them")
+        if any(w < 0 for w in self.weights or []) and self.combination in ("ties", "dare_ties"):
+            raise ValueError(f"merge.weights {self.weights} has a negative weight (task negation), which "
+                             f"{self.combination} cannot apply: its sign election drops the entries whose sign "
+                             "disagrees with the unweighted majority, so the negated delta is dropped or outvoted, "
+                             "not subtracted. Use combination linear, dare_linear or magnitude_prune")
         return self
 
 
@@ -553,6 +734,8 @@ class PromoteConfig(Section):
     stage: Literal["staging", "production"] = "staging"
     # Task accuracy must improve on the base model by at least this much (absolute).
     min_task_gain: float = Field(0.05, ge=0)
+    # Multi-task (data.tasks): min_task_gain applies to the mean over all eval rows, and a task whose own gain is
+    # significantly negative (its paired 95 % CI entirely below 0, however small) blocks promotion, naming it.
     # A benchmark fails when its drop is significant (CI of final - base below 0) and larger than this.
     max_benchmark_drop: float = Field(0.05, ge=0)
     # Perplexity on general text fails when its rise is significant and larger than this (relative).
@@ -566,6 +749,7 @@ class TunelineConfig(Section):
     data: DataConfig = DataConfig()
     sft: SFTConfig = SFTConfig()
     dpo: DPOConfig = DPOConfig()
+    reward_model: RewardModelConfig = RewardModelConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     merge: MergeConfig = MergeConfig()
     export: ExportConfig = ExportConfig()
@@ -599,6 +783,26 @@ class TunelineConfig(Section):
         return data
 
     @model_validator(mode="after")
+    def _bottleneck_cannot_combine(self) -> "TunelineConfig":
+        """merge.combination adds LoRA weight deltas; a bottleneck adapter has none (it adds layers)."""
+        if self.sft.method == "bottleneck" and self.merge.combination != "none":
+            raise ValueError(f"merge.combination {self.merge.combination} combines LoRA weight deltas, and "
+                             "sft.method bottleneck adds layers instead (it cannot be merged or exported to GGUF "
+                             "either): set merge.combination: none, or train lora")
+        return self
+
+    @model_validator(mode="after")
+    def _lora_adapters_export(self) -> TunelineConfig:
+        """export.lora_adapters writes GGUF LoRA adapters: llama.cpp applies plain LoRA A·B deltas, nothing else."""
+        m, long_context = self.sft.method, getattr(self.sft, "long_context", None)
+        if self.export.lora_adapters and (m not in ("auto", "lora", "qlora", "rslora") or long_context):
+            why = "LongLoRA trains embeddings and norms beside LoRA" if long_context else f"sft.method {m} is not plain LoRA"
+            raise ValueError(f"export.lora_adapters: {why}, and a GGUF LoRA adapter holds A·B deltas only (DoRA's "
+                             "magnitudes, IA3's scales, virtual tokens and whole trained modules do not convert). Set "
+                             "export.lora_adapters: false (the merged GGUF serves it) or sft.method lora, qlora or rslora")
+        return self
+
+    @model_validator(mode="after")
     def _dpo_can_continue_sft(self) -> "TunelineConfig":
         m = self.sft.method
         if self.dpo.enabled and m in NO_DPO_METHODS:
@@ -607,9 +811,40 @@ class TunelineConfig(Section):
         return self
 
     @model_validator(mode="after")
+    def _rl_reward_fits(self) -> TunelineConfig:
+        """dpo.loss_type rloo | grpo needs a reward it can compute; a reward model needs an RL stage to use it."""
+        dpo, rm = self.dpo, self.reward_model
+        rl = dpo.enabled and dpo.loss_type in RL_LOSSES
+        if rm.enabled and not (rl and dpo.reward == "reward_model"):
+            raise ValueError(f"reward_model.enabled, but nothing uses it: only dpo.loss_type rloo or grpo with "
+                             f"dpo.reward: reward_model does (dpo.enabled={dpo.enabled}, dpo.loss_type={dpo.loss_type}, "
+                             f"dpo.reward={dpo.reward}). Set dpo.loss_type: rloo (or grpo), or reward_model.enabled: false")
+        if not rl:
+            return self
+        if dpo.reward == "reward_model" and not rm.enabled:
+            raise ValueError(f"dpo.loss_type {dpo.loss_type} with dpo.reward: reward_model scores answers with the reward "
+                             "model, and reward_model.enabled is false: set reward_model.enabled: true, or set "
+                             "dpo.reward: task_metric to reward the task metric against the gold answer")
+        if dpo.reward == "task_metric":
+            if self.data.shape == "text" or self.evaluate.metric == "perplexity":
+                raise ValueError(f"dpo.reward: task_metric scores sampled answers against a gold answer, and this task "
+                                 f"has none (data.shape {self.data.shape}, evaluate.metric {self.evaluate.metric}): "
+                                 "set dpo.reward: reward_model (with reward_model.enabled: true and data.preference), "
+                                 "or dpo.enabled: false")
+            if not dpo.mine_mistakes:
+                raise ValueError("dpo.reward: task_metric samples answers to the mining rows (the training rows SFT did "
+                                 "not use), which dpo.mine_mistakes: false leaves out: set dpo.mine_mistakes: true")
+        return self
+
+    @model_validator(mode="after")
     def _text_task(self) -> TunelineConfig:
         """Raw text (data.shape text) is scored by held-out perplexity and has no answers DPO could prefer."""
         text, metric = self.data.shape == "text", self.evaluate.metric
+        if self.data.tasks is not None:  # multi-task: each task has its own metric (the TaskSpec refuses text)
+            if is_set(self.evaluate, "metric"):
+                raise ValueError(f"evaluate.metric={metric} is not used with data.tasks: each task is scored with "
+                                 "its own metric; set data.tasks[].metric and remove evaluate.metric")
+            return self
         if text and metric != "perplexity":
             raise ValueError(f"data.shape text (continued pretraining) is scored by held-out perplexity, not "
                              f"evaluate.metric {metric}: set evaluate.metric: perplexity")
@@ -815,7 +1050,9 @@ def check_paths(cfg: TunelineConfig, source: str) -> None:
     """Paths the run reads, writes or copies may not point into system directories (a snapshot would copy
     /etc/passwd; a model cache in /etc would be written and pruned)."""
     named = [(k, _get_key(cfg, k)) for k in PATH_KEYS] + [("merge.adapters", a) for a in cfg.merge.adapters] \
-        + [("sft.xlora_experts", a) for a in cfg.sft.xlora_experts]
+        + [("sft.xlora_experts", a) for a in cfg.sft.xlora_experts] \
+        + [(f"data.tasks.{t.name}.{k}", getattr(t, k)) for t in cfg.data.tasks or []
+           for k in ("train_file", "test_file", "labels_file")]
     for key, value in named:
         if not value or not (value.startswith(("/", "~", ".")) or ".." in value):
             continue  # project-relative, a hub id, or a built-in model name

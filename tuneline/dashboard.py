@@ -17,7 +17,7 @@ import io
 from pydantic import BaseModel
 
 from tuneline.eval.report import EvalReport
-from tuneline.eval.scoring import lower_is_better, show, show_change
+from tuneline.eval.scoring import MIXED, lower_is_better, show, show_change
 from tuneline.export.records import ExportFile
 
 
@@ -64,9 +64,14 @@ def evaluation_chart_png(report: EvalReport) -> bytes:
     for i, v in enumerate(vals):
         ax.text(i, v + 0.01 * top, show(metric, v), ha="center")
     ax.set_ylim(0, 1.05 * top)
-    ax.set_ylabel(f"task {metric}" + (" (lower is better)" if lower_is_better(metric) else ""))
+    ax.set_ylabel(f"task {label(metric)}" + (" (lower is better)" if lower_is_better(metric) else ""))
     ax.tick_params(axis="x", labelrotation=20)
     return _png(fig)
+
+
+def label(metric: str) -> str:
+    """A task metric's name as headings say it; a multi-task result's rows each have their task's metric."""
+    return "score (each row in its task's metric)" if metric == MIXED else metric
 
 
 def _diff(d, metric: str = "exact_match") -> str:
@@ -110,7 +115,7 @@ def _example_cells(report: EvalReport) -> list[list[str]]:
 
 
 def _examples_title(report: EvalReport) -> str:
-    return f"Examples (the first {EXAMPLES} eval rows; {report.task['base'].metric} in brackets)"
+    return f"Examples (the first {EXAMPLES} eval rows; {label(report.task['base'].metric)} in brackets)"
 
 
 def _examples_html(report: EvalReport) -> str:
@@ -128,6 +133,38 @@ def examples_markdown(report: EvalReport) -> str:
     if not rows:
         return ""
     return f"\n### {_examples_title(report)}\n\n" + _md_table(["row", "prompt", "gold answer", "base", report.final], rows)
+
+
+def per_task_table(report: EvalReport) -> tuple[list[str], list[list[str]]]:
+    """Multi-task (data.tasks): one row per task, in its own metric: the base's score and each candidate's, with its
+    paired change vs base on the task's rows (95% CI). ([], []) for a single-task run."""
+    gains = report.per_task()
+    if not gains:
+        return [], []
+    names = [n for n in report.task if n != "base"]
+    rows = []
+    for g in gains:
+        cells = [g.task, g.metric, str(g.n), show(g.metric, g.base)]
+        for n in names:
+            d = g.candidates.get(n)
+            cells.append("-" if d is None else show(g.metric, d.mean_candidate) + " ({} [{}, {}]{})".format(
+                *show_change(g.metric, d), "" if d.ci_low > 0 or d.ci_high < 0 else ", n.s."))
+        rows.append(cells)
+    return ["task", "metric", "n", "base", *(f"{n} (vs base, 95% CI)" for n in names)], rows
+
+
+def _per_task_html(report: EvalReport) -> str:
+    head, rows = per_task_table(report)
+    if not rows:
+        return ""
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return ("<h3>Per task (each on its own rows and metric; n.s.: not significant)</h3><table border=1 cellpadding=4>"
+            "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + f"</tr>{body}</table>")
+
+
+def per_task_markdown(report: EvalReport) -> str:
+    head, rows = per_task_table(report)
+    return "\n### Per task (each on its own rows and metric; n.s.: not significant)\n\n" + _md_table(head, rows) if rows else ""
 
 
 def _forgetting_rows(report: EvalReport) -> str:
@@ -179,7 +216,7 @@ def evaluation_markdown(report: EvalReport) -> str:
     """The candidates' task metric, benchmarks and general-text perplexity as a Markdown table (model card)."""
     metric = report.task["base"].metric
     benches = sorted({b for r in report.benchmarks.values() for b in r})
-    head = f"| candidate | task {metric} (n={report.task['base'].n}) | " + " | ".join(benches) + " | general-text perplexity |"
+    head = f"| candidate | task {label(metric)} (n={report.task['base'].n}) | " + " | ".join(benches) + " | general-text perplexity |"
     rows = [head, "|" + "---|" * (len(benches) + 3)]
     for name, task in report.task.items():
         d = report.task_vs_base.get(name)
@@ -187,7 +224,7 @@ def evaluation_markdown(report: EvalReport) -> str:
         scores = [f"{report.benchmarks[name][b].score:.1%}" if b in report.benchmarks.get(name, {}) else "-" for b in benches]
         ppl = f"{report.perplexity[name].ppl:.2f}" if name in report.perplexity else "-"
         rows.append(f"| {name} | {show(metric, task.score)}{vs} | " + " | ".join(scores) + f" | {ppl} |")
-    return "\n".join(rows) + "\n" + examples_markdown(report)
+    return "\n".join(rows) + "\n" + per_task_markdown(report) + examples_markdown(report)
 
 
 def evaluation_html(report: EvalReport, decision_text: str | None = None, exports: list[ExportFile] | None = None,
@@ -202,9 +239,10 @@ def evaluation_html(report: EvalReport, decision_text: str | None = None, export
     return f"""<html><body style="font-family:sans-serif;max-width:1000px">
 <h2>tuneline evaluation</h2>
 {f'<p><b>{html.escape(decision_text)}</b></p>' if decision_text else ''}
-<h3>Task ({report.task['base'].n} held-out rows, {metric}; every candidate on the same rows)</h3>
+<h3>Task ({report.task['base'].n} held-out rows, {label(metric)}; every candidate on the same rows)</h3>
 <img src="data:image/png;base64,{_b64(chart or evaluation_chart_png(report))}"/>
-<table border=1 cellpadding=4><tr><th>candidate</th><th>{metric}</th><th>n</th><th>vs base (95% CI)</th></tr>{rows}</table>
+<table border=1 cellpadding=4><tr><th>candidate</th><th>{label(metric)}</th><th>n</th><th>vs base (95% CI)</th></tr>{rows}</table>
+{_per_task_html(report)}
 {_examples_html(report)}
 <h3>Forgetting checks (each candidate vs base, paired)</h3>
 <table border=1 cellpadding=4><tr><th>benchmark</th><th>candidate</th><th>base</th><th>candidate</th><th>n</th><th>change (95% CI)</th></tr>{_forgetting_rows(report)}</table>
@@ -222,7 +260,12 @@ def data_html(v, chat_template: str = "") -> str:
     verdict = ("<p style='color:#a00'><b>Gate FAILED</b>: " + "<br>".join(map(html.escape, v.gate_failures)) + "</p>"
                if v.gate_failures else "<p style='color:#070'><b>Gate passed</b>: the data may be used for training.</p>")
     counts = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(x))}</td></tr>"
-                     for k, x in v.counts.items() if k != "reasons")
+                     for k, x in v.counts.items() if k not in ("reasons", "tasks"))
+    tasks = _data_tasks(v)
+    tasks = ("<h3>Tasks (data.tasks: each read, checked and split on its own, then mixed by weight)</h3>"
+             "<table border=1 cellpadding=4><tr>" + "".join(f"<th>{h}</th>" for h in TASK_HEAD) + "</tr>"
+             + "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in tasks)
+             + "</table>" if tasks else "")
     checks = "".join(f"<tr><td>{k}</td><td>{c['policy']}</td><td>{c['flagged']}</td><td>{c.get('truncated', '')}</td></tr>"
                      for k, c in v.checks.items())
     reasons = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{x}</td></tr>" for k, x in v.counts.get("reasons", {}).items())
@@ -243,6 +286,7 @@ def data_html(v, chat_template: str = "") -> str:
 {f"<p><b>Chat template</b>: {html.escape(chat_template)}</p>" if chat_template else ""}
 {f"<p><b>Generation length</b> (data.max_new_tokens): {html.escape(_length(v))}</p>" if _length(v) else ""}
 <h3>Rows (accepted + dropped + unused = input)</h3><table border=1 cellpadding=4>{counts}</table>
+{tasks}
 <h3>Checks</h3><table border=1 cellpadding=4><tr><th>check</th><th>policy</th><th>rows flagged</th><th>truncated</th></tr>{checks}</table>
 <h3>Reasons</h3><table border=1 cellpadding=4><tr><th>reason</th><th>rows</th></tr>{reasons}</table>
 <h3>Balance (training split)</h3>{balance}
@@ -250,6 +294,17 @@ def data_html(v, chat_template: str = "") -> str:
 <h3>Quarantined and flagged rows (first {len(preview)}; all are in the rejected_rows artifact)</h3>
 <table border=1 cellpadding=4><tr><th>file:line</th><th>action</th><th>reason</th><th>field</th><th>detail</th></tr>{rej}</table>
 </body></html>"""
+
+
+TASK_HEAD = ["task", "shape", "metric", "weight", "share", "input rows", "dropped", "train (of available)", "mining",
+             "eval", "max_new_tokens (why)"]
+
+
+def _data_tasks(v) -> list[list]:
+    """Multi-task: one row per task of the data report's task table ([] for one task)."""
+    return [[name, t["shape"], t["metric"], t["weight"], f"{t['share']:.0%}", t["input_rows"], t["dropped"],
+             f"{t['train']} (of {t['train_available']})", t["mining"], t["eval"], t["max_new_tokens_why"]]
+            for name, t in (v.counts.get("tasks") or {}).items()]
 
 
 def _length(v) -> str:
@@ -267,11 +322,14 @@ def _body(page: str) -> str:
 def run_summary(report: EvalReport, exports: list[ExportFile], decision: str, model_name: str | None) -> str:
     """The plain-text summary printed at the end of a run."""
     base = report.task["base"]
-    lines = ["", "=" * 72, "tuneline run summary", "-" * 72, f"task {base.metric} ({base.n} held-out rows):"]
+    lines = ["", "=" * 72, "tuneline run summary", "-" * 72, f"task {label(base.metric)} ({base.n} held-out rows):"]
     for n, r in report.task.items():
         d = report.task_vs_base.get(n)
         lines.append(f"  {n:<12} {show(base.metric, r.score):>6}"
                      + ("  vs base {} (95% CI {}..{})".format(*show_change(base.metric, d)) if d else ""))
+    head, rows = per_task_table(report)
+    lines += [f"  task {r[0]} ({r[1]}, {r[2]} rows): base {r[3]}; " + "; ".join(f"{h.split(' ')[0]} {c}"
+                                                                          for h, c in zip(head[4:], r[4:])) for r in rows]
     for cand, diffs in (report.benchmark_changes or {report.final: report.benchmarks_vs_base}).items():
         for name, d in diffs.items():
             lines.append(f"{name}: base {d.mean_base:.1%} -> {cand} {d.mean_candidate:.1%} "
@@ -282,7 +340,8 @@ def run_summary(report: EvalReport, exports: list[ExportFile], decision: str, mo
         ppl = f", perplexity {e.perplexity_increase:+.2%} vs merged" if e.perplexity_increase is not None else ""
         name = e.path if e.format == "gguf" else e.candidate  # a GGUF file's name says its type; a GPTQ/AWQ dir is "model"
         lines.append(f"export {name}{' (auto)' if e.auto == 'picked' else ''}: {e.size_bytes / 2**20:.1f} MB, "
-                     f"score {show(base.metric, e.score)}{ppl}, {'passed' if e.passed else 'REJECTED: ' + e.reason}")
+                     f"score {show(base.metric, e.score)}{ppl}, {'passed' if e.passed else 'REJECTED: ' + e.reason}"
+                     + (f"; MMLU/GSM8K {e.benchmarks_note}" if e.benchmarks_note and e.passed else ""))
         if e.serve is not None:
             lines += [f"  served by llama.cpp's OpenAI-compatible server: {e.serve.sentence()}", f"  serve it: {e.serve.command}"]
     lines.append(f"model {model_name or '-'}: {decision}")
@@ -357,7 +416,9 @@ def data_markdown(v, chat_template: str = "") -> str:
     """The data validation summary: gate verdict, row accounting, checks, reasons, balance."""
     verdict = ("**Gate FAILED**: " + "; ".join(v.gate_failures) if v.gate_failures
                else "**Gate passed**: the data may be used for training.")
-    counts = _md_table(["rows", "count"], [[k, x] for k, x in v.counts.items() if k != "reasons"])
+    counts = _md_table(["rows", "count"], [[k, x] for k, x in v.counts.items() if k not in ("reasons", "tasks")])
+    if rows := _data_tasks(v):
+        counts += "\n### Tasks (each read, checked and split on its own, then mixed by weight)\n\n" + _md_table(TASK_HEAD, rows)
     checks = _md_table(["check", "policy", "rows flagged", "truncated"],
                        [[k, c["policy"], c["flagged"], c.get("truncated", "")] for k, c in v.checks.items()])
     reasons = _md_table(["reason", "rows"], list(v.counts.get("reasons", {}).items()))

@@ -7,6 +7,9 @@ Rules (config `promote`):
 - task: the final model's accuracy gain over the base must be significant (bootstrap CI above 0)
   and at least `min_task_gain`; for a lower-is-better task metric (perplexity of held-out documents,
   data.shape text) the gain is the drop in mean NLL per document (nats; 0.05 is about a 5 % lower perplexity);
+- multi-task (data.tasks): the task rule reads the mean over all eval rows (each scored with its task's
+  metric), and a task whose own paired gain is significant and negative (CI entirely below 0) blocks
+  promotion, named in the reasons, however small the drop: the mix may not trade one task for another;
 - forgetting: a benchmark fails when its drop is significant (CI entirely below 0) and larger
   than `max_benchmark_drop`; noise on a small set cannot fail it, a real large drop does;
 - perplexity on held-out general text: fails when the rise is significant and larger than
@@ -15,7 +18,8 @@ Rules (config `promote`):
   on the task, paired on the eval items both were scored on;
 - merge: the merged model may not be significantly worse than the adapter it was merged from
   (same rows, paired);
-- exports: at least one exported file must have passed its own check.
+- exports: at least one exported file must have passed its own check; the one that ships
+  (tuneline.export.records.shipped: the smallest GGUF file that passed) is named.
 """
 
 from __future__ import annotations
@@ -28,10 +32,10 @@ from tuneline.config import PromoteConfig
 from tuneline.eval.harness import BenchmarkResult
 from tuneline.eval.perplexity import PerplexityResult
 from tuneline.eval.report import EvalReport
-from tuneline.eval.scoring import gain, lower_is_better
+from tuneline.eval.scoring import MIXED, gain, lower_is_better
 from tuneline.eval.stats import PairedDiff, paired_bootstrap
 from tuneline.eval.task import TaskResult
-from tuneline.export.records import ExportFile
+from tuneline.export.records import ExportFile, shipped
 
 
 class Decision(BaseModel):
@@ -98,7 +102,28 @@ def _perplexities(report: EvalReport) -> tuple[float, float]:
 def _metric(report: EvalReport) -> str:
     """The task metric's name as the reasons say it ('accuracy' for exact match, as before)."""
     metric = report.task[report.final].metric
+    if metric == MIXED:
+        return "score (mean over all tasks' rows, each in its task's metric)"
     return "accuracy" if metric == "exact_match" else metric
+
+
+def task_drops(report: EvalReport) -> tuple[bool, list[str]]:
+    """Multi-task: each task's paired gain of the final model; one that is significantly negative blocks."""
+    ok, reasons = True, []
+    for t in report.per_task():
+        d = t.candidates.get(report.final)
+        if d is None:
+            continue
+        g, low, high = gain(d, t.metric)
+        text = (f"task '{t.task}' {t.metric} {d.mean_base:.3f} -> {d.mean_candidate:.3f} ({g:+.3f}, 95% CI "
+                f"{low:+.3f}..{high:+.3f}, {d.n} rows)")
+        if high < 0:
+            ok = False
+            reasons.append(text + ": the mix made this task significantly worse (raise its weight in data.tasks, "
+                           "give it more training rows, or train it on its own)")
+        else:
+            reasons.append(text + ": no significant drop")
+    return ok, reasons
 
 
 def decide(report: EvalReport, exports: list[ExportFile], cfg: PromoteConfig, current: EvalReport | None = None) -> Decision:
@@ -116,6 +141,8 @@ def decide(report: EvalReport, exports: list[ExportFile], cfg: PromoteConfig, cu
     else:
         reasons.append(f"task {_metric(report)} {d.mean_base:.3f} -> {d.mean_candidate:.3f} ({d.diff:+.3f}, "
                        f"CI {d.ci_low:+.3f}..{d.ci_high:+.3f})")
+    fine, texts = task_drops(report)
+    ok, reasons = ok and fine, reasons + texts
     for name, b in report.benchmarks_vs_base.items():
         if b.ci_high < 0 and b.diff < -cfg.max_benchmark_drop:
             ok = False
@@ -150,6 +177,10 @@ def decide(report: EvalReport, exports: list[ExportFile], cfg: PromoteConfig, cu
         reasons.append("no exported file passed its check: " + "; ".join(f"{e.qtype}: {e.reason}" for e in exports))
     elif exports:
         reasons.append("exports passing their check: " + ", ".join(e.qtype for e in passed))
+        ship = shipped(exports)
+        if ship is not None:  # the one file served and benchmarked (records.shipped)
+            reasons.append(f"ships {ship.candidate} ({ship.size_bytes / 2**20:.1f} MB, "
+                           "the smallest GGUF file that passed)")
     return Decision(promote=ok, stage=cfg.stage if ok else None, reasons=reasons)
 
 

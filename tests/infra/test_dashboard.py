@@ -41,6 +41,8 @@ CHAIN = [
     ("validate_data", "task_data", "train_sft"),
     ("train_sft", "sft_adapter", "train_dpo"),
     ("train_dpo", "dpo_adapter", "merge"),
+    ("merge", "merged_model", "score_merged"),
+    ("score_merged", "merged_reference", "export_gguf"),
     ("merge", "merged_model", "export_gguf"),
     ("export_gguf", "gguf_export", "promote"),
     ("merge", "merged_model", "export_gptq"),

@@ -41,6 +41,7 @@ def fake_sdist(path: Path, marker: str = "genuine") -> str:
         root = f"llama_cpp_python-{VERSION}/vendor/llama.cpp"
         for name in (
             "convert_hf_to_gguf.py",
+            "convert_lora_to_gguf.py",
             "conversion/__init__.py",
             "gguf-py/gguf/__init__.py",
             "models/templates/t.jinja",

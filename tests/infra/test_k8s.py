@@ -40,7 +40,7 @@ K8S_VERSION = "1.33.0"  # a version every managed Kubernetes still supports; bun
 PIPELINES_NAMESPACE = "tuneline"
 KUBERNETES_YAML = PROJECT_ROOT / "configs" / "env" / "kubernetes.yaml"
 HUB_YAML = PROJECT_ROOT / "configs" / "env" / "kubernetes-hub.yaml"
-GPU_STEPS = {"train_sft", "train_dpo", "evaluate", "export_gptq", "export_awq"}
+GPU_STEPS = {"train_sft", "train_reward", "train_dpo", "evaluate_base", "evaluate", "score_merged", "export_gptq", "export_awq"}
 GPU_IMAGE_STEPS = GPU_STEPS | {"merge", "export_gguf"}
 SECRETISH_NAME = re.compile(r"PASSWORD|PASSWD|TOKEN$|SECRET$|SECRET_KEY|API_KEY|ENCRYPTION_KEY|PRIVATE_KEY|CREDENTIALS",
                             re.I)
@@ -331,7 +331,7 @@ def pipeline_steps() -> list[str]:
 def test_every_pipeline_step_has_an_image_and_resources():
     raw = overlay()
     steps = pipeline_steps()
-    assert len(steps) == 13 and set(steps) == set(raw["steps"]), f"steps of the pipeline: {steps}"
+    assert len(steps) == 17 and set(steps) == set(raw["steps"]), f"steps of the pipeline: {steps}"
     pipeline_image = raw["settings"]["docker"]["dockerfile"]
     assert pipeline_image == "docker/Dockerfile.cpu"
     for step in steps:
@@ -508,7 +508,8 @@ def test_hub_step_pods_go_online_with_the_cache_and_an_optional_token(hub_pods, 
     claims = {o["metadata"]["name"] for o in all_objects["hub"] if o["kind"] == "PersistentVolumeClaim"
               and o["metadata"]["namespace"] == PIPELINES_NAMESPACE}
     documented = documented_secret_keys()
-    assert set(hub_pods) == set(pipeline_steps())
+    # The compiled default: train_reward runs only with reward_model.enabled (off there).
+    assert set(hub_pods) == set(pipeline_steps()) - {"train_reward"}
     for step, pod in hub_pods.items():
         [main] = pod["containers"]
         env = {e["name"]: e for e in main["env"]}
@@ -521,7 +522,7 @@ def test_hub_step_pods_go_online_with_the_cache_and_an_optional_token(hub_pods, 
         volume = mounts[env["HF_HOME"]["value"]]  # HF_HOME is the mounted hub cache
         [vol] = [v for v in pod["volumes"] if v["name"] == volume]
         assert vol["persistentVolumeClaim"]["claimName"] in claims, f"{step}: k8s/overlays/hub lacks the claim"
-        if step in {"train_sft", "train_dpo"}:  # the training cache is still there beside the hub cache
+        if step in {"train_sft", "train_reward", "train_dpo"}:  # the training cache is still there beside the hub cache
             assert mounts["/home/tuneline/.cache/tuneline"] == "tuneline-cache", step
     for dockerfile in ("Dockerfile.cpu", "Dockerfile.gpu"):  # what the switch turns off
         assert "HF_HUB_OFFLINE=1" in (PROJECT_ROOT / "docker" / dockerfile).read_text()

@@ -626,12 +626,12 @@ def check_writable_paths(where: str, pod_settings: dict):
 @pytest.mark.parametrize("configs", [[KUBERNETES_YAML], [KUBERNETES_YAML, HUB_YAML]], ids=["kubernetes", "hub"])
 def test_step_and_orchestrator_pods_are_read_only_with_writable_scratch(configs):
     pods = effective_pods([DEFAULT_YAML, *configs])
-    assert len(pods) == 14
+    assert len(pods) == 18  # every step of pipelines/finetune.py and the orchestrator
     for where, settings in pods.items():
         check_writable_paths(where, settings)
         if where != "orchestrator":
             assert settings["additional_pod_spec_args"]["automount_service_account_token"] is False, where
-    for step in ("train_sft", "train_dpo"):  # the training cache stays mounted beside the scratch dirs
+    for step in ("train_sft", "train_reward", "train_dpo"):  # the training cache stays mounted beside the scratch dirs
         assert {"name": "tuneline-cache", "mountPath": "/home/tuneline/.cache/tuneline"} in pods[step]["volume_mounts"]
 
 

@@ -23,9 +23,10 @@ from tuneline.paths import PROJECT_ROOT
 GOLDEN = PROJECT_ROOT / "tests" / "golden" / "finetune_kfp.yaml"
 SCRIPT = PROJECT_ROOT / "scripts" / "compile_kubeflow.py"
 OVERLAY = PROJECT_ROOT / "configs" / "env" / "kubeflow.yaml"
-GPU_STEPS = {"train_sft", "train_dpo", "evaluate", "export_gptq", "export_awq"}  # CUDA image, one GPU
+# train_reward (reward_model.enabled) has GPU settings too, but the compiled default has no reward model.
+GPU_STEPS = {"train_sft", "train_dpo", "evaluate_base", "evaluate", "score_merged", "export_gptq", "export_awq"}  # CUDA image, one GPU
 GPU_IMAGE_CPU_NODE = {"merge", "export_gguf"}                     # CUDA image (torch, llama.cpp), no GPU
-CPU_STEPS = {"prepare_base", "plan", "snapshot_data", "validate_data", "data_gate", "promote"}
+CPU_STEPS = {"prepare_base", "plan", "snapshot_data", "validate_data", "data_gate", "eval_rows", "promote"}
 
 
 def _module():
@@ -106,8 +107,12 @@ def test_every_step_is_a_task_with_the_pipeline_dependencies(compiled):
     assert {"data_gate", "plan", "validate_data"} <= after["train_sft"], "training waits for the data gate and the plan"
     assert {"train_sft", "validate_data"} <= after["train_dpo"]
     assert {"train_sft", "train_dpo", "validate_data"} <= after["evaluate"]
+    assert after["eval_rows"] == {"validate_data", "data_gate"} and "eval_rows" in after["evaluate_base"]
+    assert "evaluate_base" in after["evaluate"], "candidates are paired with the base's (cached) scores"
     assert "train_dpo" in after["merge"]
     assert "merge" in after["export_gguf"] and "merge" in after["export_gptq"] and "merge" in after["export_awq"]
+    assert "merge" in after["score_merged"], "the merged model's reference is scored from the merged model"
+    assert all("score_merged" in after[e] for e in ("export_gguf", "export_gptq", "export_awq")), "scored once, shared"
     assert after["promote"] == {"evaluate", "export_gguf", "export_gptq", "export_awq"}
     for name, s in steps.items():  # each task runs exactly its ZenML step
         assert s["command"] == ["python", "-m", "zenml.entrypoints.entrypoint"]

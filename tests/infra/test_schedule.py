@@ -40,7 +40,7 @@ CRON = "0 3 * * 1"
 K8S_VERSION = "1.33.0"
 TOKEN = "test-api-token-3f9c2a"  # stands for the workload token ZenML generates for the schedule
 STORE_URL = "https://zenml.example.com"
-GPU_STEPS = {"train_sft", "train_dpo", "evaluate", "export_gptq", "export_awq"}
+GPU_STEPS = {"train_sft", "train_reward", "train_dpo", "evaluate_base", "evaluate", "score_merged", "export_gptq", "export_awq"}
 GPU_IMAGE_STEPS = GPU_STEPS | {"merge", "export_gguf"}
 IMAGES = {"docker/Dockerfile.cpu": "registry.example.com/ml/tuneline:cpu-build",
           "docker/Dockerfile.gpu": "registry.example.com/ml/tuneline:gpu-build"}
@@ -298,7 +298,7 @@ def test_step_job_rendering_follows_zenml_entrypoint():
 
 def test_step_pods_get_their_settings(compiled, snapshot):
     steps = list(snapshot.step_configurations)
-    assert len(steps) == 13
+    assert len(steps) == 16
     for step in steps:
         job = validate(step_job(compiled, snapshot, step))
         pod = job["spec"]["template"]["spec"]

@@ -15,7 +15,7 @@ from tuneline.eval.task import TaskResult  # noqa: E402
 from tuneline.export import gguf  # noqa: E402
 from tuneline.export.gate import Probe  # noqa: E402
 from tuneline.export.records import ExportFile  # noqa: E402
-from tuneline.export.serve import llama_server, serve_check, serve_smallest, user_commands  # noqa: E402
+from tuneline.export.serve import llama_server, serve_check, serve_shipped, user_commands  # noqa: E402
 from tuneline.model.base import prepare  # noqa: E402
 
 CONVERSATIONS = [
@@ -72,7 +72,7 @@ def test_a_changed_answer_or_no_stop_marks_the_file(q8, probe):
     file = gate_file(q8, probe)
     file.samples[1].predicted += " (not what the server says)"
     larger = file.model_copy(update={"qtype": "F16", "size_bytes": file.size_bytes * 2})
-    assert serve_smallest([larger, file], probe) is file  # the smallest passing file is the one served
+    assert serve_shipped([larger, file], probe) is file  # the smallest passing file is the one served
     assert larger.serve is None and larger.passed
     assert not file.passed and file.reason.startswith("serving check failed: 2/3 served answers equal the gate's")
     assert "top up failed" in file.reason
@@ -96,7 +96,7 @@ def test_a_server_that_cannot_start_marks_the_file_and_is_stopped(tmp_path, prob
     bad = tmp_path / "broken-Q8_0.gguf"
     bad.write_bytes(b"GGUF not really")
     file = ExportFile(format="gguf", qtype="Q8_0", path=str(bad), passed=True, samples=[])
-    serve_smallest([file], probe)
+    serve_shipped([file], probe)
     assert not file.passed and not file.serve.served
     assert file.reason.startswith("serving check failed: RuntimeError: llama.cpp server exited with")
     assert user_commands(file) == ("python -m llama_cpp.server --model broken-Q8_0.gguf --host 127.0.0.1 --port 8000 "

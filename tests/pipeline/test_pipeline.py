@@ -17,7 +17,7 @@ import yaml
 from tuneline.paths import PROJECT_ROOT
 
 ZENML = str(Path(sys.executable).parent / "zenml")
-STEPS = ["prepare_base", "plan", "snapshot_data", "validate_data", "data_gate", "train_sft", "train_dpo", "evaluate", "merge", "export_gguf", "export_gptq", "export_awq", "promote"]
+STEPS = ["prepare_base", "plan", "snapshot_data", "validate_data", "data_gate", "eval_rows", "evaluate_base", "train_sft", "train_dpo", "evaluate", "merge", "score_merged", "export_gguf", "export_gptq", "export_awq", "promote"]
 
 QUERY = """
 import json
@@ -35,9 +35,12 @@ out["perplexity_candidates"] = sorted(final.perplexity)
 merged = run.steps["merge"].outputs["merged_model"][0]
 out["model_card"] = open(merged.load().path + "/README.md").read()
 out["data_sha256"] = run.steps["snapshot_data"].run_metadata.get("data_sha256")
-out["exports"] = {f.candidate: [f.passed, f.reason, f.auto]
-                  for s, name in (("export_gguf", "gguf_export"), ("export_gptq", "gptq_export"), ("export_awq", "awq_export"))
-                  for f in run.steps[s].outputs[name][0].load().files}
+files = [f for s, name in (("export_gguf", "gguf_export"), ("export_gptq", "gptq_export"), ("export_awq", "awq_export"))
+         for f in run.steps[s].outputs[name][0].load().files]
+out["exports"] = {f.candidate: [f.passed, f.reason, f.auto] for f in files}
+from tuneline.export.records import shipped
+out["shipped"] = shipped(files).candidate if shipped(files) else None
+out["benchmarks_notes"] = {f.candidate: f.benchmarks_note for f in files}
 out["decision"] = run.steps["promote"].outputs["promotion"][0].load().model_dump()
 out["checkpoints"] = {s: sorted(n for n in run.steps[s].outputs if n.startswith("checkpoint-")) for s in ("train_sft", "train_dpo")}
 out["visualizations"] = sorted(n for s in run.steps.values() for n, a in s.outputs.items() if a[0].visualizations)
@@ -91,9 +94,13 @@ def test_every_step_runs_and_the_gate_explains_itself(first_run):
     assert [v[2] for v in exports.values()][2:-2] in (["picked"], ["tried", "picked"], ["tried", "tried"]), exports
     assert run["task_candidates"] == ["base", "sft", "dpo", "merged", *exports]
     assert set(run["perplexity_candidates"]) == {"base", "sft", "dpo", "merged", *exports}
-    # MMLU and GSM8K ran on every candidate, the merged model and every export that passed its gate included.
+    # MMLU and GSM8K ran on every candidate, the merged model and the export that ships (the smallest passing GGUF
+    # file); every other export says they were not run.
     passed = [name for name, (ok, _, _) in exports.items() if ok]
-    assert run["benchmark_candidates"] == {c: ["gsm8k", "mmlu"] for c in ["sft", "dpo", "merged", *passed]}
+    shipped = [run["shipped"]] if run["shipped"] else []
+    assert run["benchmark_candidates"] == {c: ["gsm8k", "mmlu"] for c in ["sft", "dpo", "merged", *shipped]}
+    assert all(note.startswith("not run") for c, note in run["benchmarks_notes"].items() if c not in shipped), run
+    assert not shipped or any(r.startswith(f"ships {shipped[0]} ") for r in run["decision"]["reasons"]), run["decision"]
     # The smallest GGUF file that passed was served and asked through the openai client; the summary says so.
     if any(n.startswith("gguf") for n in passed):
         assert "served by llama.cpp's OpenAI-compatible server" in out, out[-3000:]
@@ -119,7 +126,8 @@ def test_rerun_is_cached(first_run):
 
 def test_bootstrap_change_reruns_the_evaluation_not_the_exports(first_run, tmp_path):
     """evaluate.bootstrap_resamples changes the CIs only: the evaluation re-runs, and so does the merge (its
-    model card shows the evaluation table), but the merged weights are the same, so no export re-runs."""
+    model card shows the evaluation table), but the merged weights are the same, so no export re-runs; the base's
+    scores (evaluate_base) do not depend on it and come from the cache."""
     raw = yaml.safe_load((PROJECT_ROOT / "configs" / "tiny.yaml").read_text())
     raw["parameters"]["config"].setdefault("evaluate", {})["bootstrap_resamples"] = 1000
     changed = tmp_path / "tiny-bootstrap.yaml"
@@ -136,7 +144,7 @@ def test_dpo_change_reruns_dpo_and_downstream_only(first_run, tmp_path):
     changed = tmp_path / "tiny-dpo.yaml"
     changed.write_text(yaml.safe_dump(raw))
     _, run = _run(changed)
-    before, after = STEPS[:6], STEPS[6:]
+    before, after = STEPS[:STEPS.index("train_dpo")], STEPS[STEPS.index("train_dpo"):]  # evaluate_base stays cached
     assert all(run["steps"][s] == "cached" for s in before), run["steps"]
     assert all(run["steps"][s] == "completed" for s in after), run["steps"]
 

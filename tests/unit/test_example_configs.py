@@ -29,6 +29,8 @@ def data_files(cfg: TunelineConfig) -> dict[str, str]:
              "data.preference.file": d.preference.file if d.preference else None,
              "data.general_mix.file": d.general_mix.file if d.general_mix else None,
              "evaluate.perplexity.file": cfg.evaluate.perplexity.file if cfg.evaluate.perplexity else None}
+    for t in d.tasks or []:  # multi-task: each task's files (the top-level ones are not read)
+        named |= {f"data.tasks.{t.name}.{k}": getattr(t, k) for k in ("train_file", "test_file", "labels_file")}
     return {key: value for key, value in named.items() if value}
 
 

@@ -12,8 +12,8 @@ from tuneline.eval.report import EvalReport
 from tuneline.eval.scoring import token_f1
 from tuneline.eval.stats import paired_bootstrap
 from tuneline.eval.task import TaskResult
-from tuneline.export.gate import MergedResults, gate_for, verdict
-from tuneline.export.records import ExportFile
+from tuneline.export.gate import gate_for, verdict
+from tuneline.export.records import ExportFile, MergedReference
 from tuneline.promote import decide
 
 N = 40
@@ -57,7 +57,7 @@ def test_the_report_shows_the_first_generated_answers_beside_the_gold():
 
 def test_gate_and_promotion_read_token_f1_in_metric_points():
     rep = _report()
-    merged = MergedResults(task=rep.task["sft"])
+    merged = MergedReference(key="", task=rep.task["sft"])
     gate = gate_for(ExportConfig(max_accuracy_drop=0.05), merged)
     ref = merged.task.score
     close = ExportFile(format="gguf", qtype="F16", path="m-F16.gguf", score=ref - 0.04, eos_share=1.0)

@@ -4,7 +4,9 @@
     messages(task.iloc[0])                          # [system?, user, ..., assistant (the gold answer)]
 
 Records are flat tables (pandas DataFrames) so ZenML stores them as Parquet:
-- task rows: id, split, source, line, shape, prompt (JSON list of messages), assistant, label
+- task rows: id, split, source, line, shape, prompt (JSON list of messages), assistant, label; a multi-task run
+  (data.tasks) adds task, metric and max_new_tokens (TASK_MIX_COLUMNS: each row is scored with its task's metric
+  and length, tuneline.eval.task) and prefixes each id with '<task>:'
 - preference rows: id, source, line, prompt (JSON list of messages), chosen, rejected
 - rejected rows: source, line, reason, field, detail, row, action (dropped / changed / flagged)
 """
@@ -15,6 +17,7 @@ import json
 from pathlib import Path
 
 TASK_COLUMNS = ["id", "split", "source", "line", "shape", "prompt", "assistant", "label"]
+TASK_MIX_COLUMNS = ["task", "metric", "max_new_tokens"]  # data.tasks only (tuneline/data/tasks.py)
 PREF_COLUMNS = ["id", "source", "line", "prompt", "chosen", "rejected"]
 REJECT_COLUMNS = ["source", "line", "reason", "field", "detail", "row", "action"]
 

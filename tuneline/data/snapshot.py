@@ -65,8 +65,15 @@ def _sha(path: Path) -> tuple[int, str]:
 
 
 def _local(cfg: DataConfig) -> list[tuple[str, str, Path | None]]:
-    """(config key, configured name, local path or None for a hub dataset id) of every input `cfg` names."""
-    return [(key, name, locate(name).path) for key in FIELDS if (name := _get(cfg, key))]
+    """(config key, configured name, local path or None for a hub dataset id) of every input `cfg` names,
+    each of data.tasks' files under `tasks.<name>.<field>` (where validate_tasks looks for the copies)."""
+    # With data.tasks the top-level train/test/labels files are unused defaults: the tasks name their own.
+    fields = FIELDS[3:] if cfg.tasks else FIELDS
+    named = [(key, name) for key in fields if (name := _get(cfg, key))]
+    for task in cfg.tasks or []:
+        named += [(f"tasks.{task.name}.{field}", name) for field in ("train_file", "test_file", "labels_file")
+                  if (name := getattr(task, field))]
+    return [(key, name, locate(name).path) for key, name in named]
 
 
 def _total(digests: list[str]) -> str:

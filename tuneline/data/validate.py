@@ -69,7 +69,20 @@ def validate(cfg: DataConfig, tokenizer, mmlu_subjects: list[str] | None = None,
     of the configured file (a snapshot: RawDataDir.copies()); rows and errors still name the configured file.
     `dpo` (cfg.dpo.data_use()): where every row trains and DPO mines mistakes, data.mining_rows rows are split
     off the training rows for it; the gate fails when DPO could get no pairs. None: no DPO is planned.
+    With data.tasks, each task is read this way and the tasks are mixed (tuneline/data/tasks.py).
     """
+    if cfg.tasks is not None:
+        from tuneline.data.tasks import validate_tasks  # imported here: it builds on this module
+
+        return validate_tasks(cfg, tokenizer, mmlu_subjects, copies, dpo)
+    v = checked(cfg, tokenizer, mmlu_subjects, copies, dpo)
+    v.gate_failures = gate(v, cfg)
+    return v
+
+
+def checked(cfg: DataConfig, tokenizer, mmlu_subjects: list[str] | None = None,
+            copies: dict[str, str] | None = None, dpo: DPOData | None = None) -> Validated:
+    """One task's data read, checked and split (validate without the gate verdict)."""
     copies = copies or {}
 
     def source(key: str, name: str) -> Source:
@@ -156,7 +169,6 @@ def validate(cfg: DataConfig, tokenizer, mmlu_subjects: list[str] | None = None,
     v = Validated(task=task, preferences=pd.DataFrame(prefs, columns=PREF_COLUMNS), rejected=rejected,
                   counts=counts | mix_stats, checks=stats, generation=length,
                   balance={"train_before": balance_before, "train": balance_stats(chosen)}, gx=gx, dpo=dpo)
-    v.gate_failures = gate(v, cfg)
     return v
 
 
@@ -177,6 +189,11 @@ def _counts(task, task_rej, rejected, n_input, n_unused, labels, shape, extra, u
 
 def gate(v: Validated, cfg: DataConfig) -> list[str]:
     """Reasons to stop before training; empty when the data may be used. Each names its config key."""
+    return data_failures(v, cfg) + dpo_failures(v, cfg)
+
+
+def data_failures(v: Validated, cfg: DataConfig) -> list[str]:
+    """The gate's checks of the data itself (multi-task: run per task; DPO's pairs are checked on the mix)."""
     g, failures = cfg.gate, []
     n, dropped = v.counts["input_rows"], v.counts["dropped"]
     if n and dropped / n > g.max_rejected_fraction:
@@ -210,10 +227,10 @@ def gate(v: Validated, cfg: DataConfig) -> list[str]:
         failures.append(f"data.mining_rows={cfg.mining_rows} holds out {held} rows for DPO to mine and leaves {kept} "
                         f"to train (every row of a {v.counts['shape']} file trains unless sampled): lower "
                         f"data.mining_rows (e.g. to {(held + kept) // 5}), or set dpo.mine_mistakes: false")
-    return failures + _dpo_pairs(v, cfg)
+    return failures
 
 
-def _dpo_pairs(v: Validated, cfg: DataConfig) -> list[str]:
+def dpo_failures(v: Validated, cfg: DataConfig) -> list[str]:
     """DPO needs 2 pairs: fail before any training when the data cannot give them, naming what to change."""
     if v.dpo is None or not v.dpo.enabled:
         return []

@@ -3,25 +3,111 @@
     tuneline evaluate configs/default.yaml --adapter sft=/tmp/sft-adapter dpo=/tmp/dpo-adapter
 
 In code: `evaluate(ref, {"sft": sft_dir, "dpo": dpo_dir}, cfg.sft.method, eval_rows, cfg.evaluate, length)`
-returns an `EvalReport` (tuneline.eval.report). One copy of the base weights serves every adapter
-candidate: the base is scored first, then the adapters are loaded side by side into one PeftModel and
-switched. A full-weight candidate (sft.method full, bitfit or galore: a model dir, not an adapter) is
-loaded as its own model. Every comparison is paired (same items) with a bootstrap CI, so promotion can
-tell a real change from noise.
+returns an `EvalReport` (tuneline.eval.report). The base's scores are a `BaseEvaluation` of their own
+(`evaluate_base`): the pipeline makes it in the `evaluate_base` step, cached by ZenML as long as the base,
+the eval rows and the settings in `base_settings` stay the same, and passes it in as `base=`; without it
+(or when it was made for other rows or settings) the base is scored here first.
+
+One copy of the base weights serves every adapter candidate. Plain LoRA adapters (lora, qlora, rslora) are
+scored together, in one generation pass and one perplexity pass (PEFT mixed-adapter batches,
+tuneline.eval.candidates); any other adapter is loaded into the same PeftModel and switched to, and a
+full-weight candidate (sft.method full, bitfit or galore: a model dir, not an adapter) is loaded as its own
+model. Every comparison is paired (same items) with a bootstrap CI, so promotion can tell a real change
+from noise.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 
+from pydantic import BaseModel
+
 from tuneline.config import EvaluateConfig
-from tuneline.eval.harness import run_benchmarks
-from tuneline.eval.perplexity import PerplexityResult, general_texts, perplexity
+from tuneline.eval.candidates import batchable, score_candidates
+from tuneline.eval.harness import BenchmarkResult, run_benchmarks
+from tuneline.eval.perplexity import PerplexityResult, general_texts, perplexities, perplexity
 from tuneline.eval.report import EvalReport
 from tuneline.eval.stats import PairedDiff, paired_bootstrap
 from tuneline.eval.task import TaskResult, score_task
 from tuneline.model.adapters import align_logits, is_adapter_dir, load_adapter, load_full
 from tuneline.model.base import BaseModelRef, load_model, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+# Settings that change how candidates are compared, never the base's own scores.
+CANDIDATE_ONLY = ("bootstrap_resamples", "benchmark_candidates")
+
+
+class EvalRows(BaseModel):
+    """The held-out rows every candidate is scored on and the generation length the data step resolved: what
+    the base evaluation depends on of the data (not the training rows, so editing those keeps it cached)."""
+
+    rows: list[dict]
+    max_new_tokens: int
+
+
+def eval_rows(task) -> EvalRows:
+    """The `split == "eval"` rows of a task table (validate_data's task_data) as plain values (NaN -> None, so
+    the rows are the same after a round trip through the artifact store)."""
+    from tuneline.data.generation import carried_length
+
+    rows = [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
+            for r in task[task.split == "eval"].to_dict("records")]
+    return EvalRows(rows=rows, max_new_tokens=carried_length(task))
+
+
+class BaseEvaluation(BaseModel):
+    """The base model's scores on the eval rows: what `evaluate` pairs every candidate with."""
+
+    task: TaskResult
+    benchmarks: dict[str, BenchmarkResult] = {}
+    perplexity: PerplexityResult | None = None
+    quantize_4bit: bool = False  # scored in NF4, as QLoRA candidates are
+    settings: dict = {}  # base_key of the evaluation settings it was made with
+    seconds: float = 0.0
+
+    def fits(self, records: list[dict], cfg: EvaluateConfig, quantize_4bit: bool) -> str:
+        """Why this result cannot stand for the base in an evaluation of `records` under `cfg` ('' if it can)."""
+        if self.task.item_ids != [r["id"] for r in records]:
+            return "it was scored on other eval rows"
+        if self.quantize_4bit != quantize_4bit:
+            return f"it was scored {'in' if self.quantize_4bit else 'without'} 4-bit, the candidates are not"
+        if self.settings != base_key(cfg):
+            return "it was made with other evaluation settings"
+        return ""
+
+
+def base_settings(cfg: EvaluateConfig) -> EvaluateConfig:
+    """`cfg` with the candidate-only settings at their defaults: the evaluate_base step's parameter, so changing
+    them (bootstrap_resamples, benchmark_candidates) keeps the base's cached scores."""
+    return cfg.model_copy(update={k: EvaluateConfig.model_fields[k].default for k in CANDIDATE_ONLY})
+
+
+def base_key(cfg: EvaluateConfig) -> dict:
+    """The settings a base evaluation depends on, as plain values (a pinned snapshot's texts left out: the
+    general_text artifact keys those)."""
+    key = base_settings(cfg).model_dump(mode="json")
+    if key.get("perplexity"):
+        key["perplexity"].pop("texts", None)
+    return key
+
+
+def evaluate_base(ref: BaseModelRef, records: list[dict], cfg: EvaluateConfig, max_new_tokens: int,
+                  quantize_4bit: bool = False, model=None, tokenizer=None) -> BaseEvaluation:
+    """Task metric, benchmarks and general-text perplexity of the bare base (loaded here unless `model` is given;
+    it must be the plain model, not yet wrapped by PEFT)."""
+    t0 = time.perf_counter()
+    tok = tokenizer or load_tokenizer(ref)
+    model = model if model is not None else load_model(ref, quantize_4bit=quantize_4bit).eval()
+    texts = general_texts(cfg)
+    return BaseEvaluation(
+        task=score_task(model, tok, records, max_new_tokens, cfg.batch_size, cfg.metric),
+        benchmarks=run_benchmarks(model, tok, cfg),
+        perplexity=perplexity(model, tok, texts, cfg.perplexity.batch_size) if texts else None,
+        quantize_4bit=quantize_4bit, settings=base_key(cfg), seconds=time.perf_counter() - t0,
+    )
 
 
 def _paired(a, b, cfg: EvaluateConfig) -> PairedDiff:
@@ -29,39 +115,57 @@ def _paired(a, b, cfg: EvaluateConfig) -> PairedDiff:
 
 
 def evaluate(ref: BaseModelRef, adapters: dict[str, str], sft_method: str, records: list[dict],
-             cfg: EvaluateConfig, max_new_tokens: int) -> EvalReport:
+             cfg: EvaluateConfig, max_new_tokens: int, base: BaseEvaluation | None = None) -> EvalReport:
     """`adapters` maps candidate name -> adapter dir, in training order; the last one is the final model.
-    `max_new_tokens`: data.max_new_tokens as the data step resolved it (tuneline.data.generation)."""
+    `max_new_tokens`: data.max_new_tokens as the data step resolved it (tuneline.data.generation).
+    `base`: the base's scores from `evaluate_base` (scored here when None or made for other rows/settings)."""
     t0 = time.perf_counter()
     tok = load_tokenizer(ref)
-    model = load_model(ref, quantize_4bit=sft_method == "qlora").eval()
+    quantize_4bit = sft_method == "qlora"
+    model = load_model(ref, quantize_4bit=quantize_4bit).eval()
     names = list(adapters)
-
-    task: dict[str, TaskResult] = {}
-    texts = general_texts(cfg)
-    ppl: dict[str, PerplexityResult] = {}
-    # The base is scored before any adapter goes into it (PEFT wraps the model in place).
-    task["base"] = score_task(model, tok, records, max_new_tokens, cfg.batch_size, cfg.metric)
-    bench_base = run_benchmarks(model, tok, cfg)
-    if texts:
-        ppl["base"] = perplexity(model, tok, texts, cfg.perplexity.batch_size)
     final = names[-1]
-    bench = {"base": bench_base}
+    if base is not None and (why := base.fits(records, cfg, quantize_4bit)):
+        log.warning("the base evaluation passed in does not fit (%s): scoring the base again", why)
+        base = None
+    # The base is scored before any adapter goes into it (PEFT wraps the model in place).
+    base = base or evaluate_base(ref, records, cfg, max_new_tokens, quantize_4bit, model, tok)
+    texts = general_texts(cfg)
+    task: dict[str, TaskResult] = {"base": base.task}
+    bench = {"base": base.benchmarks}
+    ppl: dict[str, PerplexityResult] = {"base": base.perplexity} if base.perplexity else {}
+    checked = [n for n in names if n == final or cfg.benchmark_candidates == "all"]
+
+    together = [n for n in names if batchable(adapters[n])]
+    together = together if len(together) > 1 else []
     peft = None
+    for name in together:  # every batchable adapter side by side in one PeftModel
+        peft = align_logits(load_adapter(peft or model, adapters[name], adapter_name=name))
+    if together:
+        task |= score_candidates(peft.eval(), tok, records, together, max_new_tokens, cfg.batch_size, cfg.metric)
+        if texts and (scored := [n for n in together if n in checked]):
+            ppl |= dict(zip(scored, perplexities(peft, tok, texts, scored, cfg.perplexity.batch_size)))
     for name in names:
-        if is_adapter_dir(adapters[name]):
+        if name in together:
+            peft.set_adapter(name)
+            candidate = peft.eval()
+        elif is_adapter_dir(adapters[name]):
             peft = align_logits(load_adapter(peft or model, adapters[name], adapter_name=name))
             if peft.active_adapter != name:  # X-LoRA: set_adapter would switch its experts off
                 peft.set_adapter(name)
             candidate = peft.eval()
+            task[name] = score_task(candidate, tok, records, max_new_tokens, cfg.batch_size, cfg.metric)
+            if texts and name in checked:
+                ppl[name] = perplexity(candidate, tok, texts, cfg.perplexity.batch_size)
         else:
             candidate = load_full(adapters[name]).eval()
-        task[name] = score_task(candidate, tok, records, max_new_tokens, cfg.batch_size, cfg.metric)
-        if name == final or cfg.benchmark_candidates == "all":
-            bench[name] = run_benchmarks(candidate, tok, cfg)
-            if texts:
+            task[name] = score_task(candidate, tok, records, max_new_tokens, cfg.batch_size, cfg.metric)
+            if texts and name in checked:
                 ppl[name] = perplexity(candidate, tok, texts, cfg.perplexity.batch_size)
+        if name in checked:
+            bench[name] = run_benchmarks(candidate, tok, cfg)
 
+    bench_base = bench["base"]
     changes = {n: {b: _paired(bench[n][b].per_item, bench_base[b].per_item, cfg) for b in bench_base}
                for n in bench if n != "base"}
     nll = {n: _paired(ppl[n].per_item, ppl["base"].per_item, cfg) for n in ppl if n != "base"}

@@ -5,6 +5,9 @@
 `tuneline evaluate configs/default.yaml` runs it on every candidate through `harness.run_benchmarks`.
 The first `fewshot_pool` lines are the shots, the `limit` lines after them are scored. The text,
 target and scoring functions below are the ones lm-eval calls (YAML `!function` tags).
+No shared-prefix KV cache here (unlike MMLU): the default sampler draws each item's shots at random from
+the pool (seeded), so two prompts share no prefix beyond "Question:". Sharing one would need the same
+shots for every item (`sampler: first_n`), which changes the prompts and so the benchmark's numbers.
 """
 
 from __future__ import annotations
@@ -95,7 +98,8 @@ def gsm8k_task_config(cfg: GSM8KConfig, max_new_tokens: int | None = None, path:
 
 def gsm8k_items(cfg: GSM8KConfig, path: Path = GSM8K_FILE) -> list[int]:
     """Scored line indices: the `limit` items right after the few-shot pool."""
-    total = sum(1 for line in open(path) if line.strip())
+    with open(path) as f:
+        total = sum(1 for line in f if line.strip())
     end = total if cfg.limit is None else min(total, cfg.fewshot_pool + cfg.limit)
     if end <= cfg.fewshot_pool:
         raise ValueError(f"gsm8k.fewshot_pool={cfg.fewshot_pool} leaves no items to score in {path} ({total} lines)")

@@ -8,12 +8,18 @@ calls both on the merged model and each exported file, so their per-item lists p
 A model in memory (a plain transformers model or a PEFT `PeftModel`) is evaluated as is: no merged
 copy is written. Task YAMLs are written at run time into a temp dir with absolute `data_files` paths
 and loaded with `TaskManager(include_path=..., include_defaults=False)`, so nothing is fetched from the hub.
+Loglikelihood (MMLU) runs through `SharedContextHFLM`: each distinct context once, its continuations on
+its KV cache; `evaluate.mmlu.reuse_context: false` runs lm-eval's HFLM as is (the reference it must equal,
+tests/integration/test_mmlu_kv_reuse.py).
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import re
 import tempfile
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +29,7 @@ from pydantic import BaseModel
 from tuneline.config import EvaluateConfig
 from tuneline.eval.gsm8k import run_gsm8k
 from tuneline.eval.mmlu import run_mmlu
+from tuneline.progress import progress
 
 
 class BenchmarkResult(BaseModel):
@@ -88,13 +95,92 @@ def _place(model) -> str:
     return str(next(model.parameters()).device)
 
 
-def _lm(model, tokenizer, batch_size: int):
+def _lm(model, tokenizer, batch_size: int, reuse_context: bool = True):
     """Wrap an in-memory model for lm-eval: HFLM takes any object with .config, .device, __call__
-    and .generate, so a PeftModel runs with its adapter active and nothing is merged or written."""
+    and .generate, so a PeftModel runs with its adapter active and nothing is merged or written.
+    reuse_context=False: lm-eval's own HFLM, the reference SharedContextHFLM's scores must equal."""
     from lm_eval.models.huggingface import HFLM
 
     device = _place(model)
-    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
+    cls = shared_context_hflm() if reuse_context else HFLM
+    return cls(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
+
+
+@functools.cache
+def shared_context_hflm() -> type:
+    """The SharedContextHFLM class, built on first use so that importing the harness loads no lm-eval/torch."""
+    import torch
+    import torch.nn.functional as F
+    from lm_eval.models.huggingface import HFLM
+
+    class SharedContextHFLM(HFLM):
+        """HFLM whose loglikelihood runs each distinct context once and its continuations on its KV cache.
+
+        HFLM runs context + continuation for every request, with full-vocabulary logits at every position:
+        a cloze MMLU item (one long question, four short answers) costs four full passes. Here the context
+        runs once, keeping the logits of its last position only, and the item's continuations run as one
+        batch on copies of its cache. Same token ids (HFLM's _encode_pair), same log_softmax, same
+        (log-probability, is_greedy) per request; anything HFLM would truncate goes to HFLM itself.
+        """
+
+        def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
+            out: list = [None] * len(requests)
+            # HFLM truncates context + continuation past max_length + 1 tokens from the left: keep its path.
+            whole = [i for i, (_, ctx, cont) in enumerate(requests)
+                     if self.backend == "causal" and len(ctx) + len(cont) <= self.max_length + 1]
+            rest = sorted(set(range(len(requests))) - set(whole))
+            if rest:
+                scored = super()._loglikelihood_tokens([requests[i] for i in rest], disable_tqdm, override_bs)
+                for i, answer in zip(rest, scored, strict=True):
+                    out[i] = answer
+            by_context: dict[tuple[int, ...], list[int]] = defaultdict(list)
+            for i in whole:
+                by_context[tuple(requests[i][1])].append(i)
+            size = self.batch_size if isinstance(self.batch_size, int) else 4
+            with progress(desc="loglikelihood (shared context)", unit="req", total=len(whole),
+                          disable=disable_tqdm or self.rank != 0) as bar:
+                for ctx, members in by_context.items():
+                    last, cache = self._context(list(ctx))
+                    for start in range(0, len(members), size):
+                        chunk = members[start:start + size]
+                        for i, answer in zip(chunk, self._continuations(last, cache, [requests[i][2] for i in chunk])):
+                            out[i] = answer
+                            if requests[i][0] is not None:  # None: loglikelihood_rolling windows, as in HFLM
+                                self.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
+                        bar.update(len(chunk))
+            return out
+
+        def _forward(self, ids: torch.Tensor, **kwargs):
+            # HFLM._model_call's no_grad and autocast, with a cache in and out.
+            with torch.no_grad(), torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
+                                                 enabled=self.mixed_precision_dtype is not None):
+                return self.model(ids, use_cache=True, **kwargs)
+
+        def _context(self, ctx: list[int]):
+            """The context's KV cache and the logits at its last position (those score a continuation's first token)."""
+            out = self._forward(torch.tensor([ctx], device=self.device), logits_to_keep=1)
+            return out.logits[:, -1:], out.past_key_values
+
+        def _continuations(self, last: torch.Tensor, cache, conts: list[list[int]]) -> list[tuple[float, bool]]:
+            width = max(map(len, conts))
+            logits = last.expand(len(conts), 1, last.shape[-1])
+            if width > 1:
+                batch = copy.deepcopy(cache)  # the forward appends to it; the next chunk needs the context alone
+                batch.batch_repeat_interleave(len(conts))
+                # Right padding (with the row's first token): causal attention keeps it out of real positions.
+                ids = [c[:-1] + c[:1] * (width - len(c)) for c in conts]
+                more = self._forward(torch.tensor(ids, device=self.device), past_key_values=batch).logits
+                logits = torch.cat([logits, more], dim=1)
+            logp = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)
+            answers = []
+            for row, cont in zip(logp, conts):
+                target = torch.tensor(cont, device=self.device)
+                picked = row[: len(cont)]
+                greedy = bool((picked.argmax(dim=-1) == target).all())
+                answers.append((float(picked.gather(1, target[:, None]).sum()), greedy))
+            return answers
+
+    return SharedContextHFLM
 
 
 def _run_configured(lm, cfg: EvaluateConfig) -> dict[str, BenchmarkResult]:
@@ -113,7 +199,8 @@ def run_benchmarks(model, tokenizer, cfg: EvaluateConfig) -> dict[str, Benchmark
     was_training = model.training
     model.eval()
     try:
-        return _run_configured(_lm(model, tokenizer, cfg.benchmark_batch_size), cfg)
+        reuse = cfg.mmlu is None or cfg.mmlu.reuse_context
+        return _run_configured(_lm(model, tokenizer, cfg.benchmark_batch_size, reuse), cfg)
     finally:
         model.train(was_training)
 

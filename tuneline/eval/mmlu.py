@@ -4,7 +4,9 @@
 
 `tuneline evaluate configs/default.yaml` runs it on every candidate through `harness.run_benchmarks`.
 The prompt, choice and target functions below are the ones lm-eval calls (YAML `!function` tags), so
-the tests of these pure functions test what lm-eval actually runs.
+the tests of these pure functions test what lm-eval actually runs. lm-eval builds the requests; the
+model side scores each question once and its four answers on its KV cache (harness.SharedContextHFLM,
+gguf_lm.GGUFLM), with lm-eval's HFLM as the reference (`mmlu.reuse_context: false`).
 """
 
 from __future__ import annotations

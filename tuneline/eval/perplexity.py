@@ -4,6 +4,7 @@
     snap = read_general_text(cfg.evaluate.perplexity)        # GeneralText: the texts, the file's sha256, rejects
     general_texts(snap.pin(cfg.evaluate))                    # the snapshot's texts: the file is not read again
     hf = perplexity(model, tokenizer, texts)                 # PerplexityResult: ppl, per-text mean NLL
+    sft, dpo = perplexities(peft, tokenizer, texts, ["sft", "dpo"])   # two LoRA adapters, one pass
     gguf = gguf_perplexity("model-Q4_K_M.gguf", encode_texts(tokenizer, texts))   # pairs with `hf` text by text
 
 `tuneline evaluate configs/default.yaml` scores every candidate this way; the export gate scores the
@@ -160,36 +161,54 @@ def encode_texts(tokenizer, texts: list[str], max_length: int = 1024) -> list[li
 
 def perplexity(model, tokenizer, texts: list[str], batch_size: int = 8, max_length: int = 1024) -> PerplexityResult:
     """Token-weighted perplexity over texts, and each text's mean next-token NLL (plain torch)."""
+    return perplexities(model, tokenizer, texts, None, batch_size, max_length)[0]
+
+
+def perplexities(model, tokenizer, texts: list[str], adapters: list[str] | None, batch_size: int = 8,
+                 max_length: int = 1024) -> list[PerplexityResult]:
+    """`perplexity` for several PEFT adapters of one PeftModel in the same forward passes, one result per adapter
+    ("__base__": the bare base). Each text is repeated once per adapter and PEFT routes every row through its
+    own adapter (mixed-adapter batches), so the shared base weights are read once per batch. adapters None:
+    the model as it is, one result. A forward holds `batch_size` rows in all (the logits are rows x tokens x
+    vocabulary floats), so each holds batch_size // len(adapters) texts; a text's NLL does not depend on its
+    batch (right padding, causal attention) beyond float rounding."""
     import torch
     import torch.nn.functional as F
 
     start = time.perf_counter()
     encoded = encode_texts(tokenizer, texts, max_length)
     device = next(model.parameters()).device
+    names = adapters or [None]
+    per_batch = max(1, batch_size // len(names))
     # Longest first, so each batch pads little; results go back to input order.
     order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))
-    nll_sum, n_tok = [0.0] * len(texts), [0] * len(texts)
+    nll_sum = [[0.0] * len(texts) for _ in names]
+    n_tok = [0] * len(texts)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for b in progress(range(0, len(order), batch_size), "perplexity", "batch"):
-                idx = order[b : b + batch_size]
+            for b in progress(range(0, len(order), per_batch), "perplexity", "batch"):
+                idx = order[b : b + per_batch]
                 width = max(len(encoded[i]) for i in idx)
                 ids = torch.zeros(len(idx), width, dtype=torch.long)
                 mask = torch.zeros(len(idx), width, dtype=torch.long)
                 for row, i in enumerate(idx):
                     ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
                     mask[row, : len(encoded[i])] = 1
-                ids, mask = ids.to(device), mask.to(device)
-                logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-                nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none") * mask[:, 1:]
-                for row, i in enumerate(idx):
-                    nll_sum[i] = nll[row].sum().item()
-                    n_tok[i] = int(mask[row, 1:].sum().item())
+                    n_tok[i] = len(encoded[i]) - 1
+                ids, mask = ids.repeat(len(names), 1).to(device), mask.repeat(len(names), 1).to(device)
+                routing = {"adapter_names": [n for n in names for _ in idx]} if adapters else {}
+                logits = model(input_ids=ids, attention_mask=mask, **routing).logits[:, :-1].float()
+                nll = (F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none") * mask[:, 1:]).sum(1)
+                for c in range(len(names)):
+                    for row, i in enumerate(idx):
+                        nll_sum[c][i] = nll[c * len(idx) + row].item()
     finally:
         model.train(was_training)
-    return perplexity_result(nll_sum, n_tok, start)
+    # One pass scored them all: each result carries its share of the time.
+    share = (time.perf_counter() - start) / len(names)
+    return [perplexity_result(s, n_tok, time.perf_counter() - share) for s in nll_sum]
 
 
 def gguf_perplexity(path: str | Path, encoded: list[list[int]]) -> PerplexityResult:

@@ -5,6 +5,9 @@
 
 `tuneline evaluate configs/default.yaml` prints `summary()`; the promotion gate, the dashboard and the
 model card read the fields. Each `PairedDiff` is candidate - base on the same items (tuneline.eval.stats).
+
+Multi-task runs (data.tasks): `per_task()` pairs every candidate with the base task by task (each task's rows,
+its own metric), for the report's per-task table and the promotion's per-task rule.
 """
 
 from __future__ import annotations
@@ -13,8 +16,18 @@ from pydantic import BaseModel
 
 from tuneline.eval.harness import BenchmarkResult
 from tuneline.eval.perplexity import PerplexityResult
-from tuneline.eval.stats import PairedDiff
+from tuneline.eval.stats import PairedDiff, paired_bootstrap
 from tuneline.eval.task import TaskResult
+
+
+class TaskGain(BaseModel):
+    """One task of a multi-task run: its metric, the base's score on its rows, each candidate's paired change."""
+
+    task: str
+    metric: str
+    n: int
+    base: float
+    candidates: dict[str, PairedDiff]  # candidate -> candidate - base on this task's rows (the ids both scored)
 
 
 class EvalReport(BaseModel):
@@ -30,9 +43,31 @@ class EvalReport(BaseModel):
     final: str
     seconds: float
 
+    def per_task(self, resamples: int | None = None, seed: int = 0) -> list[TaskGain]:
+        """Each task's paired change per candidate, on the task's rows as the base's result tags them ([] for a
+        single-task run). `resamples`: the bootstrap's; by default the one the overall comparisons used."""
+        base = self.task["base"]
+        if not base.tasks:
+            return []
+        resamples = resamples or next((d.resamples for d in self.task_vs_base.values()), 2000)
+        scores = {name: dict(zip(r.item_ids, r.per_item)) for name, r in self.task.items()}
+        items = base.task_items()
+        out = []
+        for t in base.tasks:
+            diffs = {}
+            for name, mine in scores.items():
+                ids = [i for i in items.get(t.name, []) if i in mine]
+                if name != "base" and ids:
+                    diffs[name] = paired_bootstrap([mine[i] for i in ids], [scores["base"][i] for i in ids],
+                                                   resamples=resamples, seed=seed)
+            out.append(TaskGain(task=t.name, metric=t.metric, n=t.n, base=t.score, candidates=diffs))
+        return out
+
     def summary(self) -> dict:
         """Flat numbers for ZenML metadata and the run summary."""
         out = {f"task_accuracy/{k}": round(v.score, 4) for k, v in self.task.items()}
+        for k, v in self.task.items():  # multi-task: each task's own score
+            out.update({f"task_accuracy/{t.name}/{k}": round(t.score, 4) for t in v.tasks})
         for cand, res in self.benchmarks.items():
             out.update({f"{name}/{cand}": round(r.score, 4) for name, r in res.items()})
         for k, d in self.task_vs_base.items():

@@ -1,6 +1,7 @@
 """Pure scoring functions for task answers (no models, no hub).
 
     score_items(predictions, references, "token_f1")   # one score in [0, 1] per item, input order
+    score_items(predictions, references, ["exact_match", "token_f1"])   # multi-task: one metric per item
 
 Per-item scores (not just a mean) so two models' results pair up item by item for the paired
 bootstrap (tuneline.eval.stats). Metrics (`METRICS`):
@@ -17,6 +18,10 @@ bootstrap (tuneline.eval.stats). Metrics (`METRICS`):
 The task metric may also be `perplexity` (held-out documents, data.shape text: tuneline.eval.task.score_documents),
 where per-item scores are mean NLLs and lower is better; `gain` turns any metric's paired difference so
 that positive means better, for the promotion and the export gate.
+
+A multi-task run (data.tasks) scores each item with its own task's metric (give `score_items` one metric per
+item); a result over items of several metrics is named `MIXED` (`metric_name`): its mean is the items' mean, in
+metric points like each of them.
 """
 
 from __future__ import annotations
@@ -24,12 +29,14 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
+from collections.abc import Sequence
 from functools import lru_cache
 
 METRICS = ("exact_match", "token_f1", "rouge1", "rouge2", "rougeL")
 ROUGE_METRICS = ("rouge1", "rouge2", "rougeL")
 PERPLEXITY = "perplexity"  # the task metric of raw text: not scored from answers, see the docstring
 LOWER_IS_BETTER = (PERPLEXITY,)
+MIXED = "mixed"  # the name of a result whose items were scored with different metrics (multi-task)
 
 _SPACE = re.compile(r"\s+")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -106,8 +113,17 @@ def check_metric(metric: str) -> str:
     return metric
 
 
-def score_items(predictions: list[str], references: list[str], metric: str) -> list[float]:
-    """One score in [0, 1] per (prediction, reference) pair, in input order."""
+def metric_name(metrics: Sequence[str]) -> str:
+    """The one metric of these items, or MIXED where they differ (an empty list: exact_match, the default)."""
+    names = set(metrics)
+    return MIXED if len(names) > 1 else next(iter(names), "exact_match")
+
+
+def score_items(predictions: list[str], references: list[str], metric: str | Sequence[str]) -> list[float]:
+    """One score in [0, 1] per (prediction, reference) pair, in input order. `metric`: one for all items, or one
+    per item (multi-task rows, each scored with its task's metric)."""
+    if not isinstance(metric, str):
+        return _score_per_item(predictions, references, list(metric))
     check_metric(metric)
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
@@ -121,3 +137,15 @@ def score_items(predictions: list[str], references: list[str], metric: str) -> l
     out = _rouge().compute(predictions=list(predictions), references=list(references),
                            rouge_types=[metric], use_aggregator=False)
     return [float(s) for s in out[metric]]
+
+
+def _score_per_item(predictions: list[str], references: list[str], metrics: list[str]) -> list[float]:
+    """score_items with a metric per item: each metric's items scored together (ROUGE in one batch)."""
+    if len(metrics) != len(predictions):
+        raise ValueError(f"{len(metrics)} metrics for {len(predictions)} predictions: give one per item")
+    out = [0.0] * len(predictions)
+    for name in dict.fromkeys(metrics):
+        idx = [i for i, m in enumerate(metrics) if m == name]
+        for i, score in zip(idx, score_items([predictions[i] for i in idx], [references[i] for i in idx], name)):
+            out[i] = score
+    return out

@@ -1,13 +1,16 @@
 """The gate every exported file passes, whatever its format: what it is asked, what it is judged against, the verdict.
 
     checks = ExportChecks.of(cfg.evaluate, cfg.export, carried_length(task_data))  # the data step's length
-    merged = merged_results(merged_dir, rows, checks.max_new_tokens, checks)   # the reference
+    rows = checked_rows(eval_rows, cfg.export.check_rows)
+    merged = merged_reference(merged_dir, rows, checks)     # the reference: the score_merged step, once per run
     entry.passed, entry.reason = verdict(entry, gate_for(cfg.export, merged))
 
 `tuneline export configs/default.yaml /tmp/merged --out /tmp/gguf` runs it through gguf.export_gguf
 (GPTQ/AWQ: quantize.export_quantized). The reference is the merged HF model's score on the same held-out
 rows and its perplexity on the same token ids, so a quantized file is judged by what quantization lost,
-not by how good the model was to begin with.
+not by how good the model was to begin with. The pipeline scores it once (steps/score_merged.py) and hands the
+MergedReference to export_gguf, export_gptq and export_awq; `reference_for` checks that it was scored on the
+export's rows and checks (its `key`), and scores the merged model itself only when given none (the CLI).
 
 A raw-text task (evaluate.metric perplexity, data.shape text) asks no questions: every file is scored on the
 held-out documents' token ids (the merged model's `task_ids`), and its task perplexity may rise at most the
@@ -16,14 +19,15 @@ type's export.max_perplexity_increase over the merged model's, like the general-
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 from pydantic import BaseModel
 
 from tuneline.config import EvaluateConfig, ExportConfig, GSM8KConfig, MMLUConfig, PerplexityConfig
-from tuneline.eval.harness import BenchmarkResult
-from tuneline.eval.perplexity import PerplexityResult
+from tuneline.eval.perplexity import GeneralText
 from tuneline.eval.scoring import lower_is_better
-from tuneline.eval.task import TaskResult
-from tuneline.export.records import ExportFile
+from tuneline.export.records import ExportFile, MergedReference
 
 MIN_EOS_SHARE = 0.9
 
@@ -53,6 +57,12 @@ class ExportChecks(BaseModel):
     def with_length(self, max_new_tokens: int) -> ExportChecks:
         return self.model_copy(update={"max_new_tokens": max_new_tokens})
 
+    def of_run(self, max_new_tokens: int, general_text: GeneralText | None = None) -> ExportChecks:
+        """As a run's score_merged and export steps check: data.max_new_tokens as the data step resolved it, and the
+        general texts of the run's snapshot (the file is not read again: an edited file re-runs these steps)."""
+        checks = self.with_length(max_new_tokens)
+        return general_text.pin(checks) if general_text is not None else checks
+
     @property
     def benchmarks(self) -> bool:
         return self.mmlu is not None or self.gsm8k is not None
@@ -79,7 +89,7 @@ class Probe(BaseModel):
     conversations: list[list[dict]]
     answers: list[str]
     max_tokens: int
-    metric: str = "exact_match"
+    metric: str | list[str] = "exact_match"  # one per conversation for multi-task rows (`probe_metric`)
     ppl_ids: list[list[int]] = []  # perplexity.encode_texts of the general texts; [] skips perplexity
     task_ids: list[list[int]] = []  # metric perplexity: the held-out documents' token ids (no conversations)
 
@@ -114,41 +124,65 @@ def verdict(entry: ExportFile, gate: Gate) -> tuple[bool, str]:
     return (False, "; ".join(problems)) if problems else (True, ", ".join(fine))
 
 
-class MergedResults(BaseModel):
-    task: TaskResult
-    benchmarks: dict[str, BenchmarkResult] = {}
-    perplexity: PerplexityResult | None = None
-    ppl_ids: list[list[int]] = []  # the general texts' token ids, for scoring the exports on the same tokens
-    task_ids: list[list[int]] = []  # metric perplexity: the held-out documents' token ids, likewise
+def probe_metric(records: list[dict], metric: str) -> str | list[str]:
+    """What a file's answers to these rows are scored with: `metric`, or for multi-task rows (data.tasks) each
+    row's own task metric, as the merged model's were (score_task, which also gives each task its length)."""
+    from tuneline.eval.task import row_metrics, row_task
+
+    return row_metrics(records, metric) if any(map(row_task, records)) else metric
 
 
-def checked_rows(records: list[dict], cfg: ExportConfig) -> list[dict]:
+def checked_rows(records: list[dict], check_rows: int | None) -> list[dict]:
     """The eval rows every file is scored on (export.check_rows of them, or all)."""
-    return records[: cfg.check_rows] if cfg.check_rows else records
+    return records[:check_rows] if check_rows else records
 
 
-def merged_results(model_dir: str, records: list[dict], max_new_tokens: int, checks: ExportChecks,
-                   texts: list[str] = (), benchmarks: bool = True) -> MergedResults:
-    """The merged HF model on the task rows, on the checks' MMLU / GSM8K when `benchmarks`, and on `texts`."""
+def reference_key(rows: list[dict], checks: ExportChecks) -> str:
+    """What a merged reference was scored on: the rows (every field) and the checks (metric, generation length,
+    the general texts themselves when pinned, the benchmarks). Two exports with the same key compare with it."""
+    payload = {"rows": rows, "checks": checks.model_dump(mode="json")}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def merged_reference(model_dir: str, rows: list[dict], checks: ExportChecks,
+                     benchmarks: bool = True) -> MergedReference:
+    """The merged HF model on the task rows, on the checks' general texts (perplexity, and their token ids for
+    scoring every file on the same tokens) and, when `benchmarks` and the checks have them, on MMLU / GSM8K."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tuneline.eval.harness import run_benchmarks
-    from tuneline.eval.perplexity import encode_texts, perplexity
+    from tuneline.eval.perplexity import encode_texts, general_texts, perplexity
     from tuneline.eval.task import documents, score_task
 
+    texts = general_texts(checks)
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32").eval()
-    out = MergedResults(task=score_task(model, tok, records, max_new_tokens, batch_size=32, metric=checks.metric))
+    task = score_task(model, tok, rows, checks.max_new_tokens, batch_size=32, metric=checks.metric)
+    out = MergedReference(key=reference_key(rows, checks), task=task)
     if lower_is_better(checks.metric):
-        out.task_ids = encode_texts(tok, documents(records))
+        out.task_ids = encode_texts(tok, documents(rows))
     if benchmarks and checks.benchmarks:
         out.benchmarks = run_benchmarks(model, tok, checks)
     if texts:
-        out.perplexity, out.ppl_ids = perplexity(model, tok, list(texts)), encode_texts(tok, list(texts))
+        out.perplexity, out.ppl_ids = perplexity(model, tok, texts), encode_texts(tok, texts)
     return out
 
 
-def gate_for(cfg: ExportConfig, merged: MergedResults, min_eos_share: float = MIN_EOS_SHARE) -> Gate:
+def reference_for(model_dir: str, rows: list[dict], checks: ExportChecks, reference: MergedReference | None = None,
+                  benchmarks: bool = True) -> MergedReference:
+    """`reference` (the score_merged step's) when it was scored on these rows and checks; without one, the
+    merged model scored here (`tuneline export` by hand)."""
+    if reference is None:
+        return merged_reference(model_dir, rows, checks, benchmarks)
+    if reference.key != reference_key(rows, checks):
+        mine = reference_key(rows, checks)[:12]
+        raise ValueError(f"the merged reference ({reference.task.n} rows, key {reference.key[:12]}) was scored on "
+                         f"other rows or checks than this export's ({len(rows)} rows, key {mine}): "
+                         "pass the score_merged output of the same task data, export.check_rows and evaluate settings")
+    return reference
+
+
+def gate_for(cfg: ExportConfig, merged: MergedReference, min_eos_share: float = MIN_EOS_SHARE) -> Gate:
     """export's limits around the merged model's score and perplexity."""
     generates = not lower_is_better(merged.task.metric)  # a perplexity task asks nothing: no answer ends at EOS
     return Gate(reference_accuracy=merged.task.score, max_accuracy_drop=cfg.max_accuracy_drop,

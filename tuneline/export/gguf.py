@@ -33,12 +33,12 @@ from pydantic import BaseModel
 from tuneline.config import ExportConfig
 from tuneline.data.records import messages
 from tuneline.disk_space import MARGIN, dir_bytes, need_free
-from tuneline.eval.perplexity import general_texts
 from tuneline.eval.scoring import score_items
-from tuneline.export.gate import ExportChecks, Gate, Probe, checked_rows, gate_for, merged_results, verdict
+from tuneline.export.gate import (ExportChecks, Gate, Probe, checked_rows, gate_for, probe_metric, reference_for,
+                                  verdict)
 from tuneline.export.gguf_types import GGUF_FTYPES
-from tuneline.export.records import ExportFile, ExportResult, ExportSample
-from tuneline.export.serve import serve_smallest
+from tuneline.export.records import ExportFile, ExportResult, ExportSample, MergedReference, shipped
+from tuneline.export.serve import serve_shipped
 from tuneline.model import templates
 from tuneline.model.base import sha256_file
 from tuneline.versions import package_versions
@@ -83,6 +83,9 @@ def _base_type(qtype: str) -> str:
 
 def convert(model_dir: str | Path, out_file: str | Path, outtype: str = "f16") -> Path:
     """Run llama.cpp's convert_hf_to_gguf.py on a HF dir; returns the GGUF path."""
+    from tuneline.train.bottleneck import refuse  # here: it imports peft, which the export needs nowhere else
+
+    refuse(model_dir, "exported to GGUF")  # an adapter that adds layers has no GGUF form
     out_file = Path(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     cdir = converter_dir()
@@ -349,31 +352,40 @@ def export_files(model_dir: str | Path, out_dir: str | Path, types: list[str], p
     return results
 
 
+def benchmark_shipped(files: list[ExportFile], checks: ExportChecks) -> ExportFile | None:
+    """MMLU / GSM8K on the file that ships (records.shipped), the only one the promotion reports them for: 71-76 s
+    per file on the default CPU run. Every other file says why they did not run (not a score of zero)."""
+    from tuneline.eval.harness import run_gguf_benchmarks
+
+    ship = shipped(files)
+    for f in files:
+        if f is ship:
+            f.benchmarks = run_gguf_benchmarks(f.path, checks)
+        else:
+            f.benchmarks_note = (f"not run (only the file that ships, {ship.candidate}, is benchmarked)" if ship else
+                                 "not run (no GGUF file passed its checks: none ships)")
+    return ship
+
+
 def export_gguf(model_dir: str, out_dir: Path, records: list[dict], cfg: ExportConfig,
-                checks: ExportChecks) -> ExportResult:
-    """Convert, quantize and check every file against the merged model (task metric, EOS, and perplexity on
-    the checks' general texts); with export.benchmarks, MMLU / GSM8K run on the merged model and on every
-    file that passed, on the evaluation's items."""
-    rows = checked_rows(records, cfg)
-    merged = merged_results(model_dir, rows, checks.max_new_tokens, checks, general_texts(checks))
+                checks: ExportChecks, reference: MergedReference | None = None) -> ExportResult:
+    """Convert, quantize and check every file against the merged model (`reference`, the score_merged step's;
+    without one it is scored here): task metric, EOS, and perplexity on the checks' general texts. The file that
+    ships is then served and, with export.benchmarks, runs the evaluation's MMLU / GSM8K."""
+    rows = checked_rows(records, cfg.check_rows)
+    merged = reference_for(model_dir, rows, checks, reference)
     if merged.task_ids:  # a text task: scored on its documents' token ids, nothing to ask
         probe = Probe(conversations=[], answers=[], max_tokens=checks.max_new_tokens, metric=checks.metric,
                       ppl_ids=merged.ppl_ids, task_ids=merged.task_ids)
     else:
         probe = Probe(conversations=[messages(r, with_answer=False) for r in rows],
-                      answers=[r["assistant"] for r in rows], max_tokens=checks.max_new_tokens, metric=checks.metric,
-                      ppl_ids=merged.ppl_ids)
+                      answers=[r["assistant"] for r in rows], max_tokens=checks.max_new_tokens,
+                      metric=probe_metric(rows, checks.metric), ppl_ids=merged.ppl_ids)
     files = export_files(model_dir, out_dir, cfg.gguf_types, probe, gate_for(cfg, merged), auto_types=cfg.auto_types)
     if probe.conversations:
-        serve_smallest(files, probe)  # served by llama.cpp's server, asked through the openai client
+        serve_shipped(files, probe)  # served by llama.cpp's server, asked through the openai client
     else:
         log.info("serving check skipped: a text task (evaluate.metric perplexity) has no prompts to ask the server")
     if checks.benchmarks:
-        from tuneline.eval.harness import run_gguf_benchmarks
-
-        for f in files:
-            if f.passed:  # a rejected file is never shipped: benchmarking it would only cost time
-                f.benchmarks = run_gguf_benchmarks(f.path, checks)
-    return ExportResult(format="gguf", files=files, reference=merged.task, reference_benchmarks=merged.benchmarks,
-                        reference_perplexity=merged.perplexity)
-
+        benchmark_shipped(files, checks)
+    return merged.result("gguf", files)

@@ -4,12 +4,17 @@
 
 With `merge.combination` (linear, ties, dare_linear, dare_ties, magnitude_prune) the adapter is first
 combined with `merge.adapters`: each layer's full weight deltas go through PEFT's merge_utils and the
-result is added to the base, exactly (no SVD back to a low-rank adapter).
+result is added to the base, exactly (no SVD back to a low-rank adapter). A negative `merge.weights` entry
+subtracts that adapter (task negation, "base - LoRA_toxic"; `combination: linear, weights: [-1.0]` negates the
+run's own adapter alone); ties / dare_ties refuse it at config load, since their sign election would drop the
+negated delta instead of subtracting it. To serve several adapters on one base instead of merging them, see
+tuneline.model.adapter_set (in Python) and tuneline.export.gguf_lora (GGUF LoRA adapters, export.lora_adapters).
 
 The base is always loaded unquantized (a QLoRA adapter is merged into the dequantized base,
 never into 4-bit weights). What merges, by sft.method:
 - LoRA family (lora, qlora, dora, rslora, adalora) and ia3: folded into the weights (merge_and_unload);
 - full, bitfit, galore: the trained dir already is a full model; it is re-saved in `dtype` with the card;
+- bottleneck: refused with an error (it adds layers; tuneline/train/bottleneck.py says why).
 - prefix_tuning, prompt_tuning, xlora: refused with an error. Virtual tokens are inputs, not weights, and
   X-LoRA picks its expert mix per token at run time, so no single set of weights equals the adapter;
   serve those as PEFT adapters (tuneline.model.adapters.load_adapter) instead of a merged model.
@@ -28,6 +33,7 @@ from tuneline.disk_space import MARGIN, dir_bytes, need_free
 from tuneline.eval.report import EvalReport
 from tuneline.model.adapters import is_adapter_dir, load_adapter, load_full
 from tuneline.model.base import BaseModelRef, chat_template, load_model, load_tokenizer
+from tuneline.train.bottleneck import refuse as refuse_bottleneck
 
 UNMERGEABLE = {"PREFIX_TUNING": "prefix_tuning", "PROMPT_TUNING": "prompt_tuning", "XLORA": "xlora"}
 
@@ -65,6 +71,7 @@ def merge(ref: BaseModelRef, adapter_dir: str, out_dir: Path, dtype: str = "floa
 def _merged(ref: BaseModelRef, adapter_dir: str):
     if not is_adapter_dir(adapter_dir):
         return load_full(adapter_dir)  # full / bitfit / galore: nothing to fold in
+    refuse_bottleneck(adapter_dir, "merged")  # it adds layers: no weights to fold in (tuneline/train/bottleneck.py)
     peft_type = str(PeftConfig.from_pretrained(adapter_dir).peft_type.value)
     if peft_type in UNMERGEABLE:
         raise ValueError(

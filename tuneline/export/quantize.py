@@ -2,7 +2,8 @@
 and checked by the gate like a GGUF file (the pipeline's export_gptq / export_awq steps).
 
     tuneline export configs/default.yaml /tmp/merged --out /tmp/gptq --format gptq   # as export_gptq
-    res, q = export_quantized(MERGED_DIR, OUT_DIR, "gptq", train_rows, eval_rows, cfg.quantize, cfg.export, checks)
+    res, q = export_quantized(MERGED_DIR, OUT_DIR, "gptq", train_rows, eval_rows, cfg.quantize, cfg.export, checks,
+                              reference)  # the score_merged step's MergedReference; None: scored here
 
 Calibration texts are training rows rendered by the chat template (calibration_texts). Needs the `quant`
 extra: `pip install -e '.[quant]'` (gptqmodel pins numpy==2.2.6 and protobuf>=7.34).
@@ -35,8 +36,8 @@ from pydantic import BaseModel  # noqa: E402
 
 from tuneline.config import ExportConfig, QuantizeConfig  # noqa: E402
 from tuneline.disk_space import dir_bytes  # noqa: E402
-from tuneline.export.gate import ExportChecks, checked_rows, gate_for, merged_results, verdict  # noqa: E402
-from tuneline.export.records import ExportFile, ExportResult, ExportSample  # noqa: E402
+from tuneline.export.gate import ExportChecks, checked_rows, gate_for, reference_for, verdict  # noqa: E402
+from tuneline.export.records import ExportFile, ExportResult, ExportSample, MergedReference  # noqa: E402
 from tuneline.model.base import sha256_file  # noqa: E402
 from tuneline.progress import progress  # noqa: E402
 from tuneline.versions import package_versions  # noqa: E402
@@ -272,21 +273,23 @@ def load_quantized(out_dir: str | Path, dtype: str | None = None):
 
 
 def export_quantized(model_dir: str, out_dir: Path, method: Method, train_records: list[dict], records: list[dict],
-                     qcfg: QuantizeConfig, cfg: ExportConfig, checks: ExportChecks) -> tuple[ExportResult, QuantExport]:
+                     qcfg: QuantizeConfig, cfg: ExportConfig, checks: ExportChecks,
+                     reference: MergedReference | None = None) -> tuple[ExportResult, QuantExport]:
     """GPTQ or AWQ 4-bit (GPTQModel, calibrated on training rows), loaded back by transformers and judged
-    like a GGUF file against the merged model: task metric and general-text perplexity on the same rows
-    and tokens, the same gate (export.max_accuracy_drop, max_perplexity_increase.default). A file that
-    fails the gate is kept and marked rejected; a quantization that cannot run raises."""
+    like a GGUF file against the merged model (`reference`, the score_merged step's; without one it is scored
+    here): task metric and general-text perplexity on the same rows and tokens, the same gate
+    (export.max_accuracy_drop, max_perplexity_increase.default). A file that fails the gate is kept and marked
+    rejected; a quantization that cannot run raises. MMLU / GSM8K run only on the file that ships, a GGUF file."""
     from transformers import AutoTokenizer
 
     from tuneline.data.records import messages
-    from tuneline.eval.harness import run_benchmarks
     from tuneline.eval.perplexity import general_texts, perplexity
     from tuneline.eval.task import score_task
 
-    rows = checked_rows(records, cfg)
+    rows = checked_rows(records, cfg.check_rows)
     texts = general_texts(checks)
-    merged = merged_results(model_dir, rows, checks.max_new_tokens, checks, texts, benchmarks=False)
+    # Its own reference needs no benchmarks: a GPTQ/AWQ file never ships (records.shipped), nor runs them.
+    merged = reference_for(model_dir, rows, checks, reference, benchmarks=False)
     calib = calibration_texts(train_records, qcfg.calibration_rows, qcfg.seed, AutoTokenizer.from_pretrained(model_dir))
     start = time.monotonic()
     q = quantize(model_dir, out_dir, method, qcfg, calib)
@@ -302,9 +305,7 @@ def export_quantized(model_dir: str, out_dir: Path, method: Method, train_record
     if texts:
         entry.score_perplexity(perplexity(model, tok, texts), merged.perplexity.ppl)
     entry.passed, entry.reason = verdict(entry, gate_for(cfg, merged, min_eos_share=0.0))
-    if entry.passed and checks.benchmarks:
-        entry.benchmarks = run_benchmarks(model, tok, checks)
+    if checks.benchmarks:
+        entry.benchmarks_note = "not run (only the file that ships, a GGUF file, is benchmarked)"
     entry.seconds = round(time.monotonic() - start, 3)  # quantizing plus checking, as for a GGUF file
-    return ExportResult(format=method, files=[entry], reference=merged.task,
-                        reference_perplexity=merged.perplexity), q
-
+    return merged.result(method, [entry]), q

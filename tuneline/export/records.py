@@ -2,8 +2,10 @@
 model's results each file was judged against.
 
     checks = ExportChecks.of(cfg.evaluate, cfg.export, carried_length(task_data))  # data.max_new_tokens, resolved
-    res = export_gguf(merged_dir, out, eval_rows, cfg.export, checks)
+    reference = merged_reference(merged_dir, checked_rows(eval_rows, cfg.export.check_rows), checks)  # once
+    res = export_gguf(merged_dir, out, eval_rows, cfg.export, checks, reference)
     {f.candidate: f.passed for f in res.files}      # {"gguf-F16": True, "gguf-Q8_0": True, ...}
+    shipped(res.files).candidate                    # "gguf-Q6_K": the file the promotion ships
 
 `tuneline export configs/default.yaml /tmp/merged --out /tmp/gguf` prints these records; the evaluation, the
 promotion and the dashboard read their fields. A new format adds its name to ExportFormat and one
@@ -84,8 +86,10 @@ class ExportFile(BaseModel):
     nll_per_item: list[float] = []  # per text, pairs with the candidates' PerplexityResult.per_item
     auto: str = ""  # "tried" / "picked" when `auto` in the types chose among export.auto_types
     versions: dict[str, str | None] = {}  # the tools that made and checked the file
-    benchmarks: dict[str, BenchmarkResult] = {}  # MMLU / GSM8K on this file, when export.benchmarks
-    serve: ServeCheck | None = None  # the serving check, on the smallest passing GGUF file
+    benchmarks: dict[str, BenchmarkResult] = {}  # MMLU / GSM8K on this file: the file that ships (`shipped`)
+    # Why MMLU / GSM8K did not run on this file although export.benchmarks is on ("not run (...)"); "" otherwise.
+    benchmarks_note: str = ""
+    serve: ServeCheck | None = None  # the serving check, on the file that ships
 
     @property
     def candidate(self) -> str:
@@ -105,6 +109,31 @@ class ExportFile(BaseModel):
         """Record a PerplexityResult on the general texts and its rise over the merged model's."""
         self.perplexity, self.nll_per_item = ppl.ppl, ppl.per_item
         self.perplexity_increase = ppl.ppl / reference_ppl - 1
+
+
+def shipped(files: list[ExportFile]) -> ExportFile | None:
+    """The file a promotion ships: the smallest GGUF file that passed its gate (export_gguf serves it, and it alone
+    runs MMLU / GSM8K; a failed serving check rejects it and the next smallest ships). The promotion names it."""
+    passing = [f for f in files if f.passed and f.format == "gguf"]
+    return min(passing, key=lambda f: f.size_bytes, default=None)
+
+
+class MergedReference(BaseModel):
+    """The merged HF model on the export gate's rows and texts, scored once per run (the score_merged step) and
+    handed to every export step: each file is judged against it. `key` (gate.reference_key) says which rows and
+    checks it was scored on; an export of other rows or checks refuses it rather than judge against it."""
+
+    key: str
+    task: TaskResult  # the merged model on the checked rows: the "merged" candidate
+    benchmarks: dict[str, BenchmarkResult] = {}  # MMLU / GSM8K, when export.benchmarks
+    perplexity: PerplexityResult | None = None  # on the general texts; None: no perplexity check
+    ppl_ids: list[list[int]] = []  # the general texts' token ids, for scoring the exports on the same tokens
+    task_ids: list[list[int]] = []  # metric perplexity: the held-out documents' token ids, likewise
+
+    def result(self, fmt: ExportFormat, files: list[ExportFile]) -> ExportResult:
+        """An export step's result: its files, judged against this reference."""
+        return ExportResult(format=fmt, files=files, reference=self.task, reference_benchmarks=self.benchmarks,
+                            reference_perplexity=self.perplexity)
 
 
 class ExportResult(BaseModel):

@@ -1,7 +1,7 @@
 """The serving check: a GGUF file served the way users run it, asked the gate's questions through a real client.
 
     check = serve_check(file, probe)      # ServeCheck: served answers == the gate's, every one ended by a stop
-    serve_smallest(files, probe)          # export_gguf runs this after the gate, on the smallest passing file
+    serve_shipped(files, probe)           # export_gguf runs this after the gate, on the file that ships
 
     # what the check starts, and what a user runs in the export dir:
     python -m llama_cpp.server --model model-Q8_0.gguf --host 127.0.0.1 --port 8000
@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tuneline.export.gate import Probe
-from tuneline.export.records import ExportFile, ServeCheck
+from tuneline.export.records import ExportFile, ServeCheck, shipped
 from tuneline.progress import progress
 
 log = logging.getLogger(__name__)
@@ -153,12 +153,12 @@ def serve_check(file: ExportFile, probe: Probe) -> ServeCheck:
     return check
 
 
-def serve_smallest(files: list[ExportFile], probe: Probe) -> ExportFile | None:
-    """Run the serving check on the smallest passing GGUF file; a failure marks that file as not passed."""
-    passing = [f for f in files if f.passed and f.format == "gguf"]
-    if not passing:
+def serve_shipped(files: list[ExportFile], probe: Probe) -> ExportFile | None:
+    """Run the serving check on the file that ships (the smallest passing GGUF file: records.shipped); a failure
+    marks that file as not passed."""
+    file = shipped(files)
+    if file is None:
         return None
-    file = min(passing, key=lambda f: f.size_bytes)
     file.serve = check = serve_check(file, probe)
     if not check.ok:
         file.passed = False

@@ -3,7 +3,8 @@
     model = load_adapter(load_model(ref), "out/sft") if is_adapter_dir("out/sft") else load_full("out/sft")
 
 Whether a dir is an adapter or a full model is read from the dir itself, so evaluate, merge and DPO
-need no method argument to load it.
+need no method argument to load it. A bottleneck adapter (tuneline/train/bottleneck.py) is a PEFT LoRA dir
+with a custom layer: its config is recognised here and the layer registered before PEFT builds it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from peft import PeftConfig, PeftModel, PeftType, XLoraConfig
+
+from tuneline.train.bottleneck import is_bottleneck, registered
 
 
 def is_adapter_dir(path: str | Path) -> bool:
@@ -32,7 +35,14 @@ def load_adapter(base, path: str | Path, adapter_name: str = "default", trainabl
     """`base` with the adapter at `path`; if `base` is already a PeftModel the adapter goes in beside the others."""
     path = Path(path)
     config = PeftConfig.from_pretrained(path)
-    if isinstance(config, XLoraConfig):
+    if is_bottleneck(config):
+        config = registered(config)
+        config.inference_mode = not trainable
+        if isinstance(base, PeftModel):  # PEFT's load_adapter would read the config again, unregistered
+            base.add_adapter(adapter_name, config)
+            if trainable:
+                base.set_requires_grad(adapter_name)
+    elif isinstance(config, XLoraConfig):
         # The saved config names its experts by subdir of the adapter dir (see train/methods.py `_save_xlora`).
         config.adapters = {name: str(path / sub) for name, sub in config.adapters.items()}
         config.inference_mode = not trainable

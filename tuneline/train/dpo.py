@@ -14,7 +14,8 @@ Pairs come from two sources:
   that scores at least `dpo.min_margin` below the gold answer on the task metric (evaluate.metric; exact_match:
   any wrong answer) becomes a pair (chosen = the gold answer, rejected = what the model said): on-policy
   negatives. For generated text (token F1, ROUGE) the margin keeps answers that are nearly right, and would
-  teach DPO to prefer one wording over an equally good one, out of the pairs;
+  teach DPO to prefer one wording over an equally good one, out of the pairs. Multi-task rows (data.tasks) are
+  answered with their own task's length and judged with its metric (tuneline.eval.task.row_metrics);
 - user pairs: data.preference, any pair file whose columns map to prompt/chosen/rejected, read and
   checked by the data step (with dpo.mine_mistakes: false, DPO trains on them alone).
 An SFT (NLL) term on the chosen answer (`sft_weight`) keeps DPO from lowering both
@@ -39,12 +40,12 @@ from pydantic import BaseModel
 from trl import DPOConfig as TRLDPOConfig
 from trl import DPOTrainer
 
-from tuneline.config import DPOConfig
+from tuneline.config import RL_LOSSES, DPOConfig
 from tuneline.data.readers import DataError
 from tuneline.data.records import messages
 from tuneline.disk_space import need_free, training_bytes
-from tuneline.eval.scoring import score_items
-from tuneline.eval.task import generate
+from tuneline.eval.scoring import metric_name, score_items
+from tuneline.eval.task import generate_rows, row_metrics
 from tuneline.model.adapters import is_adapter_dir, load_adapter, load_full
 from tuneline.model.base import BaseModelRef, load_model, load_tokenizer
 from tuneline.train.args import TrainResult, loss_span, trainable_parameters, trainer_args
@@ -92,19 +93,21 @@ def select_mistakes(records: list[dict], predictions: list[str], metric: str,
     row cannot tell a better answer, and gives no pair). exact_match scores 0 or 1, so there any wrong answer is a
     mistake, whatever the margin; an empty answer is a mistake under every metric."""
     golds = [r["assistant"] for r in records]
-    gaps = [b - s for b, s in zip(score_items(golds, golds, metric), score_items(predictions, golds, metric))]
+    metrics = row_metrics(records, metric)  # multi-task rows: each scored with its own task's metric
+    gaps = [b - s for b, s in zip(score_items(golds, golds, metrics), score_items(predictions, golds, metrics))]
     holds = [gap > 0 and gap >= min_margin - EPS for gap in gaps]
     pairs = [Pair(prompt=messages(r, with_answer=False), chosen=r["assistant"], rejected=p.strip(), origin=r["id"])
              for r, p, ok in zip(records, predictions, holds) if ok]
     near = sum(gap > 0 and not ok for gap, ok in zip(gaps, holds))
-    return pairs, Mining(metric=metric, min_margin=min_margin, rows=len(records), mistakes=len(pairs), near=near,
+    return pairs, Mining(metric=metric_name(metrics) if records else metric, min_margin=min_margin,
+                         rows=len(records), mistakes=len(pairs), near=near,
                          mean_gap=round(sum(gaps) / len(gaps), 4) if gaps else None)
 
 
 def mine_pairs(model, tokenizer, records: list[dict], max_new_tokens: int, batch_size: int,
                metric: str = "exact_match", min_margin: float = 0.2) -> tuple[list[Pair], Mining]:
     """The SFT model's answers on the mining rows, and the mistakes among them (`select_mistakes`)."""
-    preds = generate(model, tokenizer, [messages(r, with_answer=False) for r in records], max_new_tokens, batch_size)
+    preds = generate_rows(model, tokenizer, records, max_new_tokens, batch_size)[0]  # multi-task: each task's length
     return select_mistakes(records, preds, metric, min_margin)
 
 
@@ -263,9 +266,16 @@ def checkpoint_key(ref: BaseModelRef, sft_dir: str, sft_method: str, cfg: DPOCon
 
 def train(ref: BaseModelRef, sft_dir: str, sft_method: str, mining_records: list[dict], pref_rows: list[dict],
           cfg: DPOConfig, out_dir: Path, max_new_tokens: int = 12, batch_size: int = 32,
-          mirror: CheckpointMirror | None = None, metric: str = "exact_match") -> TrainResult:
+          mirror: CheckpointMirror | None = None, metric: str = "exact_match",
+          reward_dir: str | None = None) -> TrainResult:
     """`max_new_tokens`: data.max_new_tokens as the data step resolved it; `metric`: evaluate.metric, which
-    mining judges the SFT model's answers by (with dpo.min_margin)."""
+    mining judges the SFT model's answers by (with dpo.min_margin). loss_type rloo | grpo is RL, not preference
+    training: tuneline.train.rl, scored by the reward model at `reward_dir` or by `metric`."""
+    if cfg.loss_type in RL_LOSSES:
+        from tuneline.train.rl import train as train_rl
+
+        return train_rl(ref, sft_dir, sft_method, mining_records, pref_rows, cfg, out_dir, max_new_tokens, mirror,
+                        metric, reward_dir)
     tok = load_tokenizer(ref)
     model = load_sft(ref, sft_dir, sft_method, trainable=True)
     t0 = time.perf_counter()

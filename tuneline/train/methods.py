@@ -10,7 +10,8 @@ Two kinds of result:
   lora, qlora (LoRA on an NF4 base), dora (LoRA plus a learned magnitude per output), rslora (alpha/sqrt(r)
   scaling), adalora (SVD-form LoRA whose rank budget moves to the layers that matter), ia3 (learned
   scaling vectors), prefix_tuning (trained key/value prefixes in every layer), prompt_tuning (trained input
-  embeddings), xlora (a gate that mixes frozen LoRA experts per token).
+  embeddings), xlora (a gate that mixes frozen LoRA experts per token), bottleneck (Houlsby/Pfeiffer adapter
+  layers after attention / MLP, as a PEFT LoRA custom layer: tuneline/train/bottleneck.py; not mergeable).
 - Full-weight methods, saved as a full model dir (no adapter_config.json): full (every weight), bitfit (only
   the bias terms; models without biases, like Llama/SmolLM2, are refused), galore (every weight, Adam on
   rank-r projections of the gradients of the target linear layers: optimizer state of a LoRA-sized model).
@@ -41,6 +42,8 @@ from transformers import Trainer, TrainerCallback
 from trl import SFTTrainer
 
 from tuneline.config import FULL_WEIGHT_METHODS, NO_DPO_METHODS, PROMPT_METHODS, SFTConfig
+from tuneline.train.bottleneck import bottleneck_config
+from tuneline.train.long_context import EMBEDDINGS_AND_NORMS
 from tuneline.train.targets import peft_targets
 
 # (cfg, num_layers, hidden_size, total_steps) -> the PEFT config, or None for full-weight methods.
@@ -57,8 +60,10 @@ def lora_config(cfg: SFTConfig, num_layers: int, dora: bool = False, rslora: boo
 
 def _lora_common(cfg: SFTConfig, num_layers: int) -> dict:
     layers = list(range(max(num_layers - cfg.top_layers, 0), num_layers)) if cfg.top_layers else None
+    # LongLoRA trains the embeddings and the norms beside LoRA ("norm" ends every norm's name: PEFT matches suffixes).
+    long = cfg.long_context and cfg.long_context.trainable_embeddings_and_norms
     return dict(lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=peft_targets(cfg),
-                layers_to_transform=layers, task_type="CAUSAL_LM")
+                layers_to_transform=layers, task_type="CAUSAL_LM", modules_to_save=EMBEDDINGS_AND_NORMS if long else None)
 
 
 def adalora_config(cfg: SFTConfig, num_layers: int, total_steps: int | None) -> AdaLoraConfig:
@@ -105,6 +110,10 @@ def _xlora(cfg, num_layers, hidden_size=None, total_steps=None) -> XLoraConfig:
     # depth 1: a linear gate (hidden_size -> one weight per expert) on the last hidden state of a
     # first, adapter-free pass; the experts stay frozen. use_cache must be off (X-LoRA checks it).
     return XLoraConfig(hidden_size=hidden_size, adapters=experts, xlora_depth=1, task_type="CAUSAL_LM")
+
+
+def _bottleneck(cfg, num_layers, hidden_size=None, total_steps=None) -> LoraConfig:
+    return bottleneck_config(cfg.bottleneck_size, cfg.bottleneck_places, cfg.dropout)
 
 
 def _no_adapter(cfg, num_layers, hidden_size=None, total_steps=None) -> None:
@@ -244,8 +253,9 @@ class Method:
 
     @property
     def mergeable(self) -> bool:
-        """Weights to fold into the base: not prompt methods (virtual tokens) or xlora (a per-token gate)."""
-        return self.name not in (*PROMPT_METHODS, "xlora")
+        """Weights to fold into the base: not prompt methods (virtual tokens), xlora (a per-token gate) or
+        bottleneck (added layers)."""
+        return self.name not in (*PROMPT_METHODS, "xlora", "bottleneck")
 
     @property
     def dpo_able(self) -> bool:
@@ -267,6 +277,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("prefix_tuning", _prefix),
     Method("prompt_tuning", _prompt),
     Method("xlora", _xlora, resumable=False, trainer=ModelLossSFTTrainer, save=_save_xlora),
+    Method("bottleneck", _bottleneck),
     Method("full", **_FULL),
     Method("bitfit", **{**_FULL, "set_trainable": _biases_only}),
     Method("galore", **_FULL, optimizer_args=_galore),

@@ -52,3 +52,19 @@ def test_materializer_round_trip(tiny_cfg, tmp_path):
     loaded = RawDataMaterializer(uri=str(tmp_path / "store")).load(RawDataDir)
     assert loaded.path != raw.path and loaded.files == raw.files and loaded.sha256 == raw.sha256
     assert open(loaded.stored("train_file"), "rb").read() == open(raw.stored("train_file"), "rb").read()
+
+
+def test_each_tasks_files_are_copied_and_in_the_cache_key(tmp_path):
+    from tuneline.config import DataConfig, TaskSpec
+
+    train = tmp_path / "qa.jsonl"
+    train.write_text('{"instruction": "q", "output": "a"}\n')
+    tasks = [TaskSpec(name="intent", train_file="data/banking77/train.csv", labels_file="data/banking77/categories.json"),
+             TaskSpec(name="qa", train_file=str(train), shape="alpaca", metric="token_f1")]
+    cfg = DataConfig(tasks=tasks)
+    raw = snapshot(cfg, tmp_path / "raw")
+    # The tasks' own files, under the keys validate_tasks looks them up by; not the unused top-level defaults.
+    assert set(raw.files) == {"tasks.intent.train_file", "tasks.intent.labels_file", "tasks.qa.train_file"}
+    before = fingerprint(cfg)
+    train.write_text('{"instruction": "q", "output": "another answer"}\n')
+    assert fingerprint(cfg) != before, "an edited task file must re-run the snapshot and what follows it"

@@ -24,7 +24,7 @@ def test_every_configurable_method_has_one_record():
 def test_record_flags_agree_with_the_config_rules():
     assert {n for n, m in METHODS.items() if m.full_weight} == set(FULL_WEIGHT_METHODS)
     assert {n for n, m in METHODS.items() if not m.dpo_able} == set(NO_DPO_METHODS)
-    assert {n for n, m in METHODS.items() if not m.mergeable} == {*PROMPT_METHODS, "xlora"}
+    assert {n for n, m in METHODS.items() if not m.mergeable} == {*PROMPT_METHODS, "xlora", "bottleneck"}
     assert {n for n, m in METHODS.items() if not m.resumable} == {"adalora", "xlora"}
     assert {n for n, m in METHODS.items() if m.trainer is ModelLossSFTTrainer} == {"adalora", "xlora"}
     assert [n for n, m in METHODS.items() if m.quantize_4bit] == ["qlora"]

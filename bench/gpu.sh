@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The device check of issue 18, in one script that fits in 10 minutes of device time.
+#
+#     bash bench/gpu.sh                 # CUDA: 1B-class random config + embedded model, LoRA vs QLoRA
+#     PIPELINE=1 bash bench/gpu.sh      # also time the default pipeline on the GPU (optional: several minutes)
+#     bash bench/gpu.sh --models small --steps 2    # extra arguments go to bench/gpu_bench.py
+#
+# Prints, per model: LoRA vs QLoRA peak memory (goal: QLoRA <= 0.45x LoRA), tokens/s and MFU for SFT, and
+# which CUDA paths the training took (paged AdamW for QLoRA, bf16, the attention implementation). Without
+# CUDA it falls back to a small random config on the CPU, prints the same table with "cpu" and skips QLoRA
+# with the reason (tests/unit/test_gpu_bench_fallback.py runs that). Figures go to $OUT/gpu_bench.json too
+# when $OUT is set (the device runner brings that folder back).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+[ -x "$PY" ] || PY=python
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 ZENML_ANALYTICS_OPT_IN=false TOKENIZERS_PARALLELISM=false
+JSON=()
+[ -n "${OUT:-}" ] && JSON=(--json "$OUT/gpu_bench.json")
+
+"$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
+  torch.cuda.get_device_name() if torch.cuda.is_available() else "")'
+start=$(date +%s)
+timeout "${BENCH_TIMEOUT:-420}" "$PY" bench/gpu_bench.py "${JSON[@]}" "$@"
+echo "gpu_bench: $(( $(date +%s) - start ))s"
+
+# The default pipeline's wall time on this device: optional, it has to fit in what is left of the 10 minutes.
+if [ "${PIPELINE:-0}" = 1 ]; then
+  start=$(date +%s)
+  if timeout "${PIPELINE_TIMEOUT:-480}" make run >"${OUT:-/tmp}/pipeline.log" 2>&1; then
+    echo "default pipeline (make run): $(( $(date +%s) - start ))s wall"
+  else
+    echo "default pipeline (make run): did not finish (rc $?) in $(( $(date +%s) - start ))s; log: ${OUT:-/tmp}/pipeline.log"
+  fi
+else
+  echo "default pipeline: skipped (PIPELINE=1 times 'make run' on this device)"
+fi

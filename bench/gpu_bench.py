@@ -1,0 +1,248 @@
+"""LoRA vs QLoRA through tuneline's SFT path: peak memory, tokens/s, MFU, and which CUDA paths were taken.
+
+    bash bench/gpu.sh                                   # the whole device check (this, then optionally the pipeline)
+    python bench/gpu_bench.py                           # CUDA: 1B-class random config + the embedded model
+    python bench/gpu_bench.py --models small --steps 2  # no CUDA: the CPU fallback (what the test runs)
+
+Each run is `tuneline.train.sft.build_trainer` + `trainer.train()` exactly as `train_sft` builds it (LoRA r16
+all-linear, completion-only loss, padding-free, bf16 where the device has it) on the Banking77 training rows
+as tuneline prepares them; only the method (lora / qlora), the step count and the batch size differ.
+
+Models: `1b` is a randomly initialised Llama (hidden 2048, 16 layers, MLP 8192, the embedded tokenizer's
+vocabulary; ~1.2B parameters) built from a config by tuneline's `tiny` source: no hub. `embedded` is
+SmolLM2-135M-Instruct. `small` (the CPU fallback) is a 4-layer, hidden-256 random Llama.
+
+Figures:
+  peak MB      CUDA: torch.cuda.max_memory_allocated over the run; CPU: the resident-memory peak above the
+               level at the start of training (tuneline.train.memory.peak_rss_delta)
+  tokens/s     real (non-pad) tokens over optimizer steps 2..N (step 1 pays kernel selection, allocator set-up)
+  MFU          tokens/s x 4*N FLOPs/token over the device's peak. 4*N: LoRA on a frozen base costs a forward
+               (2N) plus the activation gradients (2N); no weight gradients for the base; LoRA's own FLOPs,
+               attention's seq^2 term (rows here are ~40 tokens) and 4-bit dequantisation are not counted.
+               N = every parameter of the base (tied embeddings counted once: the LM head's matmul).
+  paths        optim (paged_adamw_* for QLoRA on CUDA), bf16 autocast, the attention implementation,
+               whether the base linears are bitsandbytes 4-bit.
+QLoRA needs bitsandbytes' CUDA kernels to save memory; without CUDA it is skipped, and the table says why.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import argparse
+import gc
+import json
+import logging
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without `pip install -e`
+
+# Random configs built by tuneline's `tiny` source (BaseModelConfig.tiny): no download, seconds to build.
+MODELS = {
+    "1b": {"layers": 16, "hidden": 2048, "heads": 32, "intermediate": 8192},
+    "small": {"layers": 4, "hidden": 256, "heads": 4, "intermediate": 768},
+}
+# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity), by a substring of torch.cuda.get_device_name().
+GPU_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0,
+                   "RTX 4090": 165.0, "RTX 3090": 71.0, "T4": 65.0, "V100": 125.0}
+QLORA_GOAL = 0.45  # QLoRA's peak memory as a share of LoRA's (issue 18)
+
+
+def cpu_peak_gflops() -> tuple[float, str]:
+    """An estimate of this CPU's bf16 (or fp32) matmul peak, and how it was reckoned.
+
+    FLOPs per cycle per core: AMX-BF16 1024; AVX512-BF16 64 (one 512-bit VDPBF16PS per cycle, 32 bf16 pairs x 2:
+    what AMD Zen 4 issues; Intel cores with two 512-bit FMA ports do twice that); AVX512F fp32 32; AVX2 fp32 32
+    (two 256-bit FMA). Clock: /proc/cpuinfo's 'cpu MHz' (no turbo counted)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        info = ""
+    mhz = next((float(line.split(":")[1]) for line in info.splitlines() if line.startswith("cpu MHz")), 2500.0)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    flags = set(next((line.split(":")[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    per_cycle, isa = ((1024, "AMX-BF16") if "amx_bf16" in flags else (64, "AVX512-BF16") if "avx512_bf16" in flags
+                      else (32, "AVX512F fp32") if "avx512f" in flags else (32, "AVX2 fp32 FMA") if "fma" in flags
+                      else (8, "SSE fp32"))
+    peak = cores * mhz / 1000 * per_cycle
+    return peak, f"{cores} cores x {mhz / 1000:.2f} GHz x {per_cycle} FLOP/cycle ({isa}) = {peak:.0f} GFLOP/s"
+
+
+def device_peak_gflops() -> tuple[float | None, str]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return cpu_peak_gflops()
+    name = torch.cuda.get_device_name()
+    tflops = next((v for k, v in GPU_PEAK_TFLOPS.items() if k in name), None)
+    return (tflops * 1000 if tflops else None), f"{name}: {tflops or '?'} TFLOP/s dense bf16"
+
+
+def base_params(model_dir: str) -> int:
+    """N for the FLOPs model: the base's parameters, counted on the meta device (4-bit packing hides them)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+    return sum(p.numel() for p in model.parameters())
+
+
+def lora_flops_per_token(n_params: int) -> float:
+    """LoRA on a frozen base: forward 2N + activation gradients 2N (issue 18's model)."""
+    return 4.0 * n_params
+
+
+def model_ref(name: str):
+    from tuneline.config import BaseModelConfig, TinyModel
+    from tuneline.model.base import prepare
+
+    if name == "embedded":
+        return prepare(BaseModelConfig())
+    return prepare(BaseModelConfig(source="tiny", tiny=TinyModel(**MODELS[name])))
+
+
+def training_rows() -> list[dict]:
+    from tuneline.config import BaseModelConfig, DataConfig
+    from tuneline.data.validate import validate
+    from tuneline.model.base import load_tokenizer, prepare
+
+    task = validate(DataConfig(), load_tokenizer(prepare(BaseModelConfig(source="tiny")))).task
+    return task[task.split == "train"].to_dict("records")
+
+
+def skip_reason(method: str) -> str | None:
+    import torch
+
+    if method == "qlora" and not torch.cuda.is_available():
+        return ("no CUDA: bitsandbytes' 4-bit path saves memory (and pages AdamW) on CUDA; on CPU it dequantizes "
+                "every matmul and resident memory is not comparable")
+    return None
+
+
+def run_one(ref, rows: list[dict], method: str, steps: int, batch: int) -> dict:
+    """One tuneline SFT run; its figures and the paths it took."""
+    import torch
+
+    from tuneline.config import SFTConfig
+    from tuneline.train import checkpoints
+    from tuneline.train.memory import peak_rss_delta
+    from tuneline.train.sft import build_trainer
+
+    cfg = SFTConfig(method=method, max_steps=steps, batch_size=batch, eval_steps=None, logging_steps=steps)
+    times: list[float] = []
+    tokens: list[int] = []
+    with tempfile.TemporaryDirectory(prefix="tuneline-gpu-bench-") as tmp:
+        checkpoints.CHECKPOINT_ROOT = Path(tmp) / "ckpt"  # fresh: never resume another run's checkpoint
+        trainer = build_trainer(ref, rows, cfg, Path(tmp) / "out", max_tokens=96)
+        inner = trainer.training_step
+
+        def timed_step(model, inputs, *args, **kwargs):
+            mask = inputs.get("attention_mask")
+            tokens.append(int(mask.sum()) if mask is not None else inputs["input_ids"].numel())
+            t0 = time.perf_counter()
+            out = inner(model, inputs, *args, **kwargs)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+            return out
+
+        trainer.training_step = timed_step  # the Trainer calls self.training_step: the numbers are untouched
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        with peak_rss_delta() as rss:
+            trainer.train()
+        peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else rss["mb"]
+        model = trainer.model
+        paths = {
+            "optim": str(getattr(trainer.args.optim, "value", trainer.args.optim)),
+            "bf16": bool(trainer.args.bf16),
+            "attention": getattr(model.config, "_attn_implementation", None) or "?",
+            "4bit": any(type(m).__name__ == "Linear4bit" for m in model.modules()),
+            "device": str(next(model.parameters()).device),
+        }
+        loss = next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None)
+    del trainer, model
+    gc.collect()
+    steady = slice(1, None) if len(times) > 1 else slice(None)
+    secs = sum(times[steady])
+    return {"peak_mb": peak, "tokens_per_s": sum(tokens[steady]) / secs if secs else float("nan"),
+            "tokens_per_step": sum(tokens) / max(len(tokens), 1), "loss": loss, **paths}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default=None, help="comma-separated: 1b, embedded, small "
+                        "(default: 1b,embedded on CUDA, small without)")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default: 12 CUDA, 2 CPU)")
+    parser.add_argument("--batch", type=int, default=None, help="rows per step (default: 64 CUDA, 4 CPU)")
+    parser.add_argument("--rows", type=int, default=None,
+                        help="training rows to tokenize (default: all on CUDA, 64 on CPU: only a few steps run)")
+    parser.add_argument("--json", default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    for name in ("transformers", "trl", "datasets", "peft", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+
+    import torch
+
+    cuda = torch.cuda.is_available()
+    models = (args.models or ("1b,embedded" if cuda else "small")).split(",")
+    steps, batch = args.steps or (12 if cuda else 2), args.batch or (64 if cuda else 4)
+    peak, peak_note = device_peak_gflops()
+    device = "cuda" if cuda else "cpu"
+    print(f"device {device}: peak {peak_note}; {steps} steps x batch {batch}; torch {torch.__version__}", flush=True)
+    rows = training_rows()[: args.rows or (None if cuda else 64)]
+    results: dict[str, dict] = {}
+    for name in models:
+        ref = model_ref(name)
+        n = base_params(ref.path)
+        for method in ("lora", "qlora"):
+            key = f"{name}/{method}"
+            reason = skip_reason(method)
+            if reason:
+                results[key] = {"skipped": reason, "params": n}
+                continue
+            t0 = time.perf_counter()
+            res = run_one(ref, rows, method, steps, batch)
+            res.update(params=n, seconds=time.perf_counter() - t0,
+                       mfu=res["tokens_per_s"] * lora_flops_per_token(n) / (peak * 1e9) if peak else None)
+            results[key] = res
+            print(f"  done {key}: {res['tokens_per_s']:.0f} tokens/s, {res['seconds']:.0f}s", flush=True)
+    print_table(device, results)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": device, "peak": peak_note, "results": results}, indent=1))
+    return results
+
+
+def print_table(device: str, results: dict[str, dict]) -> None:
+    print(f"\n{'run':18} {'device':6} {'params':>7} {'peak MB':>9} {'tokens/s':>9} {'MFU':>6} {'loss':>6}  "
+          f"{'optim':18} {'bf16':5} {'attention':10} {'4bit':5}")
+    for key, r in results.items():
+        if "skipped" in r:
+            print(f"{key:18} {device:6} {r['params'] / 1e6:>6.0f}M  skipped: {r['skipped']}")
+            continue
+        mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
+        loss = f"{r['loss']:.3f}" if r["loss"] is not None else "-"
+        print(f"{key:18} {device:6} {r['params'] / 1e6:>6.0f}M {r['peak_mb']:>9.0f} {r['tokens_per_s']:>9.0f} "
+              f"{mfu:>6} {loss:>6}  {r['optim']:18} {r['bf16']!s:5} {r['attention']:10} {r['4bit']!s:5}")
+    for name in {k.split("/")[0] for k in results}:
+        lora, qlora = results.get(f"{name}/lora", {}), results.get(f"{name}/qlora", {})
+        if lora.get("peak_mb") and qlora.get("peak_mb"):
+            ratio = qlora["peak_mb"] / lora["peak_mb"]
+            print(f"{name}: QLoRA peak / LoRA peak = {ratio:.2f} (goal <= {QLORA_GOAL}: "
+                  f"{'met' if ratio <= QLORA_GOAL else 'not met'})")
+
+
+if __name__ == "__main__":
+    main()
