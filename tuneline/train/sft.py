@@ -137,7 +137,7 @@ def build_trainer(ref: BaseModelRef, records: list[dict], cfg: SFTConfig, ckpt: 
     trainer = method.trainer(model=model, args=args, train_dataset=to_dataset(records, tok),
                              eval_dataset=to_dataset(list(held), tok) if held else None, processing_class=tok,
                              peft_config=peft, callbacks=method.callbacks() + guard_callbacks(model) + list(callbacks))
-    if cfg.labelled_head and cfg.method in LABELLED_HEAD_METHODS and not is_text(records):
+    if cfg.labelled_head and cfg.method in LABELLED_HEAD_METHODS and not is_text(records) and plain_head(model.config):
         trainer.compute_loss = partial(labelled_head_loss, trainer)  # the Trainer calls self.compute_loss
     return trainer
 
@@ -145,6 +145,13 @@ def build_trainer(ref: BaseModelRef, records: list[dict], cfg: SFTConfig, ckpt: 
 # Methods whose loss is the plain token loss of the base's forward: AdaLoRA adds its orthogonality term in the
 # PEFT forward, prompt methods change the sequence, X-LoRA runs a gate pass; those keep TRL's loss.
 LABELLED_HEAD_METHODS = ("lora", "qlora", "dora", "rslora")
+
+
+def plain_head(config) -> bool:
+    """Whether the logits are the output embedding's matmul alone: Gemma 2's final softcapping and Cohere's
+    logit scale happen in the model's forward, which labelled_head_loss skips (those keep TRL's loss)."""
+    return (getattr(config, "final_logit_softcapping", None) is None
+            and getattr(config, "logit_scale", None) in (None, 1, 1.0))
 
 
 def labelled_head_loss(trainer, model, inputs, return_outputs=False, num_items_in_batch=None):

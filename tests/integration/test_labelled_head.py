@@ -1,0 +1,48 @@
+"""sft.labelled_head (the default) trains on the same loss and gradients as TRL's own loss path: the LM head
+runs only where a label is, and nothing else changes.
+
+    .venv/bin/pytest -q tests/integration/test_labelled_head.py
+"""
+
+import torch
+
+from tuneline.train.sft import build_trainer, labelled_head_loss, plain_head
+
+
+def _loss_and_grads(trainer, batch):
+    model = trainer.model
+    model.train()
+    model.zero_grad()
+    loss = trainer.compute_loss(model, dict(batch))
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return loss.detach(), grads
+
+
+def test_the_labelled_head_loss_equals_trls(tiny_cfg, tiny_ref, tiny_data, tmp_path):
+    rows = tiny_data.task[tiny_data.task.split == "train"].head(6).to_dict("records")
+    cfg = tiny_cfg.sft.model_copy(update={"method": "lora", "labelled_head": True, "dropout": 0.0})
+    trainer = build_trainer(tiny_ref, rows, cfg, tmp_path / "ckpt", max_tokens=96)
+    assert trainer.compute_loss.func is labelled_head_loss, "the default must take the labelled-head path"
+    torch.manual_seed(0)
+    for p in (p for n, p in trainer.model.named_parameters() if "lora_B" in n):
+        torch.nn.init.normal_(p, std=0.05)  # B is zero at init: non-zero so the LoRA gradients are not trivial
+    batch = next(iter(trainer.get_train_dataloader()))
+    mine, my_grads = _loss_and_grads(trainer, batch)
+    trl = type(trainer)  # the Trainer's own compute_loss: TRL's full-sequence path
+    trainer.compute_loss = lambda model, inputs, **kw: trl.compute_loss(trainer, model, inputs, **kw)
+    theirs, their_grads = _loss_and_grads(trainer, batch)
+    assert torch.allclose(mine, theirs, atol=1e-5, rtol=1e-4), (mine, theirs)
+    assert my_grads.keys() == their_grads.keys() and my_grads
+    for name, g in my_grads.items():
+        assert torch.allclose(g, their_grads[name], atol=1e-6, rtol=1e-3), name
+
+
+def test_a_softcapped_head_keeps_trls_path():
+    class Gemma2Like:
+        final_logit_softcapping = 30.0
+
+    class Plain:
+        pass
+
+    assert not plain_head(Gemma2Like()) and plain_head(Plain())
