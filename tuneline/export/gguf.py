@@ -86,17 +86,20 @@ def convert(model_dir: str | Path, out_file: str | Path, outtype: str = "f16") -
     from tuneline.train.bottleneck import refuse  # here: it imports peft, which the export needs nowhere else
 
     refuse(model_dir, "exported to GGUF")  # an adapter that adds layers has no GGUF form
-    out_file = Path(out_file)
+    args = [str(model_dir), "--outtype", _base_type(outtype).lower()]
+    return run_converter(converter_dir() / "convert_hf_to_gguf.py", args, Path(out_file))
+
+
+def run_converter(script: Path, args: list[str], out_file: Path) -> Path:
+    """Run one of llama.cpp's converter scripts (convert_hf_to_gguf.py, convert_lora_to_gguf.py) into out_file."""
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    cdir = converter_dir()
     # Write beside the target and rename, so a failed or killed run never leaves half a GGUF.
     part = out_file.with_name(out_file.name + ".part")
-    cmd = [sys.executable, str(cdir / "convert_hf_to_gguf.py"), str(model_dir),
-           "--outtype", _base_type(outtype).lower(), "--outfile", str(part)]
+    cmd = [sys.executable, str(script), *args, "--outfile", str(part)]
     env = dict(os.environ)
     # The vendored gguf-py must win over the PyPI `gguf`: the converter is written against it,
     # and the PyPI release can lag behind the architectures and keys this converter emits.
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(cdir / "gguf-py"), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(script.parent / "gguf-py"), env.get("PYTHONPATH")]))
     env.pop("NO_LOCAL_GGUF", None)
     # transformers would take a model_dir that does not exist for a hub id and try to download it.
     env.setdefault("HF_HUB_OFFLINE", "1")
@@ -104,7 +107,7 @@ def convert(model_dir: str | Path, out_file: str | Path, outtype: str = "f16") -
     if proc.returncode != 0 or not part.is_file():
         part.unlink(missing_ok=True)
         tail = "\n".join(proc.stderr.strip().splitlines()[-25:])
-        raise ExportError(f"convert_hf_to_gguf.py failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
+        raise ExportError(f"{script.name} failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
     part.replace(out_file)
     return out_file
 

@@ -40,7 +40,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from tuneline.export.gguf import ExportError, _base_type, converter_dir, read_metadata, write_modelfile
+from tuneline.export.gguf import ExportError, _base_type, converter_dir, read_metadata, run_converter, write_modelfile
 from tuneline.model.base import sha256_file
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
@@ -137,30 +137,11 @@ def _staged_base(base_dir: Path, merged_dir: Path, tmp: Path) -> Path:
     return out
 
 
-def _run(script: Path, args: list[str], out_file: Path) -> Path:
-    """Run one of llama.cpp's converters into out_file (written beside it and renamed: never half a file)."""
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    part = out_file.with_name(out_file.name + ".part")
-    cmd = [sys.executable, str(script), *args, "--outfile", str(part)]
-    env = dict(os.environ)
-    # As tuneline.export.gguf.convert: the vendored gguf-py wins over PyPI's, and nothing is fetched from the hub.
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(script.parent / "gguf-py"), env.get("PYTHONPATH")]))
-    env.pop("NO_LOCAL_GGUF", None)
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    if proc.returncode != 0 or not part.is_file():
-        part.unlink(missing_ok=True)
-        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
-        raise ExportError(f"{script.name} failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
-    part.replace(out_file)
-    return out_file
-
-
 def convert_adapter(adapter_dir: str | Path, base_dir: str | Path, out_file: str | Path, outtype: str = "f16") -> Path:
     """A PEFT LoRA adapter dir as a GGUF LoRA adapter for the base at `base_dir` (only its config.json is read)."""
     with tempfile.TemporaryDirectory(prefix="tuneline-lora-") as tmp:
         staged = _staged_adapter(Path(adapter_dir), Path(tmp))
-        return _run(lora_converter(), ["--base", str(base_dir), "--outtype", _base_type(outtype).lower(), str(staged)],
+        return run_converter(lora_converter(), ["--base", str(base_dir), "--outtype", _base_type(outtype).lower(), str(staged)],
                     Path(out_file))
 
 
@@ -168,7 +149,7 @@ def convert_base(base_dir: str | Path, merged_dir: str | Path, out_file: str | P
     """The base weights as a GGUF with the merged model's tokenizer and chat template."""
     with tempfile.TemporaryDirectory(prefix="tuneline-lora-base-") as tmp:
         staged = _staged_base(Path(base_dir), Path(merged_dir), Path(tmp))
-        return _run(converter_dir() / "convert_hf_to_gguf.py", [str(staged), "--outtype", _base_type(outtype).lower()],
+        return run_converter(converter_dir() / "convert_hf_to_gguf.py", [str(staged), "--outtype", _base_type(outtype).lower()],
                     Path(out_file))
 
 

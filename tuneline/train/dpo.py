@@ -264,6 +264,40 @@ def checkpoint_key(ref: BaseModelRef, sft_dir: str, sft_method: str, cfg: DPOCon
                    data_hash(mining_records), data_hash(pref_rows), *(p.model_dump_json() for p in train_pairs))
 
 
+class PolicyRun(BaseModel):
+    """What running a DPO or RL trainer on the SFT result measured (train_policy)."""
+
+    trainable: int
+    total: int
+    seconds: float
+    resumed_from: str | None
+
+
+def train_policy(trainer, ckpt: Path, out_dir: Path, mirror: CheckpointMirror | None, what: str) -> PolicyRun:
+    """Train a preference or RL trainer on the SFT model: its frozen reference adapter, the free-space check,
+    resuming from `ckpt`; the "default" (trained) adapter is active afterwards."""
+    copy_to_ref_adapter(trainer.model)
+    trainable, total = trainable_parameters(trainer.model)
+    full = not isinstance(trainer.model, PeftModel)
+    need_free(dict(zip((ckpt, out_dir), training_bytes(trainable, total, full))), what)
+    t0 = time.perf_counter()
+    resume = resume_point(ckpt, mirror)
+    trainer.train(resume_from_checkpoint=resume)
+    if isinstance(trainer.model, PeftModel):
+        trainer.model.set_adapter("default")
+    return PolicyRun(trainable=trainable, total=total, seconds=time.perf_counter() - t0, resumed_from=resume)
+
+
+def save_policy(model, tok, out_dir: Path) -> None:
+    """The trained adapter alone (not TRL's frozen reference copy), or the full model, with its tokenizer."""
+    if isinstance(model, PeftModel):
+        model.save_pretrained(out_dir, selected_adapters=["default"])
+    else:
+        model.config.use_cache = True
+        model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+
+
 def train(ref: BaseModelRef, sft_dir: str, sft_method: str, mining_records: list[dict], pref_rows: list[dict],
           cfg: DPOConfig, out_dir: Path, max_new_tokens: int = 12, batch_size: int = 32,
           mirror: CheckpointMirror | None = None, metric: str = "exact_match",
@@ -295,23 +329,10 @@ def train(ref: BaseModelRef, sft_dir: str, sft_method: str, mining_records: list
     ckpt = checkpoint_dir("dpo", checkpoint_key(ref, sft_dir, sft_method, cfg, mining_records, pref_rows, train_pairs))
     trainer = preference_trainer(cfg, model, tok, train_pairs, ckpt,
                                  guard_callbacks(model) + mirror_callbacks(ckpt, mirror))
-    copy_to_ref_adapter(trainer.model)
-    trainable, total = trainable_parameters(trainer.model)
-    full = not isinstance(trainer.model, PeftModel)
-    need_free(dict(zip((ckpt, out_dir), training_bytes(trainable, total, full))), f"DPO ({cfg.loss_type})")
-    t1 = time.perf_counter()
-    resume = resume_point(ckpt, mirror)
-    trainer.train(resume_from_checkpoint=resume)
-    seconds = time.perf_counter() - t1
-    if isinstance(trainer.model, PeftModel):
-        trainer.model.set_adapter("default")
+    run = train_policy(trainer, ckpt, out_dir, mirror, f"DPO ({cfg.loss_type})")
     after = preference_accuracy(trainer.model, tok, held)
-    if isinstance(trainer.model, PeftModel):
-        trainer.model.save_pretrained(out_dir, selected_adapters=["default"])
-    else:
-        trainer.model.config.use_cache = True
-        trainer.model.save_pretrained(out_dir)
-    tok.save_pretrained(out_dir)
+    save_policy(trainer.model, tok, out_dir)
+    trainable, total, seconds, resume = run.trainable, run.total, run.seconds, run.resumed_from
     history = trainer.state.log_history
     metrics = {
         "pairs_mined": len(mined), "pairs_user": len(pref_rows), "pairs_train": len(train_pairs),

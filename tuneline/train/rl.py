@@ -22,20 +22,17 @@ like a DPO adapter.
 from __future__ import annotations
 
 import copy
-import time
 from pathlib import Path
 
 import torch
 from datasets import Dataset
-from peft import PeftModel
 
 from tuneline.config import DPOConfig
 from tuneline.data.readers import DataError
 from tuneline.data.records import messages
-from tuneline.disk_space import need_free, training_bytes
 from tuneline.eval.scoring import score_items
 from tuneline.model.base import BaseModelRef, load_tokenizer
-from tuneline.train.args import TrainResult, loss_span, trainable_parameters, trainer_args
+from tuneline.train.args import TrainResult, loss_span, trainer_args
 from tuneline.train.checkpoints import (
     CheckpointMirror,
     checkpoint_dir,
@@ -43,10 +40,9 @@ from tuneline.train.checkpoints import (
     data_hash,
     dir_hash,
     mirror_callbacks,
-    resume_point,
     run_key,
 )
-from tuneline.train.dpo import copy_to_ref_adapter, load_sft, user_pairs
+from tuneline.train.dpo import load_sft, save_policy, train_policy, user_pairs
 from tuneline.train.memory import peak_memory_mb
 from tuneline.train.qlora_guard import guard_callbacks
 
@@ -138,21 +134,9 @@ def train(ref: BaseModelRef, sft_dir: str, sft_method: str, mining_records: list
                                                  str(max_new_tokens), data_hash(data.to_list())))
     trainer = rl_trainer(cfg, model, tok, data, reward, ckpt, max_new_tokens,
                          guard_callbacks(model) + mirror_callbacks(ckpt, mirror))
-    copy_to_ref_adapter(trainer.model)  # TRL's copy misses IA3 / AdaLoRA parameters (see dpo.copy_to_ref_adapter)
-    trainable, total = trainable_parameters(trainer.model)
-    full = not isinstance(trainer.model, PeftModel)
-    need_free(dict(zip((ckpt, out_dir), training_bytes(trainable, total, full))), f"RL ({cfg.loss_type})")
-    t0 = time.perf_counter()
-    resume = resume_point(ckpt, mirror)
-    trainer.train(resume_from_checkpoint=resume)
-    seconds = time.perf_counter() - t0
-    if isinstance(trainer.model, PeftModel):
-        trainer.model.set_adapter("default")
-        trainer.model.save_pretrained(out_dir, selected_adapters=["default"])
-    else:
-        trainer.model.config.use_cache = True
-        trainer.model.save_pretrained(out_dir)
-    tok.save_pretrained(out_dir)
+    run = train_policy(trainer, ckpt, out_dir, mirror, f"RL ({cfg.loss_type})")
+    save_policy(trainer.model, tok, out_dir)
+    trainable, total, seconds, resume = run.trainable, run.total, run.seconds, run.resumed_from
     history = trainer.state.log_history
     first, last = reward_span(history)
     metrics = {
