@@ -102,7 +102,9 @@ def generate_rows(model, tokenizer, records: list[dict], max_new_tokens: int, ba
     chats = [messages(r, with_answer=False) for r in records]
     out = [[""] * len(records) for _ in adapters or [None]]
     for length, idx in length_groups(records, max_new_tokens).items():
-        got = generate_under(model, tokenizer, [chats[i] for i in idx], length, batch_size, adapters)
+        part = [chats[i] for i in idx]
+        got = (generate_under(model, tokenizer, part, length, batch_size, adapters) if adapters
+               else [generate(model, tokenizer, part, length, batch_size)])
         for answers, texts in zip(out, got):
             for i, text in zip(idx, texts):
                 answers[i] = text
