@@ -4,6 +4,11 @@
     .venv/bin/python bench/default_run.py                             # reports the newest run in the ZenML store
     .venv/bin/python bench/default_run.py --run-id ID --json out.json # one run, saved for a later comparison
     .venv/bin/python bench/default_run.py --compare before.json       # ratios against a saved run
+    .venv/bin/python bench/default_run.py --run-id ID --paired other.json   # final vs final, item by item
+
+--paired compares the final candidates of two runs on the same held-out rows (say mined-mistakes DPO against
+GRPO on the task metric, after the same cached SFT): paired bootstrap CIs (`tuneline.eval.stats`) of the task
+metric, MMLU and the general-text NLL per text, items matched by id.
 
 Reports each step's wall time and its share of the run, whether it was cached, SFT tokens/s where the
 step recorded it, the evaluation's items/s per scoring pass, and the evaluation summary (task score per
@@ -46,16 +51,43 @@ def collect(run_id: str | None) -> dict:
     steps = {name: {"seconds": _seconds(s), "status": str(s.status)} for name, s in run.steps.items()}
     total = sum(s["seconds"] or 0 for s in steps.values())
     sft = run.steps.get("train_sft")
-    summary, speed = {}, {}
+    summary, speed, items = {}, {}, {}
     if "promote" in run.steps and "final_evaluation" in run.steps["promote"].outputs:
         final = run.steps["promote"].outputs["final_evaluation"][0].load()
-        summary, speed = final.summary(), throughput(final)
+        summary, speed, items = final.summary(), throughput(final), final_items(final)
     return {
         "run": str(run.id), "status": str(run.status), "steps": steps, "steps_total_s": total,
         "wall_s": (run.end_time - run.start_time).total_seconds() if run.end_time and run.start_time else None,
         "sft_tokens_per_s": sft.run_metadata.get("train_tokens_per_second") if sft else None,
-        "evaluation": summary, "throughput": speed, "exports": _exports(run),
+        "evaluation": summary, "throughput": speed, "exports": _exports(run), "final_items": items,
     }
+
+
+def final_items(report) -> dict[str, dict[str, float]]:
+    """The final candidate's score per item, by id: the task rows, each benchmark, each general text's NLL."""
+    final = report.final
+    out = {"task": dict(zip(report.task[final].item_ids, report.task[final].per_item))}
+    for name, r in report.benchmarks.get(final, {}).items():
+        out[name] = dict(zip(r.item_ids, r.per_item))
+    if final in report.perplexity:
+        out["nll"] = {str(i): x for i, x in enumerate(report.perplexity[final].per_item)}
+    return out
+
+
+def paired(now: dict, other: dict) -> None:
+    """This run's final candidate against another run's, item by item (same ids), with a paired bootstrap CI."""
+    from tuneline.eval.stats import paired_bootstrap
+
+    print(f"paired: run {now['run'][:8]} final vs run {other['run'][:8]} final (this minus that; nll: lower is better)")
+    for name, mine in now["final_items"].items():
+        theirs = other.get("final_items", {}).get(name, {})
+        ids = sorted(set(mine) & set(theirs))
+        if not ids:
+            print(f"  {name:<6} no common items")
+            continue
+        d = paired_bootstrap([mine[i] for i in ids], [theirs[i] for i in ids])
+        print(f"  {name:<6} n={d.n:<4} {d.mean_candidate:.4f} vs {d.mean_base:.4f}: {d.diff:+.4f} "
+              f"[{d.ci_low:+.4f}, {d.ci_high:+.4f}] p={d.p_value:.3f}")
 
 
 def throughput(report) -> dict[str, float]:
@@ -97,12 +129,15 @@ def main() -> int:
     ap.add_argument("--run-id", help="report this run instead of the newest")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     ap.add_argument("--compare", type=Path, help="a --json file of an earlier run: print ratios against it")
+    ap.add_argument("--paired", type=Path, help="a --json file of a run on the same rows: final vs final, paired CIs")
     args = ap.parse_args()
     if args.run:
         subprocess.run([str(Path(sys.executable).parent / "tuneline"), "run", args.config], cwd=ROOT, check=True)
     now = collect(args.run_id)
     before = json.loads(args.compare.read_text()) if args.compare else None
     show(now, before)
+    if args.paired:
+        paired(now, json.loads(args.paired.read_text()))
     if args.json:
         args.json.write_text(json.dumps(now, indent=1, default=str))
     return 0

@@ -3,6 +3,7 @@
     python bench/eval_throughput.py [--model tiny|default] [--rows N]
     python bench/eval_throughput.py --model tiny --rows 64 --mmlu-items 8 --metric token_f1
     python bench/eval_throughput.py --parts candidates --rows 64 --candidates 2     # issue 18's figure
+    python bench/eval_throughput.py --parts gguf --gguf model-Q8_0.gguf --ppl-texts 30  # a GGUF file's perplexity
 
 Measures examples/s for
   (a) the task metric: `tuneline.eval.task.score_task` (greedy generation + scoring) on the first N
@@ -15,6 +16,9 @@ Measures examples/s for
       answers differently) scored one after another (score_task + perplexity per adapter, as evaluate did)
       vs all in one pass (tuneline.eval.candidates: PEFT mixed-adapter batches), on the same rows and
       --ppl-texts general texts; items/s counts rows x candidates.
+  (d) gguf: a GGUF file's perplexity on --ppl-texts general texts (`tuneline.eval.perplexity.gguf_perplexity`,
+      llama.cpp), its log-softmax normalizer by numpy's float64 logaddexp.reduce (before) vs torch's float32
+      logsumexp (`gguf_lm.picked_logprobs`, now), same llama.cpp logits; per-text NLLs within 1e-4 per token.
 and asserts that each pair of runs gave the same per-item scores: batching must not change results
 (candidates: the same greedy answers, NLLs within 1e-4).
 
@@ -78,7 +82,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--benchmark-batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=1, help="runs per setting; the fastest counts (noisy CPUs)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
-    parser.add_argument("--parts", default="task,mmlu,candidates", help="which of task, mmlu, candidates to run")
+    parser.add_argument("--parts", default="task,mmlu,candidates", help="which of task, mmlu, candidates, gguf to run")
+    parser.add_argument("--gguf", type=Path, help="a GGUF file of this model for (d)")
     parser.add_argument("--candidates", type=int, default=2, help="LoRA adapters for (c)")
     parser.add_argument("--ppl-texts", type=int, default=16, help="general texts for (c)'s perplexity")
     args = parser.parse_args(argv)
@@ -184,6 +189,17 @@ def main(argv: list[str] | None = None) -> None:
                       f"both {(seq_s + seq_ppl_s) / (mix_s + mix_ppl_s):.2f}x")
         same.append(f"candidates yes ({len(rows)} rows x {len(names)} adapters, same greedy answers)")
 
+    # (d) a GGUF file's perplexity: the two log-softmax normalizers on the same llama.cpp logits.
+    if "gguf" in parts:
+        ppl_runs = gguf_normalizers(args.gguf, tok, general_texts(EvaluateConfig())[: args.ppl_texts])
+        for label, r in ppl_runs.items():
+            record(f"GGUF perplexity, {label}", 1, len(r.per_item), r.seconds, r.ppl)
+        old, new = ppl_runs.values()
+        worst = max(abs(x - y) for x, y in zip(old.per_item, new.per_item))
+        assert worst <= 1e-4, f"the torch normalizer changed a text's NLL per token by {worst}"
+        ratios.append(f"GGUF perplexity {old.seconds / new.seconds:.2f}x")
+        same.append(f"GGUF perplexity yes ({len(new.per_item)} texts, worst {worst:.1e} nats/token)")
+
     print(f"\nload average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; "
           f"fastest of {args.repeats} run(s) each")
     print(f"{'what':42} {'batch':>5} {'n':>4} {'seconds':>8} {'examples/s':>11} {'score':>6} {'ll s':>6}")
@@ -191,6 +207,27 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{what:42} {batch:>5} {n:>4} {seconds:>8.1f} {rate:>11.2f} {score:>6.3f} {extra:>6}")
     print(f"ratio batched/one-by-one: {', '.join(ratios)}")
     print(f"same per-item scores batched and one-by-one: {', '.join(same)}")
+
+
+def gguf_normalizers(path: Path, tok, texts: list[str]) -> dict:
+    """gguf_perplexity with numpy's float64 logaddexp.reduce normalizer, then with the current one."""
+    import numpy as np
+
+    from tuneline.eval import gguf_lm
+    from tuneline.eval.perplexity import encode_texts, gguf_perplexity
+
+    def numpy_picked(rows, ids):
+        wide = rows.astype(np.float64)
+        return wide[np.arange(len(ids)), ids] - np.logaddexp.reduce(wide, axis=1)
+
+    ids = encode_texts(tok, texts)
+    now = gguf_lm.picked_logprobs
+    gguf_lm.picked_logprobs = numpy_picked
+    try:
+        before = gguf_perplexity(path, ids)
+    finally:
+        gguf_lm.picked_logprobs = now
+    return {"numpy logaddexp (before)": before, "torch logsumexp (now)": gguf_perplexity(path, ids)}
 
 
 def random_loras(model, ref, count: int):

@@ -387,7 +387,7 @@ class SFTConfig(Section):
     logging_steps: int = Field(5, ge=1)
     # Held-out loss during training (the eval curve beside the train curve): on up to eval_rows of the
     # evaluation rows, every eval_steps optimizer steps and at the end. Plotted only, never used to stop.
-    eval_steps: int | None = Field(50, ge=1)
+    eval_steps: int | None = Field(100, ge=1)
     eval_rows: int = Field(64, ge=1)
 
     @model_validator(mode="after")
@@ -563,7 +563,7 @@ class EvaluateConfig(Section):
     benchmark_batch_size: int = Field(4, ge=1)
     # Which adapters get the forgetting checks: "all" shows whether SFT or DPO forgot
     # (about 1.5 min more per candidate on the default CPU run); "final" checks only what ships.
-    benchmark_candidates: Literal["all", "final"] = "all"
+    benchmark_candidates: Literal["all", "final"] = "final"
     mmlu: MMLUConfig | None = MMLUConfig()
     gsm8k: GSM8KConfig | None = GSM8KConfig()
     perplexity: PerplexityConfig | None = PerplexityConfig()

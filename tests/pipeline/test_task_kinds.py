@@ -16,7 +16,7 @@ import yaml
 from zenml.client import Client
 
 from pipelines.finetune import finetune
-from tuneline.config import load
+from tuneline.config import RL_LOSSES, load
 from tuneline.train import checkpoints
 from tuneline.paths import PROJECT_ROOT
 
@@ -76,6 +76,8 @@ def _tiny(kind: str, tmp: Path) -> Path:
         if section == "dpo" and cfg.get("dpo", {}).get("enabled") is False:
             continue
         cfg.setdefault(section, {}).update(values)
+    if cfg.get("dpo", {}).get("loss_type") in RL_LOSSES:  # dpo.batch_size counts answers: 2 per prompt here
+        cfg["dpo"]["num_generations"] = 2
     _shrink_data(cfg.setdefault("data", {}), tmp)
     if cfg["data"].get("shape") == "text":
         cfg["data"]["max_tokens"] = 64  # the packing block, within the tiny model's positions
@@ -120,6 +122,13 @@ def test_dpo_learns_from_what_the_kind_offers(run):
     if not cfg.dpo.enabled:
         pytest.skip(f"{kind} trains no DPO stage (shape {cfg.data.shape})")
     meta = r.steps["train_dpo"].run_metadata
+    if cfg.dpo.loss_type in RL_LOSSES:  # RL samples its own answers to the mining rows, scored by the reward
+        assert meta["rl_prompts"] > 0 and meta["rl_reward"] == cfg.dpo.reward, f"{kind}: {meta}"
+        if cfg.reward_model.enabled:  # RLHF: the reward model trained on the mined pairs, its accuracy held out
+            rm = r.steps["train_reward"].run_metadata
+            assert rm["pairs_mined"] > 0 and rm["pairs_heldout"] > 0, f"{kind}: {rm}"
+            assert 0 <= rm["heldout_reward_accuracy"] <= 1, rm
+        return
     mined, given = meta["pairs_mined"], meta["pairs_user"]
     if cfg.dpo.mine_mistakes:
         assert mined > 0, f"{kind}: mining found no pairs in {meta}"

@@ -227,13 +227,11 @@ def gguf_perplexity(path: str | Path, encoded: list[list[int]]) -> PerplexityRes
 
 def _gguf_nll(llm, ids: list[int]) -> float:
     """Summed next-token NLL of ids[1:] given the tokens before each, from a `llama_cpp.Llama`."""
-    import numpy as np
+    from tuneline.eval.gguf_lm import picked_logprobs
 
     llm.reset()
     llm.eval(ids)
-    rows = llm.scores[: len(ids) - 1].astype(np.float64)
-    logp = rows - np.logaddexp.reduce(rows, axis=1, keepdims=True)
-    return float(-logp[np.arange(len(ids) - 1), ids[1:]].sum())
+    return float(-picked_logprobs(llm.scores[: len(ids) - 1], ids[1:]).sum())
 
 
 def perplexity_result(nll_sum: list[float], n_tok: list[int], start: float) -> PerplexityResult:

@@ -40,3 +40,21 @@ def test_perplexity_is_token_weighted():
     res = perplexity_result([2.0, 6.0], [1, 3], start=0.0)
     assert res.per_item == [2.0, 2.0] and res.n_tokens == 4
     assert res.ppl == pytest.approx(math.exp(8.0 / 4))
+
+
+def test_picked_logprobs_match_a_float64_log_softmax():
+    """The GGUF paths' fast log-softmax (torch logsumexp in float32) against numpy in float64, on logits as
+    wide and as spread as a 49k vocabulary's; a wrong row, id or sign would be off by whole nats."""
+    import numpy as np
+
+    from tuneline.eval.gguf_lm import picked_logprobs
+
+    rng = np.random.default_rng(0)
+    rows = (rng.standard_normal((40, 49152)) * 4).astype(np.float32)
+    ids = rng.integers(0, 49152, 40).tolist()
+    wide = rows.astype(np.float64)
+    want = wide[np.arange(40), ids] - np.logaddexp.reduce(wide, axis=1)
+    got = picked_logprobs(rows, ids)
+    assert got.dtype == np.float64 and got.shape == (40,)
+    assert np.abs(got - want).max() < 1e-5
+    assert np.abs(picked_logprobs(rows, ids[::-1]) - want).max() > 1  # the ids pick their own row's column
