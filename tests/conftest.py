@@ -59,6 +59,20 @@ def tiny_data(tiny_cfg, tiny_tok):
     return validate(tiny_cfg.data, tiny_tok)
 
 
+@pytest.fixture(scope="session")
+def bench_module():
+    """Imports a script of bench/ by name (bench/ is not a package): bench_module("default_run")."""
+    import importlib.util
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, PROJECT_ROOT / "bench" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
 @pytest.fixture()
 def isolated_checkpoints(tmp_path, monkeypatch) -> Path:
     import tuneline.train.checkpoints as training

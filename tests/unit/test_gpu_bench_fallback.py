@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 from pathlib import Path
 
@@ -15,16 +14,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("gpu_bench", ROOT / "bench" / "gpu_bench.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the fallback is what runs without CUDA")
-def test_cpu_fallback_prints_the_table(capsys):
-    results = _bench().main(["--models", "small", "--steps", "2", "--batch", "2"])
+def test_cpu_fallback_prints_the_table(capsys, bench_module):
+    results = bench_module("gpu_bench").main(["--models", "small", "--steps", "2", "--batch", "2"])
     out = capsys.readouterr().out
     assert "device cpu: peak" in out and "GFLOP/s" in out
     lora = results["small/lora"]
