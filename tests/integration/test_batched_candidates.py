@@ -26,7 +26,7 @@ TEXTS = [" ".join(f"word{(i * 7 + j) % 13} and more" for j in range(4 + 3 * i)) 
 def cfg(tmp_path_factory) -> EvaluateConfig:
     path = tmp_path_factory.mktemp("general") / "texts.jsonl"
     path.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
-    return EvaluateConfig(mmlu=None, gsm8k=None, batch_size=5, bootstrap_resamples=100,
+    return EvaluateConfig(mmlu=None, gsm8k=None, batch_size=5, bootstrap_resamples=100, benchmark_candidates="all",
                           perplexity=PerplexityConfig(file=str(path), field="text", rows=6, min_words=5, batch_size=4))
 
 
