@@ -38,7 +38,7 @@ def _exports(run) -> dict[str, dict]:
         if step not in run.steps or artifact not in run.steps[step].outputs:
             continue
         for f in run.steps[step].outputs[artifact][0].load().files:
-            out[f.candidate] = {"passed": f.passed, "score": round(f.score, 4), "reason": f.reason}
+            out[f.candidate] = {"passed": f.passed, "score": round(f.score, 4) if f.asked else None, "reason": f.reason}
     return out
 
 
@@ -66,11 +66,12 @@ def collect(run_id: str | None) -> dict:
 def final_items(report) -> dict[str, dict[str, float]]:
     """The final candidate's score per item, by id: the task rows, each benchmark, each general text's NLL."""
     final = report.final
+    scored = report.forgetting_on or final  # the merged model, when it was measured for the final one
     out = {"task": dict(zip(report.task[final].item_ids, report.task[final].per_item))}
-    for name, r in report.benchmarks.get(final, {}).items():
+    for name, r in report.benchmarks.get(scored, {}).items():
         out[name] = dict(zip(r.item_ids, r.per_item))
-    if final in report.perplexity:
-        out["nll"] = {str(i): x for i, x in enumerate(report.perplexity[final].per_item)}
+    if scored in report.perplexity:
+        out["nll"] = {str(i): x for i, x in enumerate(report.perplexity[scored].per_item)}
     return out
 
 
@@ -119,7 +120,7 @@ def show(now: dict, before: dict | None) -> None:
         old = (before or {}).get("throughput", {}).get(key)
         print(f"  {key:<36} {value:8.2f}" + (f"   (before {old:.2f}, {value / old:.2f}x)" if old else ""))
     for name, e in now["exports"].items():
-        print(f"  export {name:<20} {'passed' if e['passed'] else 'rejected'} {e['score']:.3f} {e['reason'][:60]}")
+        print(f"  export {name:<20} {'passed' if e['passed'] else 'rejected'} {'not asked' if e['score'] is None else format(e['score'], '.3f')} {e['reason'][:60]}")
 
 
 def main() -> int:

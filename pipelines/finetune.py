@@ -29,7 +29,7 @@ from steps.train_sft import train_sft
 from steps.validate_data import validate_data
 from tuneline.config import TunelineConfig
 from tuneline.data.snapshot import fingerprint
-from tuneline.eval.evaluate import base_settings
+from tuneline.eval.evaluate import base_settings, scored_on_merged
 from tuneline.eval.perplexity import general_text_sha256
 from tuneline.export.gate import ExportChecks
 
@@ -81,7 +81,10 @@ def finetune(config: TunelineConfig = TunelineConfig()) -> None:
                                    metric=config.evaluate.metric,  # mining (and RL's task_metric) scores by it
                                    reward_model=reward_model)
         final = dpo_adapter
-    evaluation, _ = evaluate(base, sft_adapter, dpo_adapter, task_data, config.evaluate, general_text, base_scores)
+    # The final model's MMLU / GSM8K / perplexity are measured once, on the merged weights (score_merged), where
+    # that model is the final adapter merged; the evaluation then leaves them out.
+    evaluation, _ = evaluate(base, sft_adapter, dpo_adapter, task_data, config.evaluate, general_text, base_scores,
+                             final_on_merged=scored_on_merged(config))
     # The model card carries the lineage (data hash, adapters, config) and the evaluation table.
     training = {"sft": config.sft.model_dump(mode="json"), "dpo": config.dpo.model_dump(mode="json")}
     merged = merge(base, final, config.merge, evaluation, data_sha256, training)

@@ -1,5 +1,7 @@
 """Step: task metric for SFT/DPO, benchmarks and perplexity for the final model, each paired with the base's
-scores from `evaluate_base` (cached across retrains), with CIs.
+scores from `evaluate_base` (cached across retrains), with CIs. With `final_on_merged` (the pipeline's
+`scored_on_merged`) the final model's benchmarks and perplexity come from score_merged instead, measured once on
+the merged weights, and join the report in `promote`.
 
 Perplexity scores the run's `general_text` snapshot (snapshot_data), not the file as it is now, so an edited
 file re-runs this step. With an MLflow tracker (configs/env/mlflow.yaml) every candidate's metrics go to the
@@ -26,12 +28,13 @@ from tuneline.model.base import BaseModelRef
 def evaluate(
     base: BaseModelRef, sft_adapter: TrainedDir, dpo_adapter: TrainedDir | None, task_data: pd.DataFrame,
     config: EvaluateConfig, general_text: GeneralText | None = None, base_evaluation: BaseEvaluation | None = None,
+    final_on_merged: bool = False,
 ) -> tuple[Annotated[EvalReport, "evaluation"], Annotated[Report, "evaluation_report"]]:
     config = general_text.pin(config) if general_text else config
     adapters = {"sft": sft_adapter.path} | ({"dpo": dpo_adapter.path} if dpo_adapter else {})
     rows = eval_rows(task_data)  # the same rows, by the same function, as evaluate_base's
     report = run_evaluation(base.ensure(), adapters, sft_adapter.method, rows.rows, config, rows.max_new_tokens,
-                            base=base_evaluation)
+                            base=base_evaluation, final_on_merged=final_on_merged)
     log(report.summary())
     log_evaluation(report)
     return report, evaluation_report(report)

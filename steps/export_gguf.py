@@ -39,7 +39,7 @@ def export_gguf(merged: ModelDir, task_data: pd.DataFrame, config: ExportConfig,
     log({
         "reference_accuracy": res.reference.score,
         "reference_perplexity": round(res.reference_perplexity.ppl, 4) if res.reference_perplexity else None,
-        **{f"{f.qtype}": {"size_mb": round(f.size_bytes / 2**20, 1), "sha256": f.sha256, "score": f.score,
+        **{f"{f.qtype}": {"size_mb": round(f.size_bytes / 2**20, 1), "sha256": f.sha256, "score": f.score if f.asked else None,
                           "perplexity": f.perplexity, "perplexity_increase": f.perplexity_increase,
                           "passed": f.passed, "reason": f.reason, "auto": f.auto,
                           "serve": f.serve.model_dump() if f.serve else None,

@@ -103,7 +103,7 @@ def candidate_results(report: EvalReport, candidate: str) -> list[EvalResult]:
 def file_results(f: ExportFile, metric: str) -> list[EvalResult]:
     """One exported file's figures from the export gate (`metric`: the task metric it scored with)."""
     c = f.candidate
-    out = [_result(metric, f.score, "tuneline/task", f"{TASK_DATASET} ({c})", "eval", c)]
+    out = [_result(metric, f.score, "tuneline/task", f"{TASK_DATASET} ({c})", "eval", c)] if f.asked else []
     for name, b in f.benchmarks.items():
         dataset, label = BENCHMARK_DATASETS.get(name, (name, name))
         out.append(_result(b.metric, b.score, dataset, f"{label} ({c})", config=c))
@@ -162,7 +162,8 @@ def export_card(ref: BaseModelRef, about: CardInfo, files: list[ExportFile], fmt
              "|---|---|---|---|---|---|"]
     for f in files:
         ppl = f"{f.perplexity:.3f}" if f.perplexity is not None else "-"
-        lines.append(f"| `{Path(f.path).name}` | {f.qtype} | {f.size_bytes / 2**20:.1f} | {f.score:.3f} | {ppl} | "
+        score = f"{f.score:.3f}" if f.asked else "not asked"
+        lines.append(f"| `{Path(f.path).name}` | {f.qtype} | {f.size_bytes / 2**20:.1f} | {score} | {ppl} | "
                      f"{'passed' if f.passed else 'rejected: ' + f.reason.replace('|', '/')} |")
     for f in files:
         if f.serve is not None:

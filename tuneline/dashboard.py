@@ -188,7 +188,7 @@ def _export_row(e: ExportFile, metric: str = "exact_match") -> str:
     ppl = f"{e.perplexity:.3f} ({e.perplexity_increase:+.2%})" if e.perplexity_increase is not None else "-"
     auto = {"picked": " (auto's pick)", "tried": " (tried by auto)"}.get(e.auto, "")
     return (f"<tr><td>{e.format}</td><td>{e.qtype}{auto}</td><td>{e.size_bytes / 2**20:.1f} MB</td>"
-            f"<td>{show(metric, e.score)}</td><td>{ppl}</td>"
+            f"<td>{e.score_text(metric)}</td><td>{ppl}</td>"
             f"<td>{format(e.eos_share, '.0%') if e.eos_measured else '-'}</td>"
             f"<td>{'pass' if e.passed else 'REJECTED'}</td><td>{html.escape(e.reason)}</td></tr>")
 
@@ -340,7 +340,7 @@ def run_summary(report: EvalReport, exports: list[ExportFile], decision: str, mo
         ppl = f", perplexity {e.perplexity_increase:+.2%} vs merged" if e.perplexity_increase is not None else ""
         name = e.path if e.format == "gguf" else e.candidate  # a GGUF file's name says its type; a GPTQ/AWQ dir is "model"
         lines.append(f"export {name}{' (auto)' if e.auto == 'picked' else ''}: {e.size_bytes / 2**20:.1f} MB, "
-                     f"score {show(base.metric, e.score)}{ppl}, {'passed' if e.passed else 'REJECTED: ' + e.reason}"
+                     f"score {e.score_text(base.metric)}{ppl}, {'passed' if e.passed else 'REJECTED: ' + e.reason}"
                      + (f"; MMLU/GSM8K {e.benchmarks_note}" if e.benchmarks_note and e.passed else ""))
         if e.serve is not None:
             lines += [f"  served by llama.cpp's OpenAI-compatible server: {e.serve.sentence()}", f"  serve it: {e.serve.command}"]
@@ -407,7 +407,7 @@ def _md_table(head: list[str], rows: list[list]) -> str:
 def exports_markdown(exports: list[ExportFile]) -> str:
     """The export gate's verdict per file, as a Markdown table."""
     rows = [[e.format, e.qtype + (" (auto)" if e.auto == "picked" else ""), f"{e.size_bytes / 2**20:.1f} MB",
-             f"{e.score:.1%}", f"{e.perplexity_increase:+.2%}" if e.perplexity_increase is not None else "-",
+             e.score_text("exact_match"), f"{e.perplexity_increase:+.2%}" if e.perplexity_increase is not None else "-",
              "pass" if e.passed else "REJECTED", e.reason] for e in exports]
     return _md_table(["format", "type", "size", "task score", "perplexity vs merged", "check", "why"], rows)
 

@@ -92,7 +92,7 @@ def _perplexities(report: EvalReport) -> tuple[float, float]:
 
     The significance test pairs per-text mean NLLs; their exp is a different average (short texts
     weigh as much as long ones), so the sentence quotes the table's figures, not exp(mean NLL)."""
-    base, final = report.perplexity.get("base"), report.perplexity.get(report.final)
+    base, final = report.perplexity.get("base"), report.perplexity.get(report.forgetting_on or report.final)
     if base and final:
         return base.ppl, final.ppl
     d = report.nll_vs_base
@@ -228,8 +228,11 @@ def with_exports(report: EvalReport, reference: TaskResult, exports: list[Export
             changes[name] = {k: _paired_items(r, report.benchmarks["base"][k], resamples, seed)
                              for k, r in bench[name].items() if k in report.benchmarks.get("base", {})}
     ppl, nll = _export_perplexity(report, exports, reference_perplexity, resamples, seed)
-    return report.model_copy(update={"task": task, "task_vs_base": diffs, "benchmarks": bench,
-                                     "benchmark_changes": changes, "perplexity": ppl, "nll_changes": nll})
+    update = {"task": task, "task_vs_base": diffs, "benchmarks": bench, "benchmark_changes": changes,
+              "perplexity": ppl, "nll_changes": nll}
+    if report.forgetting_on == "merged":  # the evaluation left the final model's forgetting to these
+        update |= {"benchmarks_vs_base": changes.get("merged", {}), "nll_vs_base": nll.get("merged")}
+    return report.model_copy(update=update)
 
 
 def _export_perplexity(report: EvalReport, exports: list[ExportFile], reference: PerplexityResult | None,

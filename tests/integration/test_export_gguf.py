@@ -185,6 +185,11 @@ def test_auto_rejects_over_the_perplexity_limit_and_picks_the_next(ggufs, model_
     assert Path(q4.path).is_file() and not q4.modelfile  # kept, never shipped
     assert q4.perplexity_increase > 0.05 and "limit +5.00%" in q4.reason and "perplexity" in q4.reason
     assert len(q4.nll_per_item) == 2 and files[2].perplexity_increase < 0.5
+    # Perplexity is scored first: a file it rejects is not asked the rows (no answers, no task score), and the
+    # reports say so instead of printing a score of zero; files it passes are asked as before.
+    assert not q4.asked and q4.samples == [] and q4.per_item == [] and "task rows not asked" in q4.reason
+    assert q4.score_text("exact_match").startswith("not asked") and "score 0.000" not in q4.reason
+    assert files[0].asked and files[2].asked and len(files[2].samples) == 2
 
 
 def test_auto_type_names_are_checked():

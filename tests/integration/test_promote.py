@@ -190,3 +190,40 @@ def test_perplexity_sentence_quotes_the_report_table():
                       rep.final: PerplexityResult(ppl=24.125, per_item=list(base_nll + 0.3))}
     sentence = decide(rep, EXPORTS, PromoteConfig()).sentence()
     assert "17.65 -> 24.12" in sentence and "+36.7%" in sentence
+
+
+def test_merged_model_stands_for_the_final_adapter_in_the_forgetting_checks():
+    """evaluate(final_on_merged=True) leaves MMLU and perplexity to the merged model: with_exports takes the
+    forgetting comparisons from it, so a merged model that forgot blocks promotion."""
+    from tuneline.eval.perplexity import PerplexityResult
+
+    ids = [f"marketing:{i:04d}" for i in range(N)]
+    base_nll = rng.normal(2.0, 0.3, N)
+    rep = _report(np.zeros(N), np.ones(N), BASE, BASE).model_copy(update={
+        "benchmarks": {"base": {"mmlu": _bench(BASE, ids)}}, "benchmarks_vs_base": {}, "forgetting_on": "merged",
+        "perplexity": {"base": PerplexityResult(ppl=float(np.exp(base_nll.mean())), per_item=list(base_nll))}})
+    assert decide(rep, EXPORTS, PromoteConfig()).promote  # nothing measured yet: nothing to block
+    forgot = np.zeros(N)
+    full = with_exports(rep, _task(np.ones(N)), [], reference_benchmarks={"mmlu": _bench(forgot, ids)},
+                        reference_perplexity=PerplexityResult(ppl=99.0, per_item=list(base_nll + 1.0)))
+    assert full.benchmarks_vs_base["mmlu"].diff == pytest.approx(-float(BASE.mean()))
+    assert full.nll_vs_base.diff == pytest.approx(1.0)
+    d = decide(full, EXPORTS, PromoteConfig())
+    assert not d.promote and any("the model forgot" in r and "mmlu" in r for r in d.reasons), d.reasons
+    assert any("perplexity rose" in r and "-> 99.00" in r for r in d.reasons), d.reasons
+    # A report whose final adapter was measured itself keeps its own comparisons.
+    own = with_exports(rep.model_copy(update={"forgetting_on": "sft"}), _task(np.ones(N)), [],
+                       reference_benchmarks={"mmlu": _bench(forgot, ids)})
+    assert own.benchmarks_vs_base == {}
+
+
+@pytest.mark.parametrize("change, merged", [
+    ({}, True), ({"sft": {"method": "qlora"}}, False), ({"sft": {"method": "auto"}}, False),
+    ({"sft": {"method": "prefix_tuning", "padding_free": False}, "dpo": {"enabled": False}}, False),
+    ({"export": {"benchmarks": False}}, False),
+])
+def test_final_model_is_measured_on_the_merged_weights_only_where_they_are_the_adapter(change, merged):
+    from tuneline.config import TunelineConfig, deep_merge
+    from tuneline.eval.evaluate import scored_on_merged
+
+    assert scored_on_merged(TunelineConfig.model_validate(deep_merge({}, change))) is merged

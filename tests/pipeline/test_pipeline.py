@@ -31,6 +31,9 @@ out["data_validation"] = run.steps["validate_data"].outputs["data_validation"][0
 final = run.steps["promote"].outputs["final_evaluation"][0].load()
 out["task_candidates"] = list(final.task)
 out["benchmark_candidates"] = {c: sorted(v) for c, v in final.benchmark_changes.items()}
+out["forgetting_on"] = final.forgetting_on
+out["forgetting_is_merged"] = (final.benchmarks_vs_base == final.benchmark_changes.get("merged")
+                               and final.nll_vs_base == final.nll_changes.get("merged"))
 out["perplexity_candidates"] = sorted(final.perplexity)
 merged = run.steps["merge"].outputs["merged_model"][0]
 out["model_card"] = open(merged.load().path + "/README.md").read()
@@ -92,13 +95,17 @@ def test_every_step_runs_and_the_gate_explains_itself(first_run):
     exports = run["exports"]  # every file tried, in order: GGUF (auto's tries after Q8_0), then GPTQ, AWQ
     assert list(exports)[:3] == ["gguf-F16", "gguf-Q8_0", "gguf-Q4_K_M"] and list(exports)[-2:] == ["gptq-W4G32", "awq-W4G32"]
     assert [v[2] for v in exports.values()][2:-2] in (["picked"], ["tried", "picked"], ["tried", "tried"]), exports
-    assert run["task_candidates"] == ["base", "sft", "dpo", "merged", *exports]
-    assert set(run["perplexity_candidates"]) == {"base", "sft", "dpo", "merged", *exports}
-    # MMLU and GSM8K ran on every candidate, the merged model and the export that ships (the smallest passing GGUF
-    # file); every other export says they were not run.
+    # A file its perplexity already rejected is not asked the rows: no task score to pair (the reason says so).
+    asked = [c for c, (_, reason, _) in exports.items() if "task rows not asked" not in reason]
+    assert run["task_candidates"] == ["base", "sft", "dpo", "merged", *asked]
+    # MMLU, GSM8K and perplexity ran on every candidate (benchmark_candidates: all), the merged model and the export
+    # that ships (the smallest passing GGUF file); every other export says they were not run. The final adapter
+    # (dpo) is measured once, as the merged model, which then stands for it in the forgetting checks.
+    assert set(run["perplexity_candidates"]) == {"base", "sft", "merged", *exports}
     passed = [name for name, (ok, _, _) in exports.items() if ok]
     shipped = [run["shipped"]] if run["shipped"] else []
-    assert run["benchmark_candidates"] == {c: ["gsm8k", "mmlu"] for c in ["sft", "dpo", "merged", *shipped]}
+    assert run["benchmark_candidates"] == {c: ["gsm8k", "mmlu"] for c in ["sft", "merged", *shipped]}
+    assert run["forgetting_on"] == "merged" and run["forgetting_is_merged"], run
     assert all(note.startswith("not run") for c, note in run["benchmarks_notes"].items() if c not in shipped), run
     assert not shipped or any(r.startswith(f"ships {shipped[0]} ") for r in run["decision"]["reasons"]), run["decision"]
     # The smallest GGUF file that passed was served and asked through the openai client; the summary says so.

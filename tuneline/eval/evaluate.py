@@ -24,7 +24,7 @@ import time
 
 from pydantic import BaseModel
 
-from tuneline.config import EvaluateConfig
+from tuneline.config import UNMERGEABLE_METHODS, EvaluateConfig, TunelineConfig
 from tuneline.eval.candidates import batchable, score_candidates
 from tuneline.eval.harness import BenchmarkResult, run_benchmarks
 from tuneline.eval.perplexity import PerplexityResult, general_texts, perplexities, perplexity
@@ -114,11 +114,26 @@ def _paired(a, b, cfg: EvaluateConfig) -> PairedDiff:
     return paired_bootstrap(a, b, resamples=cfg.bootstrap_resamples, seed=cfg.seed)
 
 
+def scored_on_merged(cfg: TunelineConfig) -> bool:
+    """Whether the pipeline measures the final model's MMLU / GSM8K / perplexity on the merged weights (the
+    score_merged step, which the export gate needs anyway) instead of on the final adapter in `evaluate`.
+
+    The merged model is the final adapter folded into the base (promote checks it answers the same), so
+    measuring both would be the same 2-3 minutes twice. Not when there is no merge of that one adapter (a
+    method that cannot merge, a combination of several), no exported benchmarks, or a 4-bit base (QLoRA, or
+    `auto`, which may pick it): the base is then scored in NF4 and the fp16 merged model would not pair with it."""
+    return (cfg.export.benchmarks and cfg.merge.combination == "none"
+            and cfg.sft.method not in (*UNMERGEABLE_METHODS, "qlora", "auto"))
+
+
 def evaluate(ref: BaseModelRef, adapters: dict[str, str], sft_method: str, records: list[dict],
-             cfg: EvaluateConfig, max_new_tokens: int, base: BaseEvaluation | None = None) -> EvalReport:
+             cfg: EvaluateConfig, max_new_tokens: int, base: BaseEvaluation | None = None,
+             final_on_merged: bool = False) -> EvalReport:
     """`adapters` maps candidate name -> adapter dir, in training order; the last one is the final model.
     `max_new_tokens`: data.max_new_tokens as the data step resolved it (tuneline.data.generation).
-    `base`: the base's scores from `evaluate_base` (scored here when None or made for other rows/settings)."""
+    `base`: the base's scores from `evaluate_base` (scored here when None or made for other rows/settings).
+    `final_on_merged` (`scored_on_merged`): leave the final adapter's benchmarks and perplexity to the merged
+    model; `promote.with_exports` then takes the forgetting comparisons from it."""
     t0 = time.perf_counter()
     tok = load_tokenizer(ref)
     quantize_4bit = sft_method == "qlora"
@@ -134,7 +149,8 @@ def evaluate(ref: BaseModelRef, adapters: dict[str, str], sft_method: str, recor
     task: dict[str, TaskResult] = {"base": base.task}
     bench = {"base": base.benchmarks}
     ppl: dict[str, PerplexityResult] = {"base": base.perplexity} if base.perplexity else {}
-    checked = [n for n in names if n == final or cfg.benchmark_candidates == "all"]
+    checked = [n for n in names if (n == final or cfg.benchmark_candidates == "all")
+               and not (final_on_merged and n == final)]
 
     together = [n for n in names if batchable(adapters[n])]
     together = together if len(together) > 1 else []
@@ -173,9 +189,10 @@ def evaluate(ref: BaseModelRef, adapters: dict[str, str], sft_method: str, recor
         task=task,
         task_vs_base={n: _paired(task[n].per_item, task["base"].per_item, cfg) for n in names},
         benchmarks=bench,
-        benchmarks_vs_base=changes[final],
+        benchmarks_vs_base=changes.get(final, {}),
         perplexity=ppl,
         nll_vs_base=nll.get(final),
+        forgetting_on="merged" if final_on_merged else final,
         benchmark_changes=changes,
         nll_changes=nll,
         final=final,

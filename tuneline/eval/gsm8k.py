@@ -112,7 +112,14 @@ def run_gsm8k(lm, cfg: GSM8KConfig, seed: int = 0) -> BenchmarkResult:
     from tuneline.eval.harness import BenchmarkResult, item_scores, run_tasks
 
     start = time.perf_counter()
-    out = run_tasks(lm, [gsm8k_task_config(cfg)], seed, samples={GSM8K_TASK: gsm8k_items(cfg)})
+    batch = getattr(lm, "batch_size_per_gpu", None)  # HFLM's; generate_until reads it
+    if batch is not None:
+        lm.batch_size_per_gpu = cfg.batch_size
+    try:
+        out = run_tasks(lm, [gsm8k_task_config(cfg)], seed, samples={GSM8K_TASK: gsm8k_items(cfg)})
+    finally:
+        if batch is not None:
+            lm.batch_size_per_gpu = batch
     items = item_scores(out["samples"][GSM8K_TASK], "exact_match")
     order = sorted(items)
     return BenchmarkResult(

@@ -42,6 +42,10 @@ class EvalReport(BaseModel):
     nll_changes: dict[str, PairedDiff] = {}
     final: str
     seconds: float
+    # The candidate whose MMLU / GSM8K / perplexity stand for the final model in benchmarks_vs_base and
+    # nll_vs_base: `final` itself, or "merged" when the pipeline measures them once on the merged weights
+    # (evaluate.scored_on_merged; promote.with_exports fills them in). "" in reports saved before it existed.
+    forgetting_on: str = ""
 
     def per_task(self, resamples: int | None = None, seed: int = 0) -> list[TaskGain]:
         """Each task's paired change per candidate, on the task's rows as the base's result tags them ([] for a

@@ -82,6 +82,10 @@ class Gate(BaseModel):
     def ppl_limit(self, qtype: str) -> float:
         return self.max_ppl_increase.get(qtype, self.max_ppl_increase.get("*", 0.05))
 
+    def ppl_rejects(self, entry: ExportFile) -> bool:
+        """The file's general-text perplexity alone already fails it (scored first: it is the cheaper check)."""
+        return entry.perplexity_increase is not None and entry.perplexity_increase > self.ppl_limit(entry.qtype)
+
 
 class Probe(BaseModel):
     """What each GGUF file is asked: the held-out chats (task metric, EOS) and general text (perplexity)."""
@@ -108,6 +112,8 @@ def verdict(entry: ExportFile, gate: Gate) -> tuple[bool, str]:
     limit = gate.ppl_limit(entry.qtype)
     if lower_is_better(gate.metric):
         _perplexity_rise(f"task {gate.metric}", entry.score, gate.reference_accuracy, limit, problems, fine)
+    elif not entry.asked:
+        pass  # perplexity decides it below; the rows were not asked
     elif entry.score < floor:  # metric points (0..1): 0.02 is 2 points of accuracy, token F1 or ROUGE alike
         problems.append(f"score {entry.score:.3f} < {floor:.3f} ({gate.metric}: merged model "
                         f"{gate.reference_accuracy:.3f} - export.max_accuracy_drop "
@@ -116,7 +122,9 @@ def verdict(entry: ExportFile, gate: Gate) -> tuple[bool, str]:
         fine.append(f"score {entry.score:.3f} >= {floor:.3f} ({gate.metric})")
     if entry.perplexity_increase is not None:
         _perplexity_rise("perplexity", entry.perplexity, gate.reference_ppl, limit, problems, fine)
-    if entry.eos_share < gate.min_eos_share:
+    if not entry.asked:
+        problems.append("task rows not asked (the perplexity check had already rejected it)")
+    elif entry.eos_share < gate.min_eos_share:
         problems.append(f"only {entry.eos_share:.0%} of answers stopped at EOS (need {gate.min_eos_share:.0%}); "
                         "the rest ran to the token limit")
     elif gate.min_eos_share > 0:  # 0: not checked (GPTQ/AWQ answer through the merged model's generation config)

@@ -288,6 +288,8 @@ def _make_and_check(entry: ExportFile, make, probe: Probe, gate: Gate) -> Export
 
             task = gguf_perplexity(path, probe.task_ids)
             entry.score, entry.per_item = task.ppl, task.per_item
+        elif gate.ppl_rejects(entry):  # ~45 s of generation on the default run that cannot change the verdict
+            entry.asked = False
         else:
             result = check(path, probe.conversations, probe.answers, probe.max_tokens, metric=probe.metric)
             entry.score, entry.eos_share, entry.samples = result.score, result.eos_share, result.samples

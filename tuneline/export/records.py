@@ -73,6 +73,9 @@ class ExportFile(BaseModel):
     size_bytes: int = 0
     sha256: str = ""
     score: float = 0.0  # mean task metric on the checked rows
+    # False: the rows were not asked, because the file's perplexity had already rejected it (export_gguf saves
+    # the 200 generations that could not change the verdict); `score` is then not a measurement.
+    asked: bool = True
     eos_share: float = 0.0
     passed: bool = False
     reason: str = ""
@@ -95,6 +98,12 @@ class ExportFile(BaseModel):
     def candidate(self) -> str:
         """The file's name among the report's candidates (base, sft, dpo, merged, gguf-Q8_0, gptq-W4G32)."""
         return f"{self.format}-{self.qtype}"
+
+    def score_text(self, metric: str) -> str:
+        """The task score as the reports print it, or why there is none."""
+        from tuneline.eval.scoring import show
+
+        return show(metric, self.score) if self.asked else "not asked (perplexity rejected it)"
 
     @property
     def predictions(self) -> list[str]:

@@ -41,7 +41,7 @@ from peft import (
 from transformers import Trainer, TrainerCallback
 from trl import SFTTrainer
 
-from tuneline.config import FULL_WEIGHT_METHODS, NO_DPO_METHODS, PROMPT_METHODS, SFTConfig
+from tuneline.config import FULL_WEIGHT_METHODS, NO_DPO_METHODS, UNMERGEABLE_METHODS, SFTConfig
 from tuneline.train.bottleneck import bottleneck_config
 from tuneline.train.long_context import EMBEDDINGS_AND_NORMS
 from tuneline.train.targets import peft_targets
@@ -255,7 +255,7 @@ class Method:
     def mergeable(self) -> bool:
         """Weights to fold into the base: not prompt methods (virtual tokens), xlora (a per-token gate) or
         bottleneck (added layers)."""
-        return self.name not in (*PROMPT_METHODS, "xlora", "bottleneck")
+        return self.name not in UNMERGEABLE_METHODS
 
     @property
     def dpo_able(self) -> bool:
