@@ -38,6 +38,8 @@ print("JSON" + json.dumps({
     "task": {c: r.score for c, r in final.task.items()},
     "metric": final.task["base"].metric,
     "benchmarks": {c: {b: r.score for b, r in res.items()} for c, res in final.benchmarks.items()},
+    "perplexity": {c: r.ppl for c, r in final.perplexity.items()},
+    "forgetting_on": final.forgetting_on,
     "promoted": steps["promote"].outputs["promotion"][0].load().promote,
 }))
 """
@@ -141,7 +143,12 @@ def test_every_candidate_is_evaluated_in_mlflow(tracked, mlflow_run):
     assert set(zenml["task"]) == {"base", "sft", "dpo", "merged", "gguf-F16"}, zenml["task"]
     for candidate, score in zenml["task"].items():
         assert logged[f"eval/{candidate}/task_{zenml['metric']}"] == pytest.approx(score), candidate
-        assert f"eval/{candidate}/perplexity" in logged, candidate
+    # Perplexity is measured once per model: the base, SFT, and the final model on its merged weights (DPO's
+    # adapter folded in), so DPO itself has none and the forgetting figures come from "merged".
+    assert zenml["forgetting_on"] == "merged" and "dpo" not in zenml["perplexity"], zenml["perplexity"]
+    assert {"base", "merged"} <= set(zenml["perplexity"]), zenml["perplexity"]
+    for candidate, ppl in zenml["perplexity"].items():
+        assert logged[f"eval/{candidate}/perplexity"] == pytest.approx(ppl), candidate
     for candidate, benches in zenml["benchmarks"].items():
         for bench, score in benches.items():
             assert logged[f"eval/{candidate}/{bench}"] == pytest.approx(score), (candidate, bench)
