@@ -12,6 +12,13 @@ Models: `1b` is a randomly initialised Llama (hidden 2048, 16 layers, MLP 8192, 
 vocabulary; ~1.2B parameters) built from a config by tuneline's `tiny` source: no hub. `embedded` is
 SmolLM2-135M-Instruct. `small` (the CPU fallback) is a 4-layer, hidden-256 random Llama.
 
+A machine without the embedded model's GGUF (a device machine takes 64 MiB of files; the GGUF is 94 MB):
+`--write-shapes DIR` here writes the embedded model's tokenizer and config and the validated training rows
+(~4 MB); `--shapes DIR` there builds every model from them with random weights (`embedded` keeps SmolLM2-135M's exact shapes). Speed and
+memory depend on the shapes, not on the weights' values; the loss column then means nothing.
+`--default-sft` also runs configs/default.yaml's SFT section in full (every epoch, every training row) on the
+embedded model's shapes: the GPU's figure for the pipeline's train_sft step.
+
 Figures:
   peak MB      CUDA: torch.cuda.max_memory_allocated over the run; CPU: the resident-memory peak above the
                level at the start of training (tuneline.train.memory.peak_rss_delta)
@@ -102,22 +109,76 @@ def lora_flops_per_token(n_params: int) -> float:
     return 4.0 * n_params
 
 
-def model_ref(name: str):
+def model_ref(name: str, shapes: Path | None = None):
     from tuneline.config import BaseModelConfig, TinyModel
     from tuneline.model.base import prepare
 
+    if shapes is not None:
+        return random_ref(name, shapes)
     if name == "embedded":
         return prepare(BaseModelConfig())
     return prepare(BaseModelConfig(source="tiny", tiny=TinyModel(**MODELS[name])))
 
 
-def training_rows() -> list[dict]:
-    from tuneline.config import BaseModelConfig, DataConfig
-    from tuneline.data.validate import validate
-    from tuneline.model.base import load_tokenizer, prepare
+ROWS_FILE = "training_rows.json"
 
-    task = validate(DataConfig(), load_tokenizer(prepare(BaseModelConfig(source="tiny")))).task
+
+def write_shapes(out: Path) -> None:
+    """The embedded model's tokenizer and config.json, and the training rows as validated here: all `--shapes`
+    needs on a machine without the GGUF or Great Expectations."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from tuneline.config import BaseModelConfig
+    from tuneline.model.base import prepare
+
+    ref = prepare(BaseModelConfig())
+    AutoTokenizer.from_pretrained(ref.path).save_pretrained(out)
+    AutoConfig.from_pretrained(ref.path).save_pretrained(out)
+    (out / ROWS_FILE).write_text(json.dumps(training_rows(ref), default=str))
+    print(f"wrote the embedded model's tokenizer and config and the training rows to {out}")
+
+
+def random_ref(name: str, shapes: Path):
+    """Random weights of `name`'s shapes, built from the tokenizer and config in `shapes` (seconds; no GGUF)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from tuneline.config import BaseModelConfig, TinyModel
+    from tuneline.model.base import BaseModelRef, build_tiny
+
+    out = Path(tempfile.gettempdir()) / f"tuneline-gpu-bench-{name}"
+    if not (out / "config.json").exists():
+        if name == "embedded":
+            torch.manual_seed(0)
+            AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(shapes)).save_pretrained(out)
+            from transformers import AutoTokenizer
+
+            AutoTokenizer.from_pretrained(shapes).save_pretrained(out)
+        else:
+            build_tiny(BaseModelConfig(source="tiny", tiny=TinyModel(**MODELS[name])), shapes, out)
+    return BaseModelRef(source=f"random:{name}", path=str(out), sha256=f"random-{name}")
+
+
+def training_rows(ref) -> list[dict]:
+    """Banking77's training rows as tuneline prepares them, tokenized by `ref`'s tokenizer (every model here
+    has the embedded model's)."""
+    from tuneline.config import DataConfig
+    from tuneline.data.validate import validate
+    from tuneline.model.base import load_tokenizer
+
+    task = validate(DataConfig(), load_tokenizer(ref)).task
     return task[task.split == "train"].to_dict("records")
+
+
+def default_sft_config():
+    """configs/default.yaml's SFT section, without the held-out evaluation (no held rows are given)."""
+    import yaml
+
+    from tuneline.config import SFTConfig
+    from tuneline.paths import PROJECT_ROOT
+
+    raw = yaml.safe_load((PROJECT_ROOT / "configs" / "default.yaml").read_text())["parameters"]["config"]["sft"]
+    return SFTConfig(**raw).model_copy(update={"eval_steps": None})
 
 
 def skip_reason(method: str) -> str | None:
@@ -129,16 +190,22 @@ def skip_reason(method: str) -> str | None:
     return None
 
 
-def run_one(ref, rows: list[dict], method: str, steps: int, batch: int) -> dict:
-    """One tuneline SFT run; its figures and the paths it took."""
+def run_one(ref, rows: list[dict], method: str, steps: int, batch: int, padding_free: bool = True) -> dict:
+    """One tuneline SFT run of `steps` optimizer steps; its figures and the paths it took."""
+    from tuneline.config import SFTConfig
+
+    return run_sft(ref, rows, SFTConfig(method=method, max_steps=steps, batch_size=batch, eval_steps=None,
+                                        logging_steps=steps, padding_free=padding_free))
+
+
+def run_sft(ref, rows: list[dict], cfg) -> dict:
+    """`train_sft`'s trainer on `rows` under `cfg`, timed per optimizer step; its figures and the paths it took."""
     import torch
 
-    from tuneline.config import SFTConfig
     from tuneline.train import checkpoints
     from tuneline.train.memory import peak_rss_delta
     from tuneline.train.sft import build_trainer
 
-    cfg = SFTConfig(method=method, max_steps=steps, batch_size=batch, eval_steps=None, logging_steps=steps)
     times: list[float] = []
     tokens: list[int] = []
     with tempfile.TemporaryDirectory(prefix="tuneline-gpu-bench-") as tmp:
@@ -160,8 +227,10 @@ def run_one(ref, rows: list[dict], method: str, steps: int, batch: int) -> dict:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
+        wall = time.perf_counter()
         with peak_rss_delta() as rss:
             trainer.train()
+        wall = time.perf_counter() - wall
         peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else rss["mb"]
         model = trainer.model
         paths = {
@@ -177,7 +246,8 @@ def run_one(ref, rows: list[dict], method: str, steps: int, batch: int) -> dict:
     steady = slice(1, None) if len(times) > 1 else slice(None)
     secs = sum(times[steady])
     return {"peak_mb": peak, "tokens_per_s": sum(tokens[steady]) / secs if secs else float("nan"),
-            "tokens_per_step": sum(tokens) / max(len(tokens), 1), "loss": loss, **paths}
+            "tokens_per_step": sum(tokens) / max(len(tokens), 1), "steps": len(times), "train_s": wall,
+            "loss": loss, **paths}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -185,11 +255,24 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--models", default=None, help="comma-separated: 1b, embedded, small "
                         "(default: 1b,embedded on CUDA, small without)")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default: 12 CUDA, 2 CPU)")
-    parser.add_argument("--batch", type=int, default=None, help="rows per step (default: 64 CUDA, 4 CPU)")
+    parser.add_argument("--batch", default=None,
+                        help="rows per step, comma-separated for several (default: 64,256 CUDA, 4 CPU); runs at "
+                             "the first are keyed name/method, the others name/method@bN")
     parser.add_argument("--rows", type=int, default=None,
                         help="training rows to tokenize (default: all on CUDA, 64 on CPU: only a few steps run)")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--shapes", type=Path, default=None,
+                        help="a --write-shapes dir: random weights of each model's shapes (no embedded GGUF needed)")
+    parser.add_argument("--write-shapes", type=Path, default=None,
+                        help="write the embedded model's tokenizer and config to this dir, then exit")
+    parser.add_argument("--padded", action="store_true",
+                        help="padding_free: false (rows padded to the batch's longest) instead of the default true")
+    parser.add_argument("--default-sft", action="store_true",
+                        help="also run configs/default.yaml's SFT in full on the embedded model's shapes")
     args = parser.parse_args(argv)
+    if args.write_shapes:
+        write_shapes(args.write_shapes)
+        return {}
     for name in ("transformers", "trl", "datasets", "peft", "accelerate"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
@@ -198,50 +281,80 @@ def main(argv: list[str] | None = None) -> dict:
 
     cuda = torch.cuda.is_available()
     models = (args.models or ("1b,embedded" if cuda else "small")).split(",")
-    steps, batch = args.steps or (12 if cuda else 2), args.batch or (64 if cuda else 4)
+    steps = args.steps or (12 if cuda else 2)
+    batches = [int(b) for b in (args.batch or ("64,256" if cuda else "4")).split(",")]
     peak, peak_note = device_peak_gflops()
     device = "cuda" if cuda else "cpu"
-    print(f"device {device}: peak {peak_note}; {steps} steps x batch {batch}; torch {torch.__version__}", flush=True)
-    rows = training_rows()[: args.rows or (None if cuda else 64)]
+    print(f"device {device}: peak {peak_note}; {steps} steps x batch {batches}; torch {torch.__version__}",
+          flush=True)
+    every_row = (json.loads((args.shapes / ROWS_FILE).read_text()) if args.shapes
+                 else training_rows(model_ref(models[0])))
+    rows = every_row[: args.rows or (None if cuda else 64)]
     results: dict[str, dict] = {}
     for name in models:
-        ref = model_ref(name)
+        ref = model_ref(name, args.shapes)
         n = base_params(ref.path)
-        for method in ("lora", "qlora"):
-            key = f"{name}/{method}"
+        for batch, method in [(b, m) for b in batches for m in ("lora", "qlora")]:
+            key = f"{name}/{method}" + (f"@b{batch}" if batch != batches[0] else "")
             reason = skip_reason(method)
             if reason:
                 results[key] = {"skipped": reason, "params": n}
                 continue
             t0 = time.perf_counter()
-            res = run_one(ref, rows, method, steps, batch)
+            try:
+                res = run_one(ref, rows, method, steps, batch, padding_free=not args.padded)
+            except torch.OutOfMemoryError:  # one size too big must not lose the table of the others
+                gc.collect()
+                torch.cuda.empty_cache()
+                results[key] = {"skipped": f"out of device memory at batch {batch}", "params": n}
+                print(f"  {key}: out of device memory", flush=True)
+                continue
             res.update(params=n, seconds=time.perf_counter() - t0,
                        mfu=res["tokens_per_s"] * lora_flops_per_token(n) / (peak * 1e9) if peak else None)
             results[key] = res
             print(f"  done {key}: {res['tokens_per_s']:.0f} tokens/s, {res['seconds']:.0f}s", flush=True)
+    if args.default_sft:
+        results["default-sft"] = full_default_sft(model_ref("embedded", args.shapes), every_row, peak)
     print_table(device, results)
     if args.json:
         Path(args.json).write_text(json.dumps({"device": device, "peak": peak_note, "results": results}, indent=1))
     return results
 
 
+def full_default_sft(ref, rows: list[dict], peak: float | None) -> dict:
+    """configs/default.yaml's SFT in full (the pipeline's train_sft without its held-out evaluation)."""
+    cfg = default_sft_config()
+    t0 = time.perf_counter()
+    res = run_sft(ref, rows, cfg)
+    n = base_params(ref.path)
+    res.update(params=n, seconds=time.perf_counter() - t0,
+               mfu=res["tokens_per_s"] * lora_flops_per_token(n) / (peak * 1e9) if peak else None)
+    print(f"  done default-sft: {cfg.method}, {cfg.epochs} epochs x {len(rows)} rows, batch {cfg.batch_size}: "
+          f"{res['steps']} steps, {res['train_s']:.0f}s training, {res['tokens_per_s']:.0f} tokens/s", flush=True)
+    return res
+
+
 def print_table(device: str, results: dict[str, dict]) -> None:
-    print(f"\n{'run':18} {'device':6} {'params':>7} {'peak MB':>9} {'tokens/s':>9} {'MFU':>6} {'loss':>6}  "
+    print(f"\n{'run':22} {'device':6} {'params':>7} {'peak MB':>9} {'tokens/s':>9} {'MFU':>6} {'loss':>6}  "
           f"{'optim':18} {'bf16':5} {'attention':10} {'4bit':5}")
     for key, r in results.items():
         if "skipped" in r:
-            print(f"{key:18} {device:6} {r['params'] / 1e6:>6.0f}M  skipped: {r['skipped']}")
+            print(f"{key:22} {device:6} {r['params'] / 1e6:>6.0f}M  skipped: {r['skipped']}")
             continue
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
         loss = f"{r['loss']:.3f}" if r["loss"] is not None else "-"
-        print(f"{key:18} {device:6} {r['params'] / 1e6:>6.0f}M {r['peak_mb']:>9.0f} {r['tokens_per_s']:>9.0f} "
+        print(f"{key:22} {device:6} {r['params'] / 1e6:>6.0f}M {r['peak_mb']:>9.0f} {r['tokens_per_s']:>9.0f} "
               f"{mfu:>6} {loss:>6}  {r['optim']:18} {r['bf16']!s:5} {r['attention']:10} {r['4bit']!s:5}")
-    for name in {k.split("/")[0] for k in results}:
-        lora, qlora = results.get(f"{name}/lora", {}), results.get(f"{name}/qlora", {})
+    for key in [k for k in results if "/lora" in k]:
+        lora, qlora = results[key], results.get(key.replace("/lora", "/qlora"), {})
         if lora.get("peak_mb") and qlora.get("peak_mb"):
             ratio = qlora["peak_mb"] / lora["peak_mb"]
-            print(f"{name}: QLoRA peak / LoRA peak = {ratio:.2f} (goal <= {QLORA_GOAL}: "
+            print(f"{key.replace('/lora', '')}: QLoRA peak / LoRA peak = {ratio:.2f} (goal <= {QLORA_GOAL}: "
                   f"{'met' if ratio <= QLORA_GOAL else 'not met'})")
+    if "default-sft" in results:
+        r = results["default-sft"]
+        print(f"default-sft (configs/default.yaml's train_sft, no held-out eval): {r['steps']} steps in "
+              f"{r['train_s']:.0f}s of training, {r['seconds']:.0f}s with loading")
 
 
 if __name__ == "__main__":

@@ -29,3 +29,19 @@ def test_cpu_fallback_prints_the_table(capsys, bench_module):
 
 def test_gpu_sh_parses():
     subprocess.run(["bash", "-n", str(ROOT / "bench" / "gpu.sh")], check=True)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the fallback is what runs without CUDA")
+def test_a_bare_machine_runs_from_the_shapes_dir_alone(tmp_path, capsys, bench_module, monkeypatch):
+    """What travels to a device machine instead of the 94 MB GGUF: the tokenizer, the config and the rows."""
+    bench = bench_module("gpu_bench")
+    shapes = tmp_path / "shapes"
+    bench.main(["--write-shapes", str(shapes)])
+    assert sum(f.stat().st_size for f in shapes.iterdir()) < 8 * 2**20, sorted(shapes.iterdir())
+    rows = bench.json.loads((shapes / bench.ROWS_FILE).read_text())
+    assert len(rows) > 1000 and {r["split"] for r in rows} == {"train"}
+    monkeypatch.setattr(bench.tempfile, "gettempdir", lambda: str(tmp_path))  # the random models land here
+    results = bench.main(["--models", "small", "--steps", "2", "--batch", "2,3", "--padded", "--shapes", str(shapes)])
+    assert results["small/lora"]["tokens_per_s"] > 0 and results["small/lora@b3"]["tokens_per_s"] > 0
+    assert (tmp_path / "tuneline-gpu-bench-small" / "config.json").exists()
+    assert "small/lora@b3" in capsys.readouterr().out

@@ -204,7 +204,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     tok.save_pretrained(out)
 
 
-def _build_tiny(cfg: BaseModelConfig, tokenizer_dir: Path, out: Path) -> None:
+def build_tiny(cfg: BaseModelConfig, tokenizer_dir: Path, out: Path) -> None:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -240,7 +240,7 @@ def prepare(cfg: BaseModelConfig) -> BaseModelRef:
         if source == "tiny":
             key = hashlib.sha256((sha + cfg.tiny.model_dump_json()).encode()).hexdigest()
             tiny = _cache_root(cfg) / f"tiny-{key[:16]}"
-            _atomic_build(tiny, lambda tmp: _build_tiny(cfg, converted, tmp))
+            _atomic_build(tiny, lambda tmp: build_tiny(cfg, converted, tmp))
             return _ref(source, tiny, key)
         return _ref(source, converted, sha)
     local = Path(source).expanduser()
