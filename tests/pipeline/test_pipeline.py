@@ -122,6 +122,7 @@ def test_every_step_runs_and_the_gate_explains_itself(first_run):
     assert run["data_sha256"] and f'data_sha256: `"{run["data_sha256"]}"`' in card, card
     assert "adapter_kind: `\"dpo\"`" in card and '"method": "lora"' in card and "## Evaluation" in card
     assert all(f"| {c} |" in card for c in ("base", "sft", "dpo")), card
+    assert "after this merge (the `score_merged` step)" in card, "the final benchmarks come after the card"
     assert {"data_report", "sft_loss_curve", "dpo_loss_curve", "evaluation_report", "final_report"} <= set(run["visualizations"])
 
 

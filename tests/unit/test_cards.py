@@ -86,6 +86,13 @@ def test_merged_card_keeps_the_lineage_and_table_under_metadata(tmp_path):
     assert "- data_sha256: `\"cafe\"`" in card.text and "| dpo | 62% |" in card.text
 
 
+@pytest.mark.parametrize("after", [True, False])
+def test_merged_card_says_where_the_final_benchmarks_are_when_they_come_after_the_merge(after):
+    body = model_card(REF, "/tmp/dpo-adapter", {}, "| dpo | 62% |", benchmarks_after_merge=after)
+    assert ("measured once, after this merge (the `score_merged` step)" in body) is after
+    assert "| dpo | 62% |" in body
+
+
 def test_export_card_names_format_files_and_serving(tmp_path):
     files = [ExportFile(format="gguf", qtype="F16", path="/x/model-F16.gguf", size_bytes=2**20, score=0.5,
                         perplexity=21.6, passed=True, benchmarks={"mmlu": bench("mmlu", "acc", 0.3)}),

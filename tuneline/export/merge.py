@@ -63,7 +63,8 @@ def merge(ref: BaseModelRef, adapter_dir: str, out_dir: Path, dtype: str = "floa
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
-    body = model_card(ref, adapter_dir, card or {}, evaluation_md)
+    later = report is not None and report.forgetting_on == "merged"
+    body = model_card(ref, adapter_dir, card or {}, evaluation_md, benchmarks_after_merge=later)
     write_card(out_dir, merged_card(ref, about or CardInfo(), report, body))
     return out_dir
 
@@ -83,9 +84,12 @@ def _merged(ref: BaseModelRef, adapter_dir: str):
     return load_adapter(load_model(ref), adapter_dir).merge_and_unload()
 
 
-def model_card(ref: BaseModelRef, adapter_dir: str, card: dict, evaluation_md: str = "") -> str:
+def model_card(ref: BaseModelRef, adapter_dir: str, card: dict, evaluation_md: str = "",
+               benchmarks_after_merge: bool = False) -> str:
     """README.md of the merged dir: lineage (base and its hash, data hash, adapters, config) and, when the
-    run evaluated before merging, the evaluation table, so the model carries its own evidence."""
+    run evaluated before merging, the evaluation table, so the model carries its own evidence.
+    `benchmarks_after_merge`: the final model's MMLU / GSM8K / perplexity are measured on these weights by
+    score_merged, after this card is written; the card says where they are."""
     lines = [
         "# tuneline merged model", "",
         "## Lineage", "",
@@ -98,6 +102,10 @@ def model_card(ref: BaseModelRef, adapter_dir: str, card: dict, evaluation_md: s
     if evaluation_md:
         lines += ["", "## Evaluation (held-out rows and benchmarks, each candidate paired with the base)", "",
                   evaluation_md.rstrip()]
+    if benchmarks_after_merge:
+        lines += ["", "MMLU, GSM8K and general-text perplexity of these weights are measured once, after this "
+                  "merge (the `score_merged` step). They are in the run's final evaluation (`promote`'s "
+                  "`final_evaluation` artifact and its dashboard report)."]
     return "\n".join(lines) + "\n"
 
 
