@@ -70,10 +70,11 @@ def test_served_answers_equal_the_gates(q8, probe):
 
 def test_a_changed_answer_or_no_stop_marks_the_file(q8, probe):
     file = gate_file(q8, probe)
+    larger = file.model_copy(update={"qtype": "F16", "size_bytes": file.size_bytes * 2}, deep=True)
     file.samples[1].predicted += " (not what the server says)"
-    larger = file.model_copy(update={"qtype": "F16", "size_bytes": file.size_bytes * 2})
-    assert serve_shipped([larger, file], probe) is file  # the smallest passing file is the one served
-    assert larger.serve is None and larger.passed
+    # The smallest passing file is served first; it fails, so the next smallest is served and ships instead.
+    assert serve_shipped([larger, file], probe) is larger
+    assert larger.serve.ok and larger.passed and file.serve is not None
     assert not file.passed and file.reason.startswith("serving check failed: 2/3 served answers equal the gate's")
     assert "top up failed" in file.reason
     assert f"{file.serve.stopped}/3 ended by a stop" in file.reason

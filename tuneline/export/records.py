@@ -122,7 +122,8 @@ class ExportFile(BaseModel):
 
 def shipped(files: list[ExportFile]) -> ExportFile | None:
     """The file a promotion ships: the smallest GGUF file that passed its gate (export_gguf serves it, and it alone
-    runs MMLU / GSM8K; a failed serving check rejects it and the next smallest ships). The promotion names it."""
+    runs MMLU / GSM8K; a failed serving check rejects it and the next smallest is served in its place). The
+    promotion names it."""
     passing = [f for f in files if f.passed and f.format == "gguf"]
     return min(passing, key=lambda f: f.size_bytes, default=None)
 

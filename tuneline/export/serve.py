@@ -154,18 +154,19 @@ def serve_check(file: ExportFile, probe: Probe) -> ServeCheck:
 
 
 def serve_shipped(files: list[ExportFile], probe: Probe) -> ExportFile | None:
-    """Run the serving check on the file that ships (the smallest passing GGUF file: records.shipped); a failure
-    marks that file as not passed."""
-    file = shipped(files)
-    if file is None:
-        return None
-    file.serve = check = serve_check(file, probe)
-    if not check.ok:
+    """Run the serving check on the file that ships (records.shipped: the smallest passing GGUF file). A failure
+    marks that file as not passed and the next smallest is served in its place, so whatever ships was served;
+    None when no file passes."""
+    while (file := shipped(files)) is not None:
+        file.serve = check = serve_check(file, probe)
+        log.info("serving check on %s: %s/%s identical, %s/%s stopped (%.1fs)\n  serve it: %s\n  or: %s",
+                 Path(file.path).name, check.identical, check.n, check.stopped, check.n, check.seconds,
+                 check.command, check.ollama)
+        if check.ok:
+            return file
         file.passed = False
         why = check.error or (f"{check.identical}/{check.n} served answers equal the gate's, "
-                              f"{check.stopped}/{check.n} ended by a stop ({check.cut_as_gate} cut at max_tokens as in the gate); " + "; ".join(check.mismatches))
+                              f"{check.stopped}/{check.n} ended by a stop ({check.cut_as_gate} cut at max_tokens "
+                              "as in the gate); " + "; ".join(check.mismatches))
         file.reason = f"serving check failed: {why}"
-    log.info("serving check on %s: %s/%s identical, %s/%s stopped (%.1fs)\n  serve it: %s\n  or: %s",
-             Path(file.path).name, check.identical, check.n, check.stopped, check.n, check.seconds,
-             check.command, check.ollama)
-    return file
+    return None
