@@ -19,7 +19,6 @@ from zenml.utils.pagination_utils import depaginate
 
 from materializers import DirectoryMaterializer
 from tuneline.artifacts import CheckpointDir
-from tuneline.train.checkpoints import checkpoint_complete, copy_whole
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +66,8 @@ class ArtifactMirror:
     def restore(self, name: str, into: Path) -> Path | None:
         """The newest stored checkpoint that is complete, copied back through a temp dir (an older version
         when the newest lacks a file the Trainer needs to resume exactly); None when there is none."""
+        from tuneline.train.checkpoints import checkpoint_complete, copy_whole  # transformers: only when resuming
+
         versions = Client().list_artifact_versions(artifact=f"checkpoint-{name}", sort_by="desc:created",
                                                    size=self.RESTORE_TRIES)
         for version in versions.items:

@@ -18,7 +18,6 @@ from tuneline.config import ExportConfig, MergeConfig
 from tuneline.data.generation import carried_length
 from tuneline.eval.perplexity import GeneralText
 from tuneline.export.gate import ExportChecks
-from tuneline.export.gguf import export_gguf as run_export
 from tuneline.export.records import MergedReference
 
 
@@ -26,6 +25,8 @@ from tuneline.export.records import MergedReference
 def export_gguf(merged: ModelDir, task_data: pd.DataFrame, config: ExportConfig, checks: ExportChecks,
                 reference: MergedReference, general_text: GeneralText | None = None, adapter: TrainedDir | None = None,
                 merge_config: MergeConfig | None = None) -> Annotated[ExportDir, "gguf_export"]:
+    from tuneline.export.gguf import export_gguf as run_export
+
     checks = checks.of_run(carried_length(task_data), general_text)  # as score_merged scored the reference
     rows = task_data[task_data.split == "eval"].to_dict("records")
     with step_output("gguf") as out:  # deleted once the artifact store holds it

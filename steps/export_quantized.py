@@ -18,12 +18,13 @@ from tuneline.data.generation import carried_length
 from tuneline.disk_space import MARGIN, dir_bytes, need_free
 from tuneline.eval.perplexity import GeneralText
 from tuneline.export.gate import ExportChecks
-from tuneline.export.quantize import export_quantized
 from tuneline.export.records import MergedReference
 
 
 def _export(method: str, merged: ModelDir, task_data: pd.DataFrame, config: QuantizeConfig, export: ExportConfig,
             checks: ExportChecks, reference: MergedReference, general_text: GeneralText | None) -> ExportDir:
+    from tuneline.export.quantize import export_quantized
+
     train = task_data[task_data.split == "train"].to_dict("records")
     rows = task_data[task_data.split == "eval"].to_dict("records")
     checks = checks.of_run(carried_length(task_data), general_text)  # as score_merged scored the reference

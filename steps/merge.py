@@ -13,13 +13,14 @@ from tuneline.cards import card_datasets
 from tuneline.config import MergeConfig
 from tuneline.dashboard import evaluation_markdown
 from tuneline.eval.report import EvalReport
-from tuneline.export.merge import merge as merge_adapter
 from tuneline.model.base import BaseModelRef
 
 
 @step(output_materializers={"merged_model": DirectoryMaterializer})
 def merge(base: BaseModelRef, adapter: TrainedDir, config: MergeConfig, evaluation: EvalReport | None = None,
           data_sha256: str = "", run_config: dict | None = None) -> Annotated[ModelDir, "merged_model"]:
+    from tuneline.export.merge import merge as merge_adapter
+
     base = base.ensure()
     card = {"data_sha256": data_sha256, "adapter_kind": adapter.kind, "method": adapter.method,
             "parent_adapter": adapter.parent, "adapter_metrics": adapter.metrics, "config": run_config or {}}

@@ -21,7 +21,6 @@ from tuneline.config import RL_LOSSES, DPOConfig
 from tuneline.dashboard import Report, loss_curve_report
 from tuneline.data.generation import carried_length
 from tuneline.model.base import BaseModelRef
-from tuneline.train.dpo import train
 
 
 @step(output_materializers={"dpo_adapter": DirectoryMaterializer})
@@ -30,6 +29,8 @@ def train_dpo(
     config: DPOConfig, checkpoint_artifacts: bool | None = None, metric: str = "exact_match", keep_checkpoints: int = 2,
     reward_model: TrainedDir | None = None,
 ) -> tuple[Annotated[TrainedDir, "dpo_adapter"], Annotated[Report, "dpo_loss_curve"]]:
+    from tuneline.train.dpo import train
+
     base = base.ensure()
     mining = task_data[task_data.split == "mining"].to_dict("records")
     with step_output("dpo-adapter") as out:  # deleted once the artifact store holds it

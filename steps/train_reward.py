@@ -21,7 +21,6 @@ from tuneline.cards import adapter_card, write_card
 from tuneline.config import RewardModelConfig
 from tuneline.data.generation import carried_length
 from tuneline.model.base import BaseModelRef
-from tuneline.train.reward import collect_pairs, train
 
 
 @step(output_materializers={"reward_model": DirectoryMaterializer})
@@ -30,6 +29,8 @@ def train_reward(
     config: RewardModelConfig, mine_mistakes: bool = True, min_margin: float = 0.2, mining_batch_size: int = 32,
     metric: str = "exact_match", checkpoint_artifacts: bool | None = None, keep_checkpoints: int = 2,
 ) -> Annotated[TrainedDir, "reward_model"]:
+    from tuneline.train.reward import collect_pairs, train
+
     base = base.ensure()
     mining = task_data[task_data.split == "mining"].to_dict("records")
     mined, user = collect_pairs(base, sft_adapter.path, sft_adapter.method, mining, preference_data.to_dict("records"),

@@ -18,7 +18,6 @@ from tuneline.cards import adapter_card, write_card
 from tuneline.config import SFTConfig
 from tuneline.dashboard import Report, loss_curve_report
 from tuneline.model.base import BaseModelRef
-from tuneline.train.sft import train
 
 
 @step(output_materializers={"sft_adapter": DirectoryMaterializer})
@@ -26,6 +25,8 @@ def train_sft(
     base: BaseModelRef, task_data: pd.DataFrame, config: SFTConfig, max_tokens: int = 512,
     checkpoint_artifacts: bool | None = None, keep_checkpoints: int = 2,
 ) -> tuple[Annotated[TrainedDir, "sft_adapter"], Annotated[Report, "sft_loss_curve"]]:
+    from tuneline.train.sft import train
+
     base = base.ensure()
     with step_output("sft-adapter") as out:  # deleted once the artifact store holds it
         res = train(base, task_data[task_data.split == "train"].to_dict("records"), config, out, max_tokens,

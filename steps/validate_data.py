@@ -17,7 +17,6 @@ from steps._metadata import log
 from tuneline.config import DataConfig, DPOData
 from tuneline.dashboard import Report, data_report
 from tuneline.data.snapshot import RawDataDir
-from tuneline.data.validate import validate
 from tuneline.model.base import BaseModelRef, load_tokenizer
 
 
@@ -32,6 +31,8 @@ def validate_data(
     Annotated[dict, "data_validation"],
     Annotated[Report, "data_report"],
 ]:
+    from tuneline.data.validate import validate
+
     v = validate(config, load_tokenizer(base.ensure()), mmlu_subjects, copies=raw_data.copies(), dpo=dpo)
     summary = {"counts": v.counts, "checks": v.checks, "balance": v.balance, "gate_failures": v.gate_failures,
                "expectations": [{"source": g["source"], "shape": g["shape"], "success": g["result"].success,

@@ -23,7 +23,6 @@ import math
 import numbers
 import time
 
-import torch
 from pydantic import BaseModel
 
 from tuneline.data.records import messages
@@ -126,14 +125,14 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
     return generate_under(model, tokenizer, conversations, max_new_tokens, batch_size)[0]
 
 
-@torch.no_grad()
 def generate_under(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int, batch_size: int,
                    adapters: list[str] | None = None) -> list[list[str]]:
     """Greedy completions of every conversation, one list per adapter of a PeftModel (`adapters`, in shared
     batches: PEFT routes each row through its own adapter) or one list for the model as it is (None).
 
     Prompts are sorted by length and left-padded in batches of `batch_size`; with adapters each batch is
-    repeated once per adapter, so a row is padded exactly as it is when its candidate runs alone."""
+    repeated once per adapter, so a row is padded exactly as it is when its candidate runs alone. No torch
+    import here: `model.generate` runs without gradients itself, and this module's records load without torch."""
     prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     groups = adapters or [None]

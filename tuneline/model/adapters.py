@@ -5,15 +5,17 @@
 Whether a dir is an adapter or a full model is read from the dir itself, so evaluate, merge and DPO
 need no method argument to load it. A bottleneck adapter (tuneline/train/bottleneck.py) is a PEFT LoRA dir
 with a custom layer: its config is recognised here and the layer registered before PEFT builds it.
+PEFT (and torch) are imported by the functions that load: a pipeline that only names these functions, or a
+fully cached run, never pays for them.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from peft import PeftConfig, PeftModel, PeftType, XLoraConfig
-
-from tuneline.train.bottleneck import is_bottleneck, registered
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 
 def is_adapter_dir(path: str | Path) -> bool:
@@ -33,6 +35,10 @@ def load_full(path: str | Path, trainable: bool = False):
 
 def load_adapter(base, path: str | Path, adapter_name: str = "default", trainable: bool = False) -> PeftModel:
     """`base` with the adapter at `path`; if `base` is already a PeftModel the adapter goes in beside the others."""
+    from peft import PeftConfig, PeftModel, XLoraConfig
+
+    from tuneline.train.bottleneck import is_bottleneck, registered
+
     path = Path(path)
     config = PeftConfig.from_pretrained(path)
     if is_bottleneck(config):
@@ -59,6 +65,8 @@ def align_logits(model: PeftModel) -> PeftModel:
     """Prompt tuning prepends its virtual tokens to the input, and PEFT returns logits for them too; code that
     lines logits up with its input ids (perplexity, lm-eval) needs them dropped. A forward hook does that
     whenever a prompt-tuning adapter is active (generation goes through PEFT's generate, not this forward)."""
+    from peft import PeftType
+
     if getattr(model, "_tuneline_aligned", False):
         return model
 
