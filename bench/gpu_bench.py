@@ -14,8 +14,9 @@ SmolLM2-135M-Instruct. `small` (the CPU fallback) is a 4-layer, hidden-256 rando
 
 A machine without the embedded model's GGUF (a device machine takes 64 MiB of files; the GGUF is 94 MB):
 `--write-shapes DIR` here writes the embedded model's tokenizer and config and the validated training rows
-(~4 MB); `--shapes DIR` there builds every model from them with random weights (`embedded` keeps SmolLM2-135M's exact shapes). Speed and
-memory depend on the shapes, not on the weights' values; the loss column then means nothing.
+(~4 MB); `--shapes DIR` there builds every model from them with random weights (`embedded` keeps
+SmolLM2-135M's exact shapes). Speed and memory depend on the shapes, not on the weights' values; the loss
+column then means nothing.
 `--default-sft` also runs configs/default.yaml's SFT section in full (every epoch, every training row) on the
 embedded model's shapes: the GPU's figure for the pipeline's train_sft step.
 
@@ -141,7 +142,7 @@ def write_shapes(out: Path) -> None:
 def random_ref(name: str, shapes: Path):
     """Random weights of `name`'s shapes, built from the tokenizer and config in `shapes` (seconds; no GGUF)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from tuneline.config import BaseModelConfig, TinyModel
     from tuneline.model.base import BaseModelRef, build_tiny
@@ -151,8 +152,6 @@ def random_ref(name: str, shapes: Path):
         if name == "embedded":
             torch.manual_seed(0)
             AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(shapes)).save_pretrained(out)
-            from transformers import AutoTokenizer
-
             AutoTokenizer.from_pretrained(shapes).save_pretrained(out)
         else:
             build_tiny(BaseModelConfig(source="tiny", tiny=TinyModel(**MODELS[name])), shapes, out)
@@ -172,13 +171,10 @@ def training_rows(ref) -> list[dict]:
 
 def default_sft_config():
     """configs/default.yaml's SFT section, without the held-out evaluation (no held rows are given)."""
-    import yaml
-
-    from tuneline.config import SFTConfig
+    from tuneline.config import load
     from tuneline.paths import PROJECT_ROOT
 
-    raw = yaml.safe_load((PROJECT_ROOT / "configs" / "default.yaml").read_text())["parameters"]["config"]["sft"]
-    return SFTConfig(**raw).model_copy(update={"eval_steps": None})
+    return load(PROJECT_ROOT / "configs" / "default.yaml").sft.model_copy(update={"eval_steps": None})
 
 
 def skip_reason(method: str) -> str | None:
@@ -309,9 +305,7 @@ def main(argv: list[str] | None = None) -> dict:
                 results[key] = {"skipped": f"out of device memory at batch {batch}", "params": n}
                 print(f"  {key}: out of device memory", flush=True)
                 continue
-            res.update(params=n, seconds=time.perf_counter() - t0,
-                       mfu=res["tokens_per_s"] * lora_flops_per_token(n) / (peak * 1e9) if peak else None)
-            results[key] = res
+            results[key] = res = with_mfu(res, n, time.perf_counter() - t0, peak)
             print(f"  done {key}: {res['tokens_per_s']:.0f} tokens/s, {res['seconds']:.0f}s", flush=True)
     if args.default_sft:
         results["default-sft"] = full_default_sft(model_ref("embedded", args.shapes), every_row, peak)
@@ -321,14 +315,17 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
+def with_mfu(res: dict, n: int, seconds: float, peak: float | None) -> dict:
+    """A run's figures plus the base's size, its wall time with loading, and MFU (None: unknown peak)."""
+    return res | {"params": n, "seconds": seconds,
+                  "mfu": res["tokens_per_s"] * lora_flops_per_token(n) / (peak * 1e9) if peak else None}
+
+
 def full_default_sft(ref, rows: list[dict], peak: float | None) -> dict:
     """configs/default.yaml's SFT in full (the pipeline's train_sft without its held-out evaluation)."""
     cfg = default_sft_config()
     t0 = time.perf_counter()
-    res = run_sft(ref, rows, cfg)
-    n = base_params(ref.path)
-    res.update(params=n, seconds=time.perf_counter() - t0,
-               mfu=res["tokens_per_s"] * lora_flops_per_token(n) / (peak * 1e9) if peak else None)
+    res = with_mfu(run_sft(ref, rows, cfg), base_params(ref.path), time.perf_counter() - t0, peak)
     print(f"  done default-sft: {cfg.method}, {cfg.epochs} epochs x {len(rows)} rows, batch {cfg.batch_size}: "
           f"{res['steps']} steps, {res['train_s']:.0f}s training, {res['tokens_per_s']:.0f} tokens/s", flush=True)
     return res
