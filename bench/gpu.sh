@@ -5,11 +5,13 @@
 #     PIPELINE=1 bash bench/gpu.sh      # also time the default pipeline on the GPU (optional: several minutes)
 #     bash bench/gpu.sh --models small --steps 2    # extra arguments go to bench/gpu_bench.py
 #     WHEELS=.whl SHAPES=.devcarry/shapes bash bench/gpu.sh --default-sft   # a bare CUDA machine (below)
+#     bash bench/gpu.sh --models 1b --seq 1024 --padded --batch 4 --gradient-checkpointing   # weight-bound peak
+#     bash bench/gpu.sh --models 1b --batch 64 --steps 5 --profile                          # top operators
 #
 # A bare machine with PyTorch and CUDA but none of tuneline's packages and no registry (the device machines
 # lent to sessions): WHEELS names a folder of cp312 wheels (the lock's trl, transformers, peft, datasets,
-# bitsandbytes, pydantic, ...) installed into a temp dir first; SHAPES a `gpu_bench.py --write-shapes` dir,
-# so that no model file has to travel (docs/results/2026-12-04-gpu.md says how the run was made).
+# bitsandbytes, pydantic, ...; not huggingface_hub: the lock's needs httpx2, the machine's own works) installed
+# into a fresh temp dir first; SHAPES a `gpu_bench.py --write-shapes` dir, so that no model file has to travel (docs/results/2026-12-04-gpu.md says how the run was made).
 #
 # Prints, per model: LoRA vs QLoRA peak memory (goal: QLoRA <= 0.45x LoRA), tokens/s and MFU for SFT, and
 # which CUDA paths the training took (paged AdamW for QLoRA, bf16, the attention implementation). Without
@@ -21,6 +23,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 if [ -n "${WHEELS:-}" ]; then
+  rm -rf /tmp/tuneline-site  # a warm machine keeps the last call's: a wheel left out must not stay installed
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/tuneline-site \
     "$WHEELS"/*.whl
   export PYTHONPATH=/tmp/tuneline-site${PYTHONPATH:+:$PYTHONPATH}

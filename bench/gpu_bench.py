@@ -19,6 +19,10 @@ SmolLM2-135M's exact shapes). Speed and memory depend on the shapes, not on the 
 column then means nothing.
 `--default-sft` also runs configs/default.yaml's SFT section in full (every epoch, every training row) on the
 embedded model's shapes: the GPU's figure for the pipeline's train_sft step.
+`--seq N` trains on rows of ~N tokens (Banking77 questions joined) instead of ~40-token rows; with `--padded`
+and `--gradient-checkpointing` it shows where weights, not activations, set the peak. `--attention
+flex_attention` switches the built model's attention; `--profile` prints each run's top operators by device
+and host time (how the cuDNN attention planning cost was found: docs/results/2026-12-04-gpu.md).
 
 Figures:
   peak MB      CUDA: torch.cuda.max_memory_allocated over the run; CPU: the resident-memory peak above the
@@ -43,6 +47,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import argparse
+import contextlib
 import gc
 import json
 import logging
@@ -186,16 +191,57 @@ def skip_reason(method: str) -> str | None:
     return None
 
 
-def run_one(ref, rows: list[dict], method: str, steps: int, batch: int, padding_free: bool = True) -> dict:
+def long_rows(rows: list[dict], tokens: int, tokenizer, count: int = 256) -> list[dict]:
+    """`count` rows of at most `tokens` prompt tokens for `--seq`: Banking77 questions joined into one user turn
+    (cycling through them), the last one's answer kept (real text, completion-only loss as in training). At most
+    `tokens`, so that the row cut at `tokens` + 128 never cuts the answer off."""
+    questions = [(json.loads(r["prompt"]), r) for r in rows]
+    sizes = [len(tokenizer(t[-1]["content"])["input_ids"]) + 1 for t, _ in questions]
+    out, parts, n, i = [], [], 0, 0
+    while len(out) < count:
+        turns, row = questions[i % len(questions)]
+        if parts and n + sizes[i % len(questions)] > tokens:
+            out.append(row | {"prompt": json.dumps(turns[:-1] + [turns[-1] | {"content": "\n".join(parts)}])})
+            parts, n = [], 0
+        parts.append(turns[-1]["content"])
+        n += sizes[i % len(questions)]
+        i += 1
+    return out
+
+
+PROFILE = False  # --profile: the top operators of each run, by device and by host time
+
+
+@contextlib.contextmanager
+def profiled(on: bool):
+    """torch.profiler over the block when `on`; prints the operators that took the most device and host time."""
+    if not on:
+        yield
+        return
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=acts) as prof:
+        yield
+    table = prof.key_averages()
+    for key in (["self_cuda_time_total"] if torch.cuda.is_available() else []) + ["self_cpu_time_total"]:
+        print(table.table(sort_by=key, row_limit=14, max_name_column_width=60), flush=True)
+
+
+def run_one(ref, rows: list[dict], method: str, steps: int, batch: int, padding_free: bool = True,
+            checkpointing: bool = False, max_tokens: int = 96, attention: str | None = None) -> dict:
     """One tuneline SFT run of `steps` optimizer steps; its figures and the paths it took."""
     from tuneline.config import SFTConfig
 
-    return run_sft(ref, rows, SFTConfig(method=method, max_steps=steps, batch_size=batch, eval_steps=None,
-                                        logging_steps=steps, padding_free=padding_free))
+    cfg = SFTConfig(method=method, max_steps=steps, batch_size=batch, eval_steps=None, logging_steps=steps,
+                    padding_free=padding_free, gradient_checkpointing=checkpointing)
+    return run_sft(ref, rows, cfg, max_tokens, attention)
 
 
-def run_sft(ref, rows: list[dict], cfg) -> dict:
-    """`train_sft`'s trainer on `rows` under `cfg`, timed per optimizer step; its figures and the paths it took."""
+def run_sft(ref, rows: list[dict], cfg, max_tokens: int = 96, attention: str | None = None) -> dict:
+    """`train_sft`'s trainer on `rows` under `cfg`, timed per optimizer step; its figures and the paths it took.
+    `attention`: switch the built model to another transformers attention implementation (flex_attention)."""
     import torch
 
     from tuneline.train import checkpoints
@@ -206,7 +252,9 @@ def run_sft(ref, rows: list[dict], cfg) -> dict:
     tokens: list[int] = []
     with tempfile.TemporaryDirectory(prefix="tuneline-gpu-bench-") as tmp:
         checkpoints.CHECKPOINT_ROOT = Path(tmp) / "ckpt"  # fresh: never resume another run's checkpoint
-        trainer = build_trainer(ref, rows, cfg, Path(tmp) / "out", max_tokens=96)
+        trainer = build_trainer(ref, rows, cfg, Path(tmp) / "out", max_tokens=max_tokens)
+        if attention:
+            trainer.model.get_base_model().set_attn_implementation(attention)
         inner = trainer.training_step
 
         def timed_step(model, inputs, *args, **kwargs):
@@ -224,7 +272,7 @@ def run_sft(ref, rows: list[dict], cfg) -> dict:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         wall = time.perf_counter()
-        with peak_rss_delta() as rss:
+        with peak_rss_delta() as rss, profiled(PROFILE):
             trainer.train()
         wall = time.perf_counter() - wall
         peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else rss["mb"]
@@ -235,6 +283,8 @@ def run_sft(ref, rows: list[dict], cfg) -> dict:
             "attention": getattr(model.config, "_attn_implementation", None) or "?",
             "4bit": any(type(m).__name__ == "Linear4bit" for m in model.modules()),
             "device": str(next(model.parameters()).device),
+            "base_dtype": str(next(p for p in model.parameters() if not p.requires_grad).dtype).split(".")[-1],
+            "checkpointing": bool(cfg.gradient_checkpointing),
         }
         loss = next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None)
     del trainer, model
@@ -263,9 +313,18 @@ def main(argv: list[str] | None = None) -> dict:
                         help="write the embedded model's tokenizer and config to this dir, then exit")
     parser.add_argument("--padded", action="store_true",
                         help="padding_free: false (rows padded to the batch's longest) instead of the default true")
+    parser.add_argument("--seq", type=int, default=None,
+                        help="rows of about this many tokens (Banking77 questions joined) instead of ~40-token rows")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="sft.gradient_checkpointing: true")
+    parser.add_argument("--attention", default=None,
+                        help="another attention implementation for the built model (flex_attention, eager)")
+    parser.add_argument("--methods", default="lora,qlora", help="comma-separated (default: lora,qlora)")
+    parser.add_argument("--profile", action="store_true", help="print each run's top operators (torch.profiler)")
     parser.add_argument("--default-sft", action="store_true",
                         help="also run configs/default.yaml's SFT in full on the embedded model's shapes")
     args = parser.parse_args(argv)
+    global PROFILE
+    PROFILE = args.profile
     if args.write_shapes:
         write_shapes(args.write_shapes)
         return {}
@@ -286,11 +345,15 @@ def main(argv: list[str] | None = None) -> dict:
     every_row = (json.loads((args.shapes / ROWS_FILE).read_text()) if args.shapes
                  else training_rows(model_ref(models[0])))
     rows = every_row[: args.rows or (None if cuda else 64)]
+    if args.seq:
+        from transformers import AutoTokenizer
+
+        rows = long_rows(every_row, args.seq, AutoTokenizer.from_pretrained(model_ref(models[0], args.shapes).path))
     results: dict[str, dict] = {}
     for name in models:
         ref = model_ref(name, args.shapes)
         n = base_params(ref.path)
-        for batch, method in [(b, m) for b in batches for m in ("lora", "qlora")]:
+        for batch, method in [(b, m) for b in batches for m in args.methods.split(",")]:
             key = f"{name}/{method}" + (f"@b{batch}" if batch != batches[0] else "")
             reason = skip_reason(method)
             if reason:
@@ -298,7 +361,9 @@ def main(argv: list[str] | None = None) -> dict:
                 continue
             t0 = time.perf_counter()
             try:
-                res = run_one(ref, rows, method, steps, batch, padding_free=not args.padded)
+                res = run_one(ref, rows, method, steps, batch, padding_free=not args.padded,
+                              checkpointing=args.gradient_checkpointing, max_tokens=(args.seq or -32) + 128,
+                              attention=args.attention)
             except torch.OutOfMemoryError:  # one size too big must not lose the table of the others
                 gc.collect()
                 torch.cuda.empty_cache()
@@ -333,7 +398,7 @@ def full_default_sft(ref, rows: list[dict], peak: float | None) -> dict:
 
 def print_table(device: str, results: dict[str, dict]) -> None:
     print(f"\n{'run':22} {'device':6} {'params':>7} {'peak MB':>9} {'tokens/s':>9} {'MFU':>6} {'loss':>6}  "
-          f"{'optim':18} {'bf16':5} {'attention':10} {'4bit':5}")
+          f"{'optim':18} {'bf16':5} {'attention':14} {'4bit':5} {'base':8} {'ckpt':5} {'tok/step':>8}")
     for key, r in results.items():
         if "skipped" in r:
             print(f"{key:22} {device:6} {r['params'] / 1e6:>6.0f}M  skipped: {r['skipped']}")
@@ -341,7 +406,8 @@ def print_table(device: str, results: dict[str, dict]) -> None:
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
         loss = f"{r['loss']:.3f}" if r["loss"] is not None else "-"
         print(f"{key:22} {device:6} {r['params'] / 1e6:>6.0f}M {r['peak_mb']:>9.0f} {r['tokens_per_s']:>9.0f} "
-              f"{mfu:>6} {loss:>6}  {r['optim']:18} {r['bf16']!s:5} {r['attention']:10} {r['4bit']!s:5}")
+              f"{mfu:>6} {loss:>6}  {r['optim']:18} {r['bf16']!s:5} {r['attention']:14} {r['4bit']!s:5} "
+              f"{r.get('base_dtype', '?'):8} {r.get('checkpointing', False)!s:5} {r['tokens_per_step']:>8.0f}")
     for key in [k for k in results if "/lora" in k]:
         lora, qlora = results[key], results.get(key.replace("/lora", "/qlora"), {})
         if lora.get("peak_mb") and qlora.get("peak_mb"):

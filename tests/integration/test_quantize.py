@@ -206,3 +206,23 @@ def test_export_metadata_and_files(exports, method, model_dir):
     assert (path / "generation_config.json").read_text() == (model_dir / "generation_config.json").read_text()
     assert (path / "chat_template.jinja").read_text() == (model_dir / "chat_template.jinja").read_text()
     assert not [p for p in path.parent.iterdir() if ".tmp" in p.name]
+
+
+# --- the export gate --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("limit, asked", [(0.0, False), (1e6, True)])
+def test_perplexity_is_checked_first_and_a_rejected_file_is_not_asked_the_rows(tiny_cfg, tiny_data, model_dir,
+                                                                                tmp_path, limit, asked):
+    """As for GGUF files: the cheaper perplexity check runs first, and a file it rejects is not asked the task
+    rows (no answers, no score: the reports say "not asked"); a file it passes is asked all of them."""
+    from tuneline.export.gate import ExportChecks
+
+    export = tiny_cfg.export.model_copy(update={"max_perplexity_increase": {"default": limit}, "check_rows": 4})
+    checks = ExportChecks.of(tiny_cfg.evaluate, export).with_length(8)
+    train = tiny_data.task[tiny_data.task.split == "train"].to_dict("records")
+    held = tiny_data.task[tiny_data.task.split == "eval"].to_dict("records")
+    result, _ = q.export_quantized(str(model_dir), tmp_path / "gptq", "gptq", train, held, CFG, export, checks)
+    (entry,) = result.files
+    assert entry.perplexity is not None and entry.asked is asked and entry.passed is asked
+    assert len(entry.samples) == (4 if asked else 0) and ("task rows not asked" in entry.reason) is not asked

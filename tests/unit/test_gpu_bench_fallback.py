@@ -45,3 +45,25 @@ def test_a_bare_machine_runs_from_the_shapes_dir_alone(tmp_path, capsys, bench_m
     assert results["small/lora"]["tokens_per_s"] > 0 and results["small/lora@b3"]["tokens_per_s"] > 0
     assert (tmp_path / "tuneline-gpu-bench-small" / "config.json").exists()
     assert "small/lora@b3" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the fallback is what runs without CUDA")
+def test_long_rows_checkpointing_and_the_profile(tmp_path, capsys, bench_module, monkeypatch):
+    """--seq joins questions into rows of at most N tokens (the answer kept, so a row is never cut to nothing),
+    --gradient-checkpointing reaches the trainer, --profile prints the top operators."""
+    bench = bench_module("gpu_bench")
+    results = bench.main(["--models", "small", "--steps", "2", "--batch", "2", "--methods", "lora", "--seq", "128",
+                          "--padded", "--gradient-checkpointing", "--profile"])
+    lora = results["small/lora"]
+    assert lora["checkpointing"] and lora["tokens_per_step"] > 2 * 64 and "small/qlora" not in results
+    assert "Self CPU time total" in capsys.readouterr().out
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(bench.model_ref("small").path)
+    rows = [{"prompt": bench.json.dumps([{"role": "user", "content": f"question number {i} about my card"}]),
+             "assistant": f"label_{i}"} for i in range(20)]
+    long = bench.long_rows(rows, 40, tok, count=5)
+    assert len(long) == 5
+    for row in long:
+        text = bench.json.loads(row["prompt"])[-1]["content"]
+        assert "\n" in text and len(tok(text)["input_ids"]) <= 40 and row["assistant"].startswith("label_")

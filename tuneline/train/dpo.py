@@ -48,6 +48,7 @@ from tuneline.eval.scoring import metric_name, score_items
 from tuneline.eval.task import generate_rows, row_metrics
 from tuneline.model.adapters import is_adapter_dir, load_adapter, load_full
 from tuneline.model.base import BaseModelRef, load_model, load_tokenizer
+from tuneline.model.precision import training_dtype, use_bf16
 from tuneline.train.args import TrainResult, loss_span, trainable_parameters, trainer_args
 from tuneline.train.checkpoints import (
     CheckpointMirror,
@@ -226,15 +227,17 @@ def preference_trainer(cfg: DPOConfig, model, tok, pairs: list[Pair], ckpt: Path
     return DPOTrainer(**kwargs, train_dataset=to_dataset(pairs))
 
 
-def load_sft(ref: BaseModelRef, sft_dir: str, method: str, trainable: bool):
-    """The SFT result DPO starts from; trainable as `method` trained it (bitfit: biases only)."""
+def load_sft(ref: BaseModelRef, sft_dir: str, method: str, trainable: bool, bf16: bool = False):
+    """The SFT result DPO starts from; trainable as `method` trained it (bitfit: biases only). `bf16`: training
+    under bf16 autocast, so an adapter's base is loaded in bf16 (precision.training_dtype)."""
     m = method_for(method)
     if not is_adapter_dir(sft_dir):
         model = load_full(sft_dir, trainable)
         if trainable:
             m.set_trainable(model)
         return model
-    model = guarded(load_model(ref, quantize_4bit=m.quantize_4bit))  # mining generates on it before training
+    dtype = training_dtype(bf16, m.full_weight)
+    model = guarded(load_model(ref, dtype, quantize_4bit=m.quantize_4bit))  # mining generates on it before training
     model.config.use_cache = False
     return load_adapter(model, sft_dir, trainable=trainable)
 
@@ -311,7 +314,7 @@ def train(ref: BaseModelRef, sft_dir: str, sft_method: str, mining_records: list
         return train_rl(ref, sft_dir, sft_method, mining_records, pref_rows, cfg, out_dir, max_new_tokens, mirror,
                         metric, reward_dir)
     tok = load_tokenizer(ref)
-    model = load_sft(ref, sft_dir, sft_method, trainable=True)
+    model = load_sft(ref, sft_dir, sft_method, trainable=True, bf16=use_bf16(cfg.bf16))
     t0 = time.perf_counter()
     mined, mining = [], Mining(metric=metric, min_margin=cfg.min_margin)
     if cfg.mine_mistakes:

@@ -13,9 +13,10 @@ feed-forward width a token passes through (its routed experts for MoE) and every
 
 Peak memory = weights + gradients + optimizer + autocast weight copies + activations + logits:
 
-- weights: fp32 (tuneline loads fp32; bf16 is autocast), the LoRA adapter included; QLoRA: the block linears in NF4 with
-  double quantization, 0.5 + 1/64 + 4/(64*256) bytes per parameter; embeddings, norms, lm_head
-  stay in `dtype`.
+- weights: in the dtype tuneline loads them in to train (precision.training_dtype: bf16 for a frozen base
+  on a bf16 GPU, else fp32; full fine-tuning fp32), the fp32 LoRA adapter included; QLoRA: the block
+  linears in NF4 with double quantization, 0.5 + 1/64 + 4/(64*256) bytes per parameter; embeddings, norms,
+  lm_head stay in `dtype`.
 - gradients: 4 bytes per trainable parameter; optimizer: AdamW, two fp32 states, 8 bytes.
 - autocast copies: under bf16 autocast every matmul casts its fp32 weight to bf16 and autograd keeps
   that copy for the backward of the layer's input: 2 bytes per parameter of every matmul weight
@@ -63,7 +64,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from tuneline.model.precision import cuda_bf16, use_bf16
+from tuneline.model.precision import cuda_bf16, training_dtype, use_bf16
 from tuneline.train.targets import ATTENTION, MLP, target_names
 
 Method = Literal["full", "lora", "qlora"]
@@ -226,7 +227,7 @@ class Workload(BaseModel):
     target_modules: list[str] | str = "all-linear"
     top_layers: int | None = None
     bf16: bool = True  # bf16 autocast over fp32 weights (tuneline's default where the hardware has it)
-    weight_bytes: int = 4  # 4: fp32 weights (tuneline), 2: weights loaded in bf16/fp16
+    weight_bytes: int = 4  # of a frozen base: 4 fp32, 2 bf16 (tuneline under bf16); full fine-tuning keeps fp32
     # QLoRA's 4-bit matmuls return their compute dtype: bf16 on bf16 GPUs, fp32 on CPU (tuneline's load_model).
     qlora_compute_bf16: bool = True
     gradient_checkpointing: bool = False
@@ -260,10 +261,12 @@ def estimate(shape: ModelShape, method: str, w: Workload) -> Estimate:
     tokens = w.batch_size * w.seq_len
     act = 2 if w.bf16 else 4
     lin = shape.linear_params
+    # fp32: trained weights (full: master weights), and QLoRA's unquantized ones (prepare_model_for_kbit_training upcasts)
+    wb = 4 if method in ("full", "qlora") else w.weight_bytes
     if method == "qlora":  # bitsandbytes packs the nn.Linear weights; embeddings, norms, fused experts stay
-        weights = lin * NF4_BYTES + (shape.params - lin) * w.weight_bytes
+        weights = lin * NF4_BYTES + (shape.params - lin) * wb
     else:
-        weights = shape.params * w.weight_bytes
+        weights = shape.params * wb
     trainable = shape.params if method == "full" else lora_params(shape, w.r, w.target_modules, w.top_layers)
     if method != "full":
         weights += trainable * 4  # the fp32 adapter itself
@@ -274,7 +277,7 @@ def estimate(shape: ModelShape, method: str, w: Workload) -> Estimate:
     # Matmul weights whose bf16 copy autograd keeps: the block matmuls with a backward (QLoRA's 4-bit ones
     # keep no copy), lm_head.
     block_copies = (shape.matmul_params - (lin if method == "qlora" else 0)) * kept_layers // L
-    copied = 0 if not (w.bf16 and w.weight_bytes == 4) else shape.vocab * h + block_copies
+    copied = 0 if not (w.bf16 and wb == 4) else shape.vocab * h + block_copies
     # Inputs of matmuls whose weights train (autograd keeps them): under autocast each matmul keeps its own
     # bf16 cast (q, k, v: 3; gate, up: 2), in fp32 they share one per group.
     targets = set(ATTENTION + MLP) if method == "full" else set(target_names(w.target_modules))
@@ -371,6 +374,7 @@ def workload_from(sft, max_tokens: int, bf16: bool, for_gpu: bool = False) -> Wo
     """The planner's workload for tuneline's SFT config (rows padded to data.max_tokens: an upper bound)."""
     return Workload(batch_size=sft.batch_size, seq_len=max_tokens, r=sft.r, target_modules=sft.target_modules,
                     top_layers=sft.top_layers, bf16=bf16, gradient_checkpointing=sft.gradient_checkpointing,
+                    weight_bytes=2 if training_dtype(bf16, full_weight=False, on_gpu=for_gpu or cuda_bf16()) == "bfloat16" else 4,
                     qlora_compute_bf16=for_gpu or cuda_bf16())
 
 
@@ -457,7 +461,8 @@ def measure(ref, method: str, w: Workload, steps: int = 3, seed: int = 0) -> dic
 
     torch.manual_seed(seed)
     cuda = torch.cuda.is_available()
-    model = load_model(ref, quantize_4bit=method == "qlora")
+    model = load_model(ref, "bfloat16" if w.weight_bytes == 2 and method != "full" else "float32",
+                       quantize_4bit=method == "qlora")
     model.config.use_cache = False
     if method == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=w.gradient_checkpointing)

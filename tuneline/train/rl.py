@@ -32,6 +32,7 @@ from tuneline.data.readers import DataError
 from tuneline.data.records import messages
 from tuneline.eval.scoring import score_items
 from tuneline.model.base import BaseModelRef, load_tokenizer
+from tuneline.model.precision import use_bf16
 from tuneline.train.args import TrainResult, loss_span, trainer_args
 from tuneline.train.checkpoints import (
     CheckpointMirror,
@@ -121,7 +122,7 @@ def train(ref: BaseModelRef, sft_dir: str, sft_method: str, mining_records: list
         raise DataError(f"{cfg.loss_type} samples answers to the mining rows and got {len(data)} prompts (it needs 2): "
                         "raise data.mining_rows where the training file has rows to spare, or set dpo.enabled: false")
     tok = load_tokenizer(ref)
-    model = load_sft(ref, sft_dir, sft_method, trainable=True)
+    model = load_sft(ref, sft_dir, sft_method, trainable=True, bf16=use_bf16(cfg.bf16))
     if use_model:
         from tuneline.train.reward import load_reward_model
 

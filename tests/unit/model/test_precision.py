@@ -18,3 +18,24 @@ def test_auto_plans_bf16_for_a_gpu_and_follows_the_host_otherwise(monkeypatch):
         monkeypatch.setattr(precision, "cpu_has_bf16", lambda: flag)
         assert use_bf16("auto") is flag
     assert precision.cuda_bf16() is False  # QLoRA computes in fp32 without a CUDA GPU
+
+
+def test_a_frozen_base_trains_in_bf16_on_a_bf16_gpu_only():
+    from tuneline.model.precision import training_dtype
+
+    assert training_dtype(bf16=True, full_weight=False, on_gpu=True) == "bfloat16"
+    assert training_dtype(bf16=True, full_weight=False, on_gpu=False) == "float32"  # CPU: fp32 under autocast
+    assert training_dtype(bf16=True, full_weight=True, on_gpu=True) == "float32"  # master weights stay fp32
+    assert training_dtype(bf16=False, full_weight=False, on_gpu=True) == "float32"
+
+
+def test_padding_free_training_leaves_cudnn_attention_out_on_cuda(monkeypatch):
+    from tuneline.model.precision import padding_free_attention
+
+    calls = []
+    monkeypatch.setattr(torch.backends.cuda, "enable_cudnn_sdp", calls.append)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    padding_free_attention(False)
+    assert calls == []  # padded batches keep every backend
+    padding_free_attention(True)
+    assert calls == [False]
