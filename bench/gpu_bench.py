@@ -209,9 +209,6 @@ def long_rows(rows: list[dict], tokens: int, tokenizer, count: int = 256) -> lis
     return out
 
 
-PROFILE = False  # --profile: the top operators of each run, by device and by host time
-
-
 @contextlib.contextmanager
 def profiled(on: bool):
     """torch.profiler over the block when `on`; prints the operators that took the most device and host time."""
@@ -230,16 +227,18 @@ def profiled(on: bool):
 
 
 def run_one(ref, rows: list[dict], method: str, steps: int, batch: int, padding_free: bool = True,
-            checkpointing: bool = False, max_tokens: int = 96, attention: str | None = None) -> dict:
+            checkpointing: bool = False, max_tokens: int = 96, attention: str | None = None,
+            profile: bool = False) -> dict:
     """One tuneline SFT run of `steps` optimizer steps; its figures and the paths it took."""
     from tuneline.config import SFTConfig
 
     cfg = SFTConfig(method=method, max_steps=steps, batch_size=batch, eval_steps=None, logging_steps=steps,
                     padding_free=padding_free, gradient_checkpointing=checkpointing)
-    return run_sft(ref, rows, cfg, max_tokens, attention)
+    return run_sft(ref, rows, cfg, max_tokens, attention, profile)
 
 
-def run_sft(ref, rows: list[dict], cfg, max_tokens: int = 96, attention: str | None = None) -> dict:
+def run_sft(ref, rows: list[dict], cfg, max_tokens: int = 96, attention: str | None = None,
+            profile: bool = False) -> dict:
     """`train_sft`'s trainer on `rows` under `cfg`, timed per optimizer step; its figures and the paths it took.
     `attention`: switch the built model to another transformers attention implementation (flex_attention)."""
     import torch
@@ -272,7 +271,7 @@ def run_sft(ref, rows: list[dict], cfg, max_tokens: int = 96, attention: str | N
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         wall = time.perf_counter()
-        with peak_rss_delta() as rss, profiled(PROFILE):
+        with peak_rss_delta() as rss, profiled(profile):
             trainer.train()
         wall = time.perf_counter() - wall
         peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else rss["mb"]
@@ -323,8 +322,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--default-sft", action="store_true",
                         help="also run configs/default.yaml's SFT in full on the embedded model's shapes")
     args = parser.parse_args(argv)
-    global PROFILE
-    PROFILE = args.profile
     if args.write_shapes:
         write_shapes(args.write_shapes)
         return {}
@@ -362,8 +359,8 @@ def main(argv: list[str] | None = None) -> dict:
             t0 = time.perf_counter()
             try:
                 res = run_one(ref, rows, method, steps, batch, padding_free=not args.padded,
-                              checkpointing=args.gradient_checkpointing, max_tokens=(args.seq or -32) + 128,
-                              attention=args.attention)
+                              checkpointing=args.gradient_checkpointing, max_tokens=args.seq + 128 if args.seq else 96,
+                              attention=args.attention, profile=args.profile)
             except torch.OutOfMemoryError:  # one size too big must not lose the table of the others
                 gc.collect()
                 torch.cuda.empty_cache()

@@ -372,10 +372,11 @@ def available_memory_gb() -> tuple[float, str]:
 
 def workload_from(sft, max_tokens: int, bf16: bool, for_gpu: bool = False) -> Workload:
     """The planner's workload for tuneline's SFT config (rows padded to data.max_tokens: an upper bound)."""
+    gpu = for_gpu or cuda_bf16()
+    frozen = training_dtype(bf16, full_weight=False, on_gpu=gpu)  # estimate() keeps full fine-tuning at fp32
     return Workload(batch_size=sft.batch_size, seq_len=max_tokens, r=sft.r, target_modules=sft.target_modules,
                     top_layers=sft.top_layers, bf16=bf16, gradient_checkpointing=sft.gradient_checkpointing,
-                    weight_bytes=2 if training_dtype(bf16, full_weight=False, on_gpu=for_gpu or cuda_bf16()) == "bfloat16" else 4,
-                    qlora_compute_bf16=for_gpu or cuda_bf16())
+                    weight_bytes=2 if frozen == "bfloat16" else 4, qlora_compute_bf16=gpu)
 
 
 def resolve_method(shape: ModelShape, sft, max_tokens: int, available_gb: float | None = None):
