@@ -7,10 +7,11 @@ Cached like any step: the verdict is a pure function of the validation summary i
 
 from zenml import step
 
+from steps._cache import code_cache
 from tuneline.data.readers import DataError
 
 
-@step
+@step(cache_policy=code_cache(__name__))
 def data_gate(data_validation: dict) -> None:
     failures = data_validation["gate_failures"]
     if failures:

@@ -12,6 +12,7 @@ from typing import Annotated
 import pandas as pd
 from zenml import step
 
+from steps._cache import code_cache
 from steps._metadata import log
 from steps._tracking import log_evaluation
 from tuneline.artifacts import TrainedDir
@@ -24,7 +25,7 @@ from tuneline.eval.report import EvalReport
 from tuneline.model.base import BaseModelRef
 
 
-@step
+@step(cache_policy=code_cache(__name__))
 def evaluate(
     base: BaseModelRef, sft_adapter: TrainedDir, dpo_adapter: TrainedDir | None, task_data: pd.DataFrame,
     config: EvaluateConfig, general_text: GeneralText | None = None, base_evaluation: BaseEvaluation | None = None,

@@ -15,6 +15,7 @@ from typing import Annotated
 import pandas as pd
 from zenml import step
 
+from steps._cache import code_cache
 from steps._metadata import log
 from tuneline.config import EvaluateConfig
 from tuneline.eval.evaluate import BaseEvaluation, EvalRows
@@ -24,14 +25,14 @@ from tuneline.eval.perplexity import GeneralText
 from tuneline.model.base import BaseModelRef
 
 
-@step
+@step(cache_policy=code_cache(__name__))
 def eval_rows(task_data: pd.DataFrame) -> Annotated[EvalRows, "eval_rows"]:
     rows = split_eval_rows(task_data)
     log({"eval_rows": len(rows.rows), "max_new_tokens": rows.max_new_tokens})
     return rows
 
 
-@step
+@step(cache_policy=code_cache(__name__))
 def evaluate_base(base: BaseModelRef, rows: EvalRows, config: EvaluateConfig, quantize_4bit: bool = False,
                   general_text: GeneralText | None = None) -> Annotated[BaseEvaluation, "base_evaluation"]:
     # config: base_settings(config.evaluate), so the candidate-only knobs keep this step cached.

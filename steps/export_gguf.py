@@ -10,6 +10,7 @@ import pandas as pd
 from zenml import step
 
 from materializers import DirectoryMaterializer
+from steps._cache import code_cache
 from steps._cards import about
 from steps._metadata import log
 from tuneline.artifacts import ExportDir, ModelDir, TrainedDir, step_output
@@ -21,7 +22,7 @@ from tuneline.export.gate import ExportChecks
 from tuneline.export.records import MergedReference
 
 
-@step(output_materializers={"gguf_export": DirectoryMaterializer})
+@step(cache_policy=code_cache(__name__), output_materializers={"gguf_export": DirectoryMaterializer})
 def export_gguf(merged: ModelDir, task_data: pd.DataFrame, config: ExportConfig, checks: ExportChecks,
                 reference: MergedReference, general_text: GeneralText | None = None, adapter: TrainedDir | None = None,
                 merge_config: MergeConfig | None = None) -> Annotated[ExportDir, "gguf_export"]:

@@ -9,6 +9,7 @@ import pandas as pd
 from zenml import step
 
 from materializers import DirectoryMaterializer
+from steps._cache import code_cache
 from steps._cards import about
 from steps._metadata import log
 from tuneline.artifacts import ExportDir, ModelDir, step_output
@@ -43,14 +44,14 @@ def _export(method: str, merged: ModelDir, task_data: pd.DataFrame, config: Quan
     return ExportDir(path=str(out), **dict(res.stored()))
 
 
-@step(output_materializers={"gptq_export": DirectoryMaterializer})
+@step(cache_policy=code_cache(__name__), output_materializers={"gptq_export": DirectoryMaterializer})
 def export_gptq(merged: ModelDir, task_data: pd.DataFrame, config: QuantizeConfig, export: ExportConfig,
                 checks: ExportChecks, reference: MergedReference,
                 general_text: GeneralText | None = None) -> Annotated[ExportDir, "gptq_export"]:
     return _export("gptq", merged, task_data, config, export, checks, reference, general_text)
 
 
-@step(output_materializers={"awq_export": DirectoryMaterializer})
+@step(cache_policy=code_cache(__name__), output_materializers={"awq_export": DirectoryMaterializer})
 def export_awq(merged: ModelDir, task_data: pd.DataFrame, config: QuantizeConfig, export: ExportConfig,
                checks: ExportChecks, reference: MergedReference,
                general_text: GeneralText | None = None) -> Annotated[ExportDir, "awq_export"]:

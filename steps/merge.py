@@ -6,6 +6,7 @@ from typing import Annotated
 from zenml import step
 
 from materializers import DirectoryMaterializer
+from steps._cache import code_cache
 from steps._cards import about
 from steps._metadata import log
 from tuneline.artifacts import ModelDir, TrainedDir, step_output
@@ -16,7 +17,7 @@ from tuneline.eval.report import EvalReport
 from tuneline.model.base import BaseModelRef
 
 
-@step(output_materializers={"merged_model": DirectoryMaterializer})
+@step(cache_policy=code_cache(__name__), output_materializers={"merged_model": DirectoryMaterializer})
 def merge(base: BaseModelRef, adapter: TrainedDir, config: MergeConfig, evaluation: EvalReport | None = None,
           data_sha256: str = "", run_config: dict | None = None) -> Annotated[ModelDir, "merged_model"]:
     from tuneline.export.merge import merge as merge_adapter

@@ -13,13 +13,14 @@ from typing import Annotated
 from zenml import step
 from zenml.types import HTMLString
 
+from steps._cache import code_cache
 from steps._metadata import log
 from tuneline.config import SFTConfig
 from tuneline.model.base import BaseModelRef
 from tuneline.train.plan import plan_report
 
 
-@step
+@step(cache_policy=code_cache(__name__))
 def plan(base: BaseModelRef, config: SFTConfig, max_tokens: int,
          gpu_gb: float | None = None) -> Annotated[HTMLString, "memory_plan"]:
     html, metadata = plan_report(base.ensure(), config, max_tokens, gpu_gb)

@@ -4,12 +4,13 @@ from typing import Annotated
 
 from zenml import step
 
+from steps._cache import code_cache
 from steps._metadata import log
 from tuneline.config import BaseModelConfig
 from tuneline.model.base import BaseModelRef, prepare
 
 
-@step
+@step(cache_policy=code_cache(__name__))
 def prepare_base(config: BaseModelConfig, chat_template: str) -> Annotated[BaseModelRef, "base_model"]:
     """`chat_template` is data.chat_template: resolved here once, every later step uses the ref's template."""
     ref = prepare(config).with_template(chat_template)

@@ -11,6 +11,7 @@ from typing import Annotated
 import pandas as pd
 from zenml import step
 
+from steps._cache import code_cache
 from steps._metadata import log
 from tuneline.artifacts import ModelDir
 from tuneline.data.generation import carried_length
@@ -19,7 +20,7 @@ from tuneline.export.gate import ExportChecks, checked_rows, merged_reference
 from tuneline.export.records import MergedReference
 
 
-@step
+@step(cache_policy=code_cache(__name__))
 def score_merged(merged: ModelDir, task_data: pd.DataFrame, checks: ExportChecks, check_rows: int | None = None,
                  general_text: GeneralText | None = None) -> Annotated[MergedReference, "merged_reference"]:
     checks = checks.of_run(carried_length(task_data), general_text)

@@ -9,6 +9,7 @@ from typing import Annotated
 from zenml import step
 
 from materializers import RawDataMaterializer
+from steps._cache import code_cache
 from steps._metadata import log
 from tuneline.artifacts import step_output
 from tuneline.config import DataConfig, PerplexityConfig
@@ -17,7 +18,7 @@ from tuneline.data.snapshot import RawDataDir, snapshot
 from tuneline.eval.perplexity import GeneralText, read_general_text
 
 
-@step(output_materializers={"raw_data": RawDataMaterializer})
+@step(cache_policy=code_cache(__name__), output_materializers={"raw_data": RawDataMaterializer})
 def snapshot_data(
     config: DataConfig, data_sha256: str = "", general_text: PerplexityConfig | None = None,
     general_text_sha256: str = "",

@@ -11,6 +11,7 @@ import pandas as pd
 from zenml import step
 
 from materializers import DirectoryMaterializer
+from steps._cache import code_cache
 from steps._cards import about
 from steps._checkpoints import mirror
 from steps._metadata import log
@@ -23,7 +24,7 @@ from tuneline.data.generation import carried_length
 from tuneline.model.base import BaseModelRef
 
 
-@step(output_materializers={"dpo_adapter": DirectoryMaterializer})
+@step(cache_policy=code_cache(__name__), output_materializers={"dpo_adapter": DirectoryMaterializer})
 def train_dpo(
     base: BaseModelRef, sft_adapter: TrainedDir, task_data: pd.DataFrame, preference_data: pd.DataFrame,
     config: DPOConfig, checkpoint_artifacts: bool | None = None, metric: str = "exact_match", keep_checkpoints: int = 2,

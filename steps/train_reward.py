@@ -12,6 +12,7 @@ import pandas as pd
 from zenml import step
 
 from materializers import DirectoryMaterializer
+from steps._cache import code_cache
 from steps._cards import about
 from steps._checkpoints import mirror
 from steps._metadata import log
@@ -23,7 +24,7 @@ from tuneline.data.generation import carried_length
 from tuneline.model.base import BaseModelRef
 
 
-@step(output_materializers={"reward_model": DirectoryMaterializer})
+@step(cache_policy=code_cache(__name__), output_materializers={"reward_model": DirectoryMaterializer})
 def train_reward(
     base: BaseModelRef, sft_adapter: TrainedDir, task_data: pd.DataFrame, preference_data: pd.DataFrame,
     config: RewardModelConfig, mine_mistakes: bool = True, min_margin: float = 0.2, mining_batch_size: int = 32,

@@ -9,6 +9,7 @@ import pandas as pd
 from zenml import step
 
 from materializers import DirectoryMaterializer
+from steps._cache import code_cache
 from steps._cards import about
 from steps._checkpoints import mirror
 from steps._metadata import log
@@ -20,7 +21,7 @@ from tuneline.dashboard import Report, loss_curve_report
 from tuneline.model.base import BaseModelRef
 
 
-@step(output_materializers={"sft_adapter": DirectoryMaterializer})
+@step(cache_policy=code_cache(__name__), output_materializers={"sft_adapter": DirectoryMaterializer})
 def train_sft(
     base: BaseModelRef, task_data: pd.DataFrame, config: SFTConfig, max_tokens: int = 512,
     checkpoint_artifacts: bool | None = None, keep_checkpoints: int = 2,

@@ -13,6 +13,7 @@ from typing import Annotated
 import pandas as pd
 from zenml import step
 
+from steps._cache import code_cache
 from steps._metadata import log
 from tuneline.config import DataConfig, DPOData
 from tuneline.dashboard import Report, data_report
@@ -20,7 +21,7 @@ from tuneline.data.snapshot import RawDataDir
 from tuneline.model.base import BaseModelRef, load_tokenizer
 
 
-@step
+@step(cache_policy=code_cache(__name__))
 def validate_data(
     base: BaseModelRef, raw_data: RawDataDir, config: DataConfig, mmlu_subjects: list[str] | None = None,
     dpo: DPOData | None = None,

@@ -8,7 +8,6 @@ TUNELINE_CHECKPOINTS moves the root, TUNELINE_SAVE_STEPS the interval (tests pat
 
 from __future__ import annotations
 
-import ast
 import functools
 import hashlib
 import json
@@ -22,6 +21,8 @@ from typing import Protocol
 from transformers import TrainerCallback
 
 from tuneline.model.base import sha256_file
+from tuneline.paths import PROJECT_ROOT
+from tuneline.sources import module_files
 from tuneline.versions import TRAINING_LIBRARIES, package_versions
 
 CHECKPOINT_ROOT = Path(os.environ.get("TUNELINE_CHECKPOINTS", "~/.cache/tuneline/checkpoints")).expanduser()
@@ -33,7 +34,6 @@ CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_s
 # The weights: an adapter (PEFT methods) or the full model, one file or shards listed in an index.
 WEIGHTS_FILES = ("adapter_model.safetensors", "model.safetensors", "adapter_model.bin", "pytorch_model.bin")
 WEIGHTS_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_key(*parts: str) -> str:
@@ -55,40 +55,12 @@ def dir_hash(path: str | Path) -> str:
 
 @functools.cache
 def code_version(module: str) -> str:
-    """A key of the code that trains: the source of `module` and of every tuneline module it imports,
-    followed through the sources (a new helper module counts without being listed anywhere), plus the
-    versions of the training libraries. A change to either can change the numbers, or leave a
-    checkpoint the new code would resume from inexactly."""
-    sources = _tuneline_sources(module)
+    """A key of the code that trains: the source of `module` and of every project module it imports
+    (`tuneline.sources.module_files`), plus the versions of the training libraries. A change to either can
+    change the numbers, or leave a checkpoint the new code would resume from inexactly."""
+    files = module_files(module, PROJECT_ROOT)
     versions = json.dumps(package_versions(*TRAINING_LIBRARIES), sort_keys=True)
-    return run_key(versions, *(f"{name}\n{src}" for name, src in sorted(sources.items())))
-
-
-def _tuneline_sources(module: str) -> dict[str, str]:
-    """module name -> source, for `module` and the tuneline modules it imports, transitively (read, not imported)."""
-    seen: dict[str, str] = {}
-    todo = [module]
-    while todo:
-        name = todo.pop()
-        path = None if name in seen else _module_file(name)
-        if path is None:
-            continue  # seen, or a name imported from a module rather than a module
-        seen[name] = path.read_text()
-        for node in ast.walk(ast.parse(seen[name])):
-            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                todo += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-            elif isinstance(node, ast.Import):
-                todo += [a.name for a in node.names]
-        todo = [n for n in todo if n.split(".")[0] == "tuneline"]
-    return seen
-
-
-def _module_file(name: str) -> Path | None:
-    parts = name.split(".")[1:]
-    if not parts:
-        return None
-    candidates = (PACKAGE_ROOT.joinpath(*parts).with_suffix(".py"), PACKAGE_ROOT.joinpath(*parts, "__init__.py"))
-    return next((f for f in candidates if f.is_file()), None)
+    return run_key(versions, *(f"{name}\n{path.read_text()}" for name, path in sorted(files.items())))
 
 
 def checkpoint_dir(kind: str, key: str) -> Path:

@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 
 from tuneline.config import DPOConfig, SFTConfig
 from tuneline.model.base import BaseModelRef
+from tuneline.sources import module_files
 from tuneline.train import checkpoints, dpo, sft
 from tuneline.train.checkpoints import (
     CHECKPOINT_FILES,
@@ -227,7 +228,7 @@ def test_sft_key_changes_with_base_data_and_config():
 
 
 def test_code_version_follows_the_training_modules_imports(tmp_path, monkeypatch):
-    sources = checkpoints._tuneline_sources("tuneline.train.dpo")
+    sources = module_files("tuneline.train.dpo")
     assert {
         "tuneline.train.dpo",
         "tuneline.train.checkpoints",
@@ -237,12 +238,12 @@ def test_code_version_follows_the_training_modules_imports(tmp_path, monkeypatch
         "tuneline.data.records",
         "tuneline.config",
     } <= set(sources)
-    assert "tuneline.train.plan" in checkpoints._tuneline_sources("tuneline.train.sft")  # imported inside a function
+    assert "tuneline.train.plan" in module_files("tuneline.train.sft")  # imported inside a function
     assert "tuneline.export.merge" not in sources and "tuneline.cli" not in sources
 
     package = tmp_path / "tuneline"
-    shutil.copytree(checkpoints.PACKAGE_ROOT, package, ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setattr(checkpoints, "PACKAGE_ROOT", package)
+    shutil.copytree(checkpoints.PROJECT_ROOT / "tuneline", package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(checkpoints, "PROJECT_ROOT", tmp_path)
     before = code_version.__wrapped__("tuneline.train.dpo")
     assert before == code_version("tuneline.train.dpo")
     precision = package / "model" / "precision.py"  # dpo.py reaches it only through train/args.py
