@@ -33,6 +33,7 @@ def train_dpo(
     from tuneline.train.dpo import train
 
     base = base.ensure()
+    config = config.after_sft(bool(sft_adapter.metrics.get("gradient_checkpointing")))
     mining = task_data[task_data.split == "mining"].to_dict("records")
     with step_output("dpo-adapter") as out:  # deleted once the artifact store holds it
         res = train(base, sft_adapter.path, sft_adapter.method, mining, preference_data.to_dict("records"), config,

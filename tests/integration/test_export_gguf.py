@@ -189,7 +189,25 @@ def test_auto_rejects_over_the_perplexity_limit_and_picks_the_next(ggufs, model_
     # reports say so instead of printing a score of zero; files it passes are asked as before.
     assert not q4.asked and q4.samples == [] and q4.per_item == [] and "task rows not asked" in q4.reason
     assert q4.score_text("exact_match").startswith("not asked") and "score 0.000" not in q4.reason
-    assert files[0].asked and files[2].asked and len(files[2].samples) == 2
+    assert files[2].asked and len(files[2].samples) == 2
+    # The converted F16 file passed its (lossless) perplexity check; a smaller file made from it passed the rows
+    # and ships, so F16's rows were not asked, and its reason and score say why.
+    f16 = files[0]
+    assert not f16.asked and f16.samples == [] and f16.per_item == [] and Path(f16.modelfile).is_file()
+    assert "task rows not asked: Q6_K, smaller and made from it, passed them and ships" in f16.reason
+    assert f16.score_text("exact_match") == "not asked (a smaller file ships)"
+
+
+def test_the_converted_file_is_asked_when_no_smaller_file_passes(ggufs, model_dir, tokenizer, tmp_path, monkeypatch):
+    from tuneline.eval.perplexity import encode_texts, gguf_perplexity
+
+    monkeypatch.setattr(export_gguf, "convert", lambda src, dst, outtype: Path(shutil.copy(ggufs["F16"], dst)))
+    ids = encode_texts(tokenizer, ["My card was lost yesterday and I need a new one.", "Where is my top up?"])
+    gate = Gate(reference_accuracy=0.0, max_accuracy_drop=0.0, min_eos_share=0.0,
+                reference_ppl=gguf_perplexity(ggufs["F16"], ids).ppl, max_ppl_increase={"F16": 0.001, "*": 0.0})
+    files = export_gguf.export_files(model_dir, tmp_path, ["F16", "Q4_0"], _probe(["a", "b"], ppl_ids=ids), gate)
+    assert [(f.qtype, f.passed, f.asked) for f in files] == [("F16", True, True), ("Q4_0", False, False)], files
+    assert len(files[0].samples) == 2 and "task rows not asked" not in files[0].reason
 
 
 def test_auto_type_names_are_checked():

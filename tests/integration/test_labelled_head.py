@@ -60,3 +60,22 @@ def test_the_labelled_head_computes_under_bf16_autocast(tiny_cfg, tiny_ref, tiny
     trainer.model.train()
     trainer.compute_loss(trainer.model, dict(next(iter(trainer.get_train_dataloader()))))
     assert seen == [torch.bfloat16]
+
+
+def test_the_held_out_loss_takes_the_labelled_head_and_equals_trls(tiny_cfg, tiny_ref, tiny_data, tmp_path):
+    """The eval curve's loss (prediction_step, loss only) goes through the labelled head too: the same number as
+    TRL's full-sequence path, and its entropy and token accuracy land in the eval metrics, not the train ones."""
+    rows = tiny_data.task[tiny_data.task.split == "train"].head(6).to_dict("records")
+    cfg = tiny_cfg.sft.model_copy(update={"method": "lora", "labelled_head": True, "bf16": "false"})
+    trainer = build_trainer(tiny_ref, rows, cfg, tmp_path / "ckpt", max_tokens=96)
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.model.eval()
+    head_inputs = []  # the LM head's input: labelled positions only [n, hidden], or every position [1, T, hidden]
+    trainer.model.get_output_embeddings().register_forward_hook(lambda m, args, out: head_inputs.append(args[0].dim()))
+    trl = type(trainer)
+    mine, _, _ = trainer.prediction_step(trainer.model, dict(batch), prediction_loss_only=True)
+    assert head_inputs == [2] and trainer._metrics["eval"]["entropy"] and not trainer._metrics["train"]["entropy"]
+    trainer.compute_loss = lambda model, inputs, **kw: trl.compute_loss(trainer, model, inputs, **kw)
+    theirs, _, _ = trainer.prediction_step(trainer.model, dict(batch), prediction_loss_only=True)
+    assert torch.allclose(mine, theirs, atol=1e-5, rtol=1e-4), (mine, theirs)
+    assert trainer.args.prediction_loss_only or trainer.args.eval_strategy == "no"

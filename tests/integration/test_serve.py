@@ -112,3 +112,29 @@ def test_the_server_is_stopped_when_the_block_fails(q8):
 
     with socket.socket() as s, pytest.raises(ConnectionRefusedError):  # nobody listens: the server is gone
         s.connect(("127.0.0.1", port))
+
+
+def test_serve_rows_asks_the_first_rows_only(q8, probe):
+    """export.serve_rows: the check asks that many of the gate's prompts, and judges exactly those."""
+    file = gate_file(q8, probe)
+    file.samples[2].predicted += " (a row the check does not ask)"
+    check = serve_check(file, probe, rows=2)
+    assert check.ok and check.n == check.identical == 2, check
+    assert not serve_check(file, probe).ok  # all rows: the changed third answer is caught
+
+
+def test_a_file_passed_on_perplexity_alone_is_asked_before_it_is_served(q8, probe):
+    """The converted file waits for its task rows while a smaller file ships (export_files); when that one fails
+    serving, it becomes the file that ships and is asked the rows first, then served."""
+    file = gate_file(q8, probe)
+    larger = file.model_copy(update={"qtype": "F16", "size_bytes": file.size_bytes * 2, "asked": False,
+                                     "samples": []}, deep=True)
+    file.samples[0].predicted += " (not what the server says)"
+    asked = []
+
+    def ask(f):
+        asked.append(f.qtype)
+        f.samples, f.asked = gate_file(q8, probe).samples, True
+
+    assert serve_shipped([larger, file], probe, ask=ask) is larger
+    assert asked == ["F16"] and larger.serve.ok and not file.passed

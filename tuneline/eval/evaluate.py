@@ -33,6 +33,7 @@ from tuneline.eval.stats import PairedDiff, paired_bootstrap
 from tuneline.eval.task import TaskResult, score_task
 from tuneline.model.adapters import align_logits, is_adapter_dir, load_adapter, load_full
 from tuneline.model.base import BaseModelRef, load_model, load_tokenizer
+from tuneline.model.precision import eval_autocast
 
 log = logging.getLogger(__name__)
 
@@ -102,12 +103,13 @@ def evaluate_base(ref: BaseModelRef, records: list[dict], cfg: EvaluateConfig, m
     tok = tokenizer or load_tokenizer(ref)
     model = model if model is not None else load_model(ref, quantize_4bit=quantize_4bit).eval()
     texts = general_texts(cfg)
-    return BaseEvaluation(
-        task=score_task(model, tok, records, max_new_tokens, cfg.batch_size, cfg.metric),
-        benchmarks=run_benchmarks(model, tok, cfg),
-        perplexity=perplexity(model, tok, texts, cfg.perplexity.batch_size) if texts else None,
-        quantize_4bit=quantize_4bit, settings=base_key(cfg), seconds=time.perf_counter() - t0,
-    )
+    with eval_autocast(cfg.bf16, quantize_4bit):
+        return BaseEvaluation(
+            task=score_task(model, tok, records, max_new_tokens, cfg.batch_size, cfg.metric),
+            benchmarks=run_benchmarks(model, tok, cfg),
+            perplexity=perplexity(model, tok, texts, cfg.perplexity.batch_size) if texts else None,
+            quantize_4bit=quantize_4bit, settings=base_key(cfg), seconds=time.perf_counter() - t0,
+        )
 
 
 def _paired(a, b, cfg: EvaluateConfig) -> PairedDiff:
@@ -133,7 +135,14 @@ def evaluate(ref: BaseModelRef, adapters: dict[str, str], sft_method: str, recor
     `max_new_tokens`: data.max_new_tokens as the data step resolved it (tuneline.data.generation).
     `base`: the base's scores from `evaluate_base` (scored here when None or made for other rows/settings).
     `final_on_merged` (`scored_on_merged`): leave the final adapter's benchmarks and perplexity to the merged
-    model; `promote.with_exports` then takes the forgetting comparisons from it."""
+    model; `promote.with_exports` then takes the forgetting comparisons from it. Under evaluate.bf16's autocast."""
+    with eval_autocast(cfg.bf16, four_bit=sft_method == "qlora"):
+        return _evaluate(ref, adapters, sft_method, records, cfg, max_new_tokens, base, final_on_merged)
+
+
+def _evaluate(ref: BaseModelRef, adapters: dict[str, str], sft_method: str, records: list[dict],
+              cfg: EvaluateConfig, max_new_tokens: int, base: BaseEvaluation | None,
+              final_on_merged: bool) -> EvalReport:
     t0 = time.perf_counter()
     tok = load_tokenizer(ref)
     quantize_4bit = sft_method == "qlora"

@@ -99,11 +99,16 @@ def _lm(model, tokenizer, batch_size: int, reuse_context: bool = True):
     """Wrap an in-memory model for lm-eval: HFLM takes any object with .config, .device, __call__
     and .generate, so a PeftModel runs with its adapter active and nothing is merged or written.
     reuse_context=False: lm-eval's own HFLM, the reference SharedContextHFLM's scores must equal."""
+    import torch
     from lm_eval.models.huggingface import HFLM
 
     device = _place(model)
     cls = shared_context_hflm() if reuse_context else HFLM
-    return cls(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
+    # HFLM wraps each forward in autocast(enabled=its mixed_precision_dtype is not None): without the dtype it
+    # would switch off the caller's bf16 autocast (evaluate.bf16, precision.eval_autocast), so it takes the caller's.
+    on = torch.is_autocast_enabled(torch.device(device).type)
+    mixed = torch.get_autocast_dtype(torch.device(device).type) if on else None
+    return cls(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device, mixed_precision_dtype=mixed)
 
 
 @functools.cache

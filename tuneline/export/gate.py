@@ -43,6 +43,7 @@ class ExportChecks(BaseModel):
     gsm8k: GSM8KConfig | None = None
     benchmark_batch_size: int = 4
     seed: int = 0
+    bf16: str = "auto"  # evaluate.bf16: the merged reference is scored as the evaluation scored the candidates
     # data.max_new_tokens as the data step resolved it (the export steps set it from task_data: with_length), so
     # every file answers with as many tokens as the evaluation and DPO mining did.
     max_new_tokens: int = 16
@@ -52,7 +53,7 @@ class ExportChecks(BaseModel):
         bench = export.benchmarks
         return cls(metric=evaluate.metric, perplexity=evaluate.perplexity, mmlu=evaluate.mmlu if bench else None,
                    gsm8k=evaluate.gsm8k if bench else None, benchmark_batch_size=evaluate.benchmark_batch_size,
-                   seed=evaluate.seed, **({"max_new_tokens": max_new_tokens} if max_new_tokens else {}))
+                   seed=evaluate.seed, bf16=evaluate.bf16, **({"max_new_tokens": max_new_tokens} if max_new_tokens else {}))
 
     def with_length(self, max_new_tokens: int) -> ExportChecks:
         return self.model_copy(update={"max_new_tokens": max_new_tokens})
@@ -123,7 +124,8 @@ def verdict(entry: ExportFile, gate: Gate) -> tuple[bool, str]:
     if entry.perplexity_increase is not None:
         _perplexity_rise("perplexity", entry.perplexity, gate.reference_ppl, limit, problems, fine)
     if not entry.asked:
-        problems.append("task rows not asked (the perplexity check had already rejected it)")
+        if gate.ppl_rejects(entry):
+            problems.append("task rows not asked (the perplexity check had already rejected it)")
     elif entry.eos_share < gate.min_eos_share:
         problems.append(f"only {entry.eos_share:.0%} of answers stopped at EOS (need {gate.min_eos_share:.0%}); "
                         "the rest ran to the token limit")
@@ -161,18 +163,20 @@ def merged_reference(model_dir: str, rows: list[dict], checks: ExportChecks,
     from tuneline.eval.harness import run_benchmarks
     from tuneline.eval.perplexity import encode_texts, general_texts, perplexity
     from tuneline.eval.task import documents, score_task
+    from tuneline.model.precision import eval_autocast
 
     texts = general_texts(checks)
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32").eval()
-    task = score_task(model, tok, rows, checks.max_new_tokens, batch_size=32, metric=checks.metric)
-    out = MergedReference(key=reference_key(rows, checks), task=task)
-    if lower_is_better(checks.metric):
-        out.task_ids = encode_texts(tok, documents(rows))
-    if benchmarks and checks.benchmarks:
-        out.benchmarks = run_benchmarks(model, tok, checks)
-    if texts:
-        out.perplexity, out.ppl_ids = perplexity(model, tok, texts), encode_texts(tok, texts)
+    with eval_autocast(checks.bf16):
+        task = score_task(model, tok, rows, checks.max_new_tokens, batch_size=32, metric=checks.metric)
+        out = MergedReference(key=reference_key(rows, checks), task=task)
+        if lower_is_better(checks.metric):
+            out.task_ids = encode_texts(tok, documents(rows))
+        if benchmarks and checks.benchmarks:
+            out.benchmarks = run_benchmarks(model, tok, checks)
+        if texts:
+            out.perplexity, out.ppl_ids = perplexity(model, tok, texts), encode_texts(tok, texts)
     return out
 
 

@@ -271,8 +271,9 @@ def _add_modelfile(entry: ExportFile, probe: Probe) -> None:
 # --- the whole export ---------------------------------------------------------------------------
 
 
-def _make_and_check(entry: ExportFile, make, probe: Probe, gate: Gate) -> ExportFile:
-    """Make one file and check it; any failure becomes passed=False with the error as reason."""
+def _make_and_check(entry: ExportFile, make, probe: Probe, gate: Gate, ask: bool = True) -> ExportFile:
+    """Make one file and check it; any failure becomes passed=False with the error as reason. ask False: judged on
+    its perplexity for now, the task rows asked later if it turns out to ship (`_settle_converted`)."""
     start = time.monotonic()
     # llama-cpp-python's llama.cpp made, quantized and checked the file; gguf-py is the converter's.
     entry.versions = package_versions("llama_cpp_python", "gguf", "transformers")
@@ -288,12 +289,10 @@ def _make_and_check(entry: ExportFile, make, probe: Probe, gate: Gate) -> Export
 
             task = gguf_perplexity(path, probe.task_ids)
             entry.score, entry.per_item = task.ppl, task.per_item
-        elif gate.ppl_rejects(entry):  # ~45 s of generation on the default run that cannot change the verdict
+        elif gate.ppl_rejects(entry) or not ask:  # ~45 s of generation on the default run that cannot change the verdict
             entry.asked = False
         else:
-            result = check(path, probe.conversations, probe.answers, probe.max_tokens, metric=probe.metric)
-            entry.score, entry.eos_share, entry.samples = result.score, result.eos_share, result.samples
-            entry.per_item = result.per_item
+            _ask_rows(entry, probe)
         entry.passed, entry.reason = verdict(entry, gate)
     except Exception as exc:  # one broken type must not hide the results of the others
         entry.passed, entry.reason = False, f"{type(exc).__name__}: {exc}"
@@ -302,6 +301,38 @@ def _make_and_check(entry: ExportFile, make, probe: Probe, gate: Gate) -> Export
     entry.seconds = round(time.monotonic() - start, 3)
     log.info("%s: %s (%s)", entry.qtype, "passed" if entry.passed else "REJECTED", entry.reason)
     return entry
+
+
+def _ask_rows(entry: ExportFile, probe: Probe) -> None:
+    result = check(entry.path, probe.conversations, probe.answers, probe.max_tokens, metric=probe.metric)
+    entry.score, entry.eos_share, entry.samples = result.score, result.eos_share, result.samples
+    entry.per_item, entry.asked = result.per_item, True
+
+
+def ask_deferred(entry: ExportFile, probe: Probe, gate: Gate) -> None:
+    """The task rows of a converted file judged so far on its perplexity alone, and its verdict on them."""
+    try:
+        _ask_rows(entry, probe)
+        entry.passed, entry.reason = verdict(entry, gate)
+    except Exception as exc:  # as in _make_and_check: the file is rejected with the error, the export goes on
+        entry.passed, entry.reason = False, f"{type(exc).__name__}: {exc}"
+    if entry.passed:
+        _add_modelfile(entry, probe)
+
+
+def _settle_converted(converted: ExportFile, quantized: list[ExportFile], probe: Probe, gate: Gate) -> None:
+    """The converted file (F16/BF16/F32) is the merged model's weights in another container: its perplexity,
+    judged at the tight lossless limit on the same token ids, is what can go wrong in it, and its chat template and
+    stop token are the ones every quantized file copies. Its 200 task rows (~25-50 s on the default run) are asked
+    only when it would ship, i.e. no smaller file passed; otherwise the reason says which one passed and ships."""
+    if not converted.passed:
+        return  # its perplexity rejected it
+    smaller = shipped(quantized)
+    if smaller is None:
+        ask_deferred(converted, probe, gate)
+        return
+    converted.reason += (f"; task rows not asked: {smaller.qtype}, smaller and made from it, passed them and "
+                         "ships (asked should it stop shipping)")
 
 
 def _validate_types(types: list[str], auto_types: list[str] = ()) -> list[str]:
@@ -335,7 +366,12 @@ def export_files(model_dir: str | Path, out_dir: str | Path, types: list[str], p
     # Without the converted file there is nothing to quantize from: a convert failure raises.
     start = time.monotonic()
     convert(model_dir, base, names[0])
-    results = [_make_and_check(ExportFile(format="gguf", qtype=names[0], path=str(base)), lambda: base, probe, gate)]
+    # The converted file's task rows wait until it is known whether a smaller file ships (_settle_converted);
+    # only with the perplexity check on, which then judges it, and only for chat rows (a text task's score is
+    # its perplexity, measured anyway).
+    defer = len(names) > 1 and bool(probe.conversations and probe.ppl_ids and gate.reference_ppl)
+    results = [_make_and_check(ExportFile(format="gguf", qtype=names[0], path=str(base)), lambda: base, probe, gate,
+                               ask=not defer)]
     results[0].seconds = round(time.monotonic() - start, 3)  # the conversion counts as making it
 
     def make(qtype: str, auto: str = "") -> ExportFile:
@@ -354,6 +390,8 @@ def export_files(model_dir: str | Path, out_dir: str | Path, types: list[str], p
                 break
         else:
             log.warning("auto: none of %s passed the gate; see each file's reason", list(auto_types))
+    if defer:
+        _settle_converted(results[0], results[1:], probe, gate)
     return results
 
 
@@ -386,9 +424,12 @@ def export_gguf(model_dir: str, out_dir: Path, records: list[dict], cfg: ExportC
         probe = Probe(conversations=[messages(r, with_answer=False) for r in rows],
                       answers=[r["assistant"] for r in rows], max_tokens=checks.max_new_tokens,
                       metric=probe_metric(rows, checks.metric), ppl_ids=merged.ppl_ids)
-    files = export_files(model_dir, out_dir, cfg.gguf_types, probe, gate_for(cfg, merged), auto_types=cfg.auto_types)
+    gate = gate_for(cfg, merged)
+    files = export_files(model_dir, out_dir, cfg.gguf_types, probe, gate, auto_types=cfg.auto_types)
     if probe.conversations:
-        serve_shipped(files, probe)  # served by llama.cpp's server, asked through the openai client
+        # Served by llama.cpp's server, asked through the openai client; a file that was not asked its rows yet
+        # (the converted one, when the smaller file it stood behind fails serving) is asked them first.
+        serve_shipped(files, probe, cfg.serve_rows, ask=lambda f: ask_deferred(f, probe, gate))
     else:
         log.info("serving check skipped: a text task (evaluate.metric perplexity) has no prompts to ask the server")
     if checks.benchmarks:

@@ -74,7 +74,9 @@ class ExportFile(BaseModel):
     sha256: str = ""
     score: float = 0.0  # mean task metric on the checked rows
     # False: the rows were not asked, because the file's perplexity had already rejected it (export_gguf saves
-    # the 200 generations that could not change the verdict); `score` is then not a measurement.
+    # the 200 generations that could not change the verdict), or because it is the converted GGUF file (F16),
+    # judged on its perplexity while a smaller file made from it passed them and ships; `score` is then not a
+    # measurement.
     asked: bool = True
     eos_share: float = 0.0
     passed: bool = False
@@ -103,7 +105,9 @@ class ExportFile(BaseModel):
         """The task score as the reports print it, or why there is none."""
         from tuneline.eval.scoring import show
 
-        return show(metric, self.score) if self.asked else "not asked (perplexity rejected it)"
+        if self.asked:
+            return show(metric, self.score)
+        return "not asked (a smaller file ships)" if self.passed else "not asked (perplexity rejected it)"
 
     @property
     def predictions(self) -> list[str]:

@@ -1,7 +1,7 @@
 """The serving check: a GGUF file served the way users run it, asked the gate's questions through a real client.
 
-    check = serve_check(file, probe)      # ServeCheck: served answers == the gate's, every one ended by a stop
-    serve_shipped(files, probe)           # export_gguf runs this after the gate, on the file that ships
+    check = serve_check(file, probe, rows=50)   # ServeCheck: served answers == the gate's, each ended by a stop
+    serve_shipped(files, probe, rows=50)        # export_gguf runs this after the gate (export.serve_rows)
 
     # what the check starts, and what a user runs in the export dir:
     python -m llama_cpp.server --model model-Q8_0.gguf --host 127.0.0.1 --port 8000
@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tuneline.export.gate import Probe
@@ -128,14 +128,16 @@ def ask(url: str, conversations: list[list[dict]], max_tokens: int) -> list[tupl
     return out
 
 
-def serve_check(file: ExportFile, probe: Probe) -> ServeCheck:
-    """Serve `file` and compare every served answer with the gate's in-process one (file.samples)."""
+def serve_check(file: ExportFile, probe: Probe, rows: int | None = None) -> ServeCheck:
+    """Serve `file`, ask it the first `rows` of the gate's prompts (None: all) and compare every served answer
+    with the gate's in-process one (file.samples)."""
     server, ollama = user_commands(file)
-    check = ServeCheck(n=len(probe.conversations), command=server, ollama=ollama)
+    conversations = probe.conversations[:rows]
+    check = ServeCheck(n=len(conversations), command=server, ollama=ollama)
     start = time.monotonic()
     try:
         with llama_server(file.path) as url:
-            served = ask(url, probe.conversations, probe.max_tokens)
+            served = ask(url, conversations, probe.max_tokens)
         check.served = True
     except Exception as exc:  # a server that does not start or answer marks the file; the export goes on
         check.error = f"{type(exc).__name__}: {exc}"
@@ -153,12 +155,17 @@ def serve_check(file: ExportFile, probe: Probe) -> ServeCheck:
     return check
 
 
-def serve_shipped(files: list[ExportFile], probe: Probe) -> ExportFile | None:
-    """Run the serving check on the file that ships (records.shipped: the smallest passing GGUF file). A failure
-    marks that file as not passed and the next smallest is served in its place, so whatever ships was served;
-    None when no file passes."""
+def serve_shipped(files: list[ExportFile], probe: Probe, rows: int | None = None,
+                  ask: Callable[[ExportFile], None] | None = None) -> ExportFile | None:
+    """Run the serving check (`rows` prompts, None: all) on the file that ships (records.shipped: the smallest
+    passing GGUF file). A failure marks that file as not passed and the next smallest is served in its place, so
+    whatever ships was served; None when no file passes. `ask`: the gate's task rows for a file that was passed on
+    its perplexity alone (export_files' converted file), run before it is served."""
     while (file := shipped(files)) is not None:
-        file.serve = check = serve_check(file, probe)
+        if not file.asked and ask is not None:
+            ask(file)
+            continue  # its verdict may have changed: shipped() again
+        file.serve = check = serve_check(file, probe, rows)
         log.info("serving check on %s: %s/%s identical, %s/%s stopped (%.1fs)\n  serve it: %s\n  or: %s",
                  Path(file.path).name, check.identical, check.n, check.stopped, check.n, check.seconds,
                  check.command, check.ollama)

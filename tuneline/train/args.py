@@ -11,13 +11,13 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, Field
 
-from tuneline.config import DPOConfig, SFTConfig
+from tuneline.config import DPOConfig, RewardModelConfig, SFTConfig
 from tuneline.model.precision import use_bf16
 from tuneline.train import checkpoints
 from tuneline.versions import TRAINING_LIBRARIES, package_versions
 
 
-def trainer_args(cfg: SFTConfig | DPOConfig, out: Path, save_steps: int | None = None) -> dict:
+def trainer_args(cfg: SFTConfig | DPOConfig | RewardModelConfig, out: Path, save_steps: int | None = None) -> dict:
     """Arguments every tuneline trainer uses: the schedule from its config section, bf16 autocast where the
     hardware has it, run-keyed checkpoints (optimizer, scheduler and RNG states with them: a re-run resumes
     exactly), no hub, no wandb. Trainable (LoRA) weights stay fp32 under autocast."""
@@ -38,6 +38,9 @@ def trainer_args(cfg: SFTConfig | DPOConfig, out: Path, save_steps: int | None =
         save_total_limit=1,
         report_to=[],
         bf16=use_bf16(cfg.bf16),
+        # Every section says it (TRL's trainers default to on). DPO's null means "as SFT" and is resolved by the
+        # pipeline (DPOConfig.after_sft); a direct call with null trains without.
+        gradient_checkpointing=bool(cfg.gradient_checkpointing),
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
         disable_tqdm=False,

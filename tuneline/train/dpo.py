@@ -48,7 +48,7 @@ from tuneline.eval.scoring import metric_name, score_items
 from tuneline.eval.task import generate_rows, row_metrics
 from tuneline.model.adapters import is_adapter_dir, load_adapter, load_full
 from tuneline.model.base import BaseModelRef, load_model, load_tokenizer
-from tuneline.model.precision import training_dtype, use_bf16
+from tuneline.model.precision import eval_autocast, training_dtype, use_bf16
 from tuneline.train.args import TrainResult, loss_span, trainable_parameters, trainer_args
 from tuneline.train.checkpoints import (
     CheckpointMirror,
@@ -318,7 +318,8 @@ def train(ref: BaseModelRef, sft_dir: str, sft_method: str, mining_records: list
     t0 = time.perf_counter()
     mined, mining = [], Mining(metric=metric, min_margin=cfg.min_margin)
     if cfg.mine_mistakes:
-        mined, mining = mine_pairs(model, tok, mining_records, max_new_tokens, batch_size, metric, cfg.min_margin)
+        with eval_autocast(cfg.bf16, four_bit=sft_method == "qlora"):  # generation only: as the evaluation answers
+            mined, mining = mine_pairs(model, tok, mining_records, max_new_tokens, batch_size, metric, cfg.min_margin)
     guard_4bit(model)  # generation must not have left a 4-bit weight in the layout without a backward
     mining_seconds = time.perf_counter() - t0
     pairs = mined + user_pairs(pref_rows)

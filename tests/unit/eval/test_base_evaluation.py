@@ -13,6 +13,7 @@ from tuneline.eval.evaluate import BaseEvaluation, EvalRows, base_key, base_sett
 from tuneline.eval.perplexity import general_texts, perplexity
 from tuneline.eval.task import score_task
 from tuneline.model.base import load_model
+from tuneline.model.precision import eval_autocast
 
 # Short general texts: a long one's logits (tokens x 49k vocabulary floats) cost seconds on the tiny model.
 TEXTS = [" ".join(f"token{(i * 5 + j) % 11} in a text" for j in range(3 + 2 * i)) for i in range(4)]
@@ -41,9 +42,11 @@ def test_base_result_equals_scoring_the_base_inline(tiny_ref, tiny_tok, rows, cf
     records = rows.rows[:8]
     base = evaluate_base(tiny_ref, records, cfg, 3)
     model = load_model(tiny_ref).eval()
-    inline = score_task(model, tiny_tok, records, 3, cfg.batch_size, cfg.metric)
+    with eval_autocast(cfg.bf16):  # as evaluate_base scores (evaluate.bf16)
+        inline = score_task(model, tiny_tok, records, 3, cfg.batch_size, cfg.metric)
+        ppl = perplexity(model, tiny_tok, general_texts(cfg))
     assert base.task.predictions == inline.predictions and base.task.per_item == inline.per_item
-    assert base.perplexity.per_item == pytest.approx(perplexity(model, tiny_tok, general_texts(cfg)).per_item, abs=1e-5)
+    assert base.perplexity.per_item == pytest.approx(ppl.per_item, abs=1e-5)
     assert base.benchmarks == {} and not base.quantize_4bit
     # A stored result (the artifact) fits the same rows and settings, and nothing else.
     stored = BaseEvaluation.model_validate_json(base.model_dump_json())

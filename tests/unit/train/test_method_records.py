@@ -60,3 +60,16 @@ def test_result_metadata_holds_what_makes_the_run_reproducible():
     assert {f"version_{n}" for n in ("python", *TRAINING_LIBRARIES)} <= set(meta)
     assert meta["version_torch"] == package_versions("torch")["torch"]
     assert package_versions("no-such-package-here") == {"no-such-package-here": None}
+
+
+def test_gradient_checkpointing_is_each_sections_choice_not_trls_default(tmp_path):
+    """TRL's DPOConfig and RewardConfig turn gradient checkpointing on by default: ~1.3x the compute per DPO step
+    on the default run, where the activations fit. Every section now says it; DPO's null follows the SFT run."""
+    from tuneline.config import RewardModelConfig
+    from tuneline.train.dpo import trl_args
+
+    assert trl_args(DPOConfig().after_sft(False), tmp_path).gradient_checkpointing is False
+    assert trl_args(DPOConfig().after_sft(True), tmp_path).gradient_checkpointing is True  # auto picked it for SFT
+    assert DPOConfig(gradient_checkpointing=False).after_sft(True).gradient_checkpointing is False
+    assert trainer_args(RewardModelConfig(), tmp_path)["gradient_checkpointing"] is False
+    assert trainer_args(SFTConfig(gradient_checkpointing=True), tmp_path)["gradient_checkpointing"] is True
