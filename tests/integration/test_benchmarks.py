@@ -110,19 +110,25 @@ def test_peft_model_runs_in_memory_with_its_adapter(tiny):
 @pytest.mark.parametrize("bf16", ["true", "false"])
 def test_evaluate_bf16_reaches_every_forward_of_the_base_evaluation(tiny, tiny_data, bf16):
     """evaluate.bf16 (precision.eval_autocast around evaluate_base): the task rows, lm-eval's MMLU loglikelihoods and
-    GSM8K generations and the perplexity all compute in bf16; lm-eval's HFLM, which wraps each forward in an
-    autocast of its own, must not switch the caller's off. "false" keeps every forward in fp32."""
+    GSM8K generations compute in bf16; lm-eval's HFLM, which wraps each forward in an autocast of its own, must not
+    switch the caller's off. "false" keeps every forward in fp32. General-text perplexity is fp32 either way."""
     import torch
 
     from tuneline.eval.evaluate import evaluate_base
+    from tuneline.eval.perplexity import perplexity
     from tuneline.model.base import load_model
+    from tuneline.model.precision import eval_autocast
 
     ref, tok = tiny
     model = load_model(ref).eval()
     seen = []
     model.model.layers[0].mlp.down_proj.register_forward_hook(lambda m, args, out: seen.append(out.dtype))
     records = tiny_data.task[tiny_data.task.split == "eval"].head(4).to_dict("records")
-    cfg = _cfg("cloze").model_copy(update={"bf16": bf16})
+    cfg = _cfg("cloze").model_copy(update={"bf16": bf16, "perplexity": None})
     result = evaluate_base(ref, records, cfg, 4, model=model, tokenizer=tok)
-    assert set(result.benchmarks) == {"mmlu", "gsm8k"} and result.perplexity is not None
+    assert set(result.benchmarks) == {"mmlu", "gsm8k"} and result.task.n == 4
     assert len(seen) > 10 and set(seen) == {torch.bfloat16 if bf16 == "true" else torch.float32}
+    seen.clear()
+    with eval_autocast(bf16):
+        perplexity(model, tok, ["A short general text about a lost card.", "Another one, about a transfer."])
+    assert seen and set(seen) == {torch.float32}
