@@ -5,13 +5,14 @@ through the sources, so a new helper module counts without being listed anywhere
 
 The files are read, never imported: a step's list is made while the pipeline is defined, where no model library
 may load. Two keys use it: a training checkpoint's (`tuneline.train.checkpoints.code_version`) and each ZenML
-step's cache key (`steps/_cache.py`), so that a change to the code a step runs re-runs that step.
+step's cache key (`code_key`, through `steps/_cache.py`), so that a change to the code a step runs re-runs it.
 """
 
 from __future__ import annotations
 
 import ast
 import functools
+import hashlib
 from pathlib import Path
 
 from tuneline.paths import PROJECT_ROOT
@@ -34,6 +35,14 @@ def module_files(module: str, root: Path = PROJECT_ROOT) -> dict[str, Path]:
         seen[name] = path
         todo += [n for n in _imports(path.read_text()) if n.split(".")[0] in PACKAGES]
     return seen
+
+
+def code_key(module: str, root: Path = PROJECT_ROOT) -> str:
+    """A hash of the names and sources of `module_files(module, root)`."""
+    digest = hashlib.sha256()
+    for name, path in sorted(module_files(module, root).items()):
+        digest.update(f"{name}\n{path.read_text()}\x00".encode())
+    return digest.hexdigest()
 
 
 @functools.cache  # keyed by the text: the 17 steps share most of their files, each parsed once

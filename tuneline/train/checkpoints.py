@@ -22,7 +22,7 @@ from transformers import TrainerCallback
 
 from tuneline.model.base import sha256_file
 from tuneline.paths import PROJECT_ROOT
-from tuneline.sources import module_files
+from tuneline.sources import code_key
 from tuneline.versions import TRAINING_LIBRARIES, package_versions
 
 CHECKPOINT_ROOT = Path(os.environ.get("TUNELINE_CHECKPOINTS", "~/.cache/tuneline/checkpoints")).expanduser()
@@ -56,11 +56,10 @@ def dir_hash(path: str | Path) -> str:
 @functools.cache
 def code_version(module: str) -> str:
     """A key of the code that trains: the source of `module` and of every project module it imports
-    (`tuneline.sources.module_files`), plus the versions of the training libraries. A change to either can
+    (`tuneline.sources.code_key`), plus the versions of the training libraries. A change to either can
     change the numbers, or leave a checkpoint the new code would resume from inexactly."""
-    files = module_files(module, PROJECT_ROOT)
     versions = json.dumps(package_versions(*TRAINING_LIBRARIES), sort_keys=True)
-    return run_key(versions, *(f"{name}\n{path.read_text()}" for name, path in sorted(files.items())))
+    return run_key(versions, code_key(module, PROJECT_ROOT))
 
 
 def checkpoint_dir(kind: str, key: str) -> Path:
