@@ -289,7 +289,7 @@ def _make_and_check(entry: ExportFile, make, probe: Probe, gate: Gate, ask: bool
 
             task = gguf_perplexity(path, probe.task_ids)
             entry.score, entry.per_item = task.ppl, task.per_item
-        elif gate.ppl_rejects(entry) or not ask:  # ~45 s of generation on the default run that cannot change the verdict
+        elif gate.ppl_rejects(entry) or not ask:  # ~45 s of generation that cannot change the verdict (yet)
             entry.asked = False
         else:
             _ask_rows(entry, probe)
