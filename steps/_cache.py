@@ -31,7 +31,7 @@ def code_cache(module: str) -> CachePolicy:
     """ZenML's default policy plus the hash of the project files `module` runs."""
 
     def key() -> str:
-        return code_key(module, sys.modules[__name__].ROOT)
+        return code_key(module, ROOT)  # looked up at call time: a test's monkeypatch of ROOT reaches it
 
     key.__name__ = key.__qualname__ = KEY_FUNCTION
     key.__module__ = module

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Literal
 
 from pydantic import BaseModel
 
@@ -43,7 +44,7 @@ class ExportChecks(BaseModel):
     gsm8k: GSM8KConfig | None = None
     benchmark_batch_size: int = 4
     seed: int = 0
-    bf16: str = "auto"  # evaluate.bf16: the merged reference is scored as the evaluation scored the candidates
+    bf16: Literal["auto", "true", "false"] = "auto"  # evaluate.bf16: the merged reference is scored as the evaluation scored the candidates
     # data.max_new_tokens as the data step resolved it (the export steps set it from task_data: with_length), so
     # every file answers with as many tokens as the evaluation and DPO mining did.
     max_new_tokens: int = 16
