@@ -241,8 +241,9 @@ def _export_perplexity(report: EvalReport, exports: list[ExportFile], reference:
     (they scored evaluate.perplexity's texts, in order, on the same token ids)."""
     ppl, nll = dict(report.perplexity), dict(report.nll_changes)
     base = report.perplexity.get("base")
+    # A file the gate stopped scoring early (perplexity_bound) has fewer texts than the base: rejected, never paired.
     named = {"merged": reference} | {e.candidate: PerplexityResult(ppl=e.perplexity, per_item=e.nll_per_item)
-                                     for e in exports if e.nll_per_item}
+                                     for e in exports if e.nll_per_item and e.perplexity_bound is None}
     for name, res in named.items():
         if res is None or base is None:
             continue

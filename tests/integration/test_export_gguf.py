@@ -198,6 +198,30 @@ def test_auto_rejects_over_the_perplexity_limit_and_picks_the_next(ggufs, model_
     assert f16.score_text("exact_match") == "not asked (a smaller file ships)"
 
 
+def test_a_file_surely_over_its_limit_is_not_scored_on_the_rest_of_the_texts(ggufs, model_dir, tokenizer, tmp_path,
+                                                                               monkeypatch):
+    """With the merged model's per-text NLLs (gate_for gives them), the texts go LOOK at a time through llama.cpp;
+    a file whose rise is surely over its limit stops there and says so, a file within it is scored on every text."""
+    from tuneline.eval.perplexity import encode_texts, gguf_perplexity
+    from tuneline.export.gate import LOOK
+
+    monkeypatch.setattr(export_gguf, "convert", lambda src, dst, outtype: Path(shutil.copy(ggufs["F16"], dst)))
+    sentences = ["My card was lost yesterday and I need a new one.", "Where is my top up?",
+                 "Why was I charged twice for the same coffee?", "How long does a transfer to Germany take?"]
+    ids = encode_texts(tokenizer, [f"{s} ({i})" for i in range(12) for s in sentences])  # 48 texts
+    own = gguf_perplexity(ggufs["F16"], ids)
+    # The "merged model" is 0.3 nats a token better than the F16 file on every text: every file is ~+35 % over it.
+    gate = Gate(reference_accuracy=0.0, max_accuracy_drop=0.0, min_eos_share=0.0, reference_ppl=own.ppl / 1.35,
+                reference_nll=[x - 0.3 for x in own.per_item], max_ppl_increase={"F16": 0.5, "*": 0.05})
+    files = export_gguf.export_files(model_dir, tmp_path, ["F16", "Q4_0"], _probe(["a", "b"], ppl_ids=ids), gate)
+    f16, q4 = files
+    assert f16.perplexity_bound is None and len(f16.nll_per_item) == len(ids)  # within its (loose) limit: all texts
+    assert f16.nll_per_item == pytest.approx(own.per_item) and f16.perplexity == pytest.approx(own.ppl)
+    assert len(q4.nll_per_item) == LOOK and q4.perplexity_bound > 0.05 and not q4.passed and not q4.asked
+    assert f"perplexity on the first {LOOK} of {len(ids)} texts" in q4.reason
+    assert f"the other {len(ids) - LOOK} texts were not scored" in q4.reason
+
+
 def test_the_converted_file_is_asked_when_no_smaller_file_passes(ggufs, model_dir, tokenizer, tmp_path, monkeypatch):
     from tuneline.eval.perplexity import encode_texts, gguf_perplexity
 

@@ -21,9 +21,11 @@ file:line and reason, and only a file with fewer than 2 usable texts is an error
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -216,15 +218,34 @@ def perplexities(model, tokenizer, texts: list[str], adapters: list[str] | None,
 def gguf_perplexity(path: str | Path, encoded: list[list[int]]) -> PerplexityResult:
     """Perplexity of a GGUF file (llama.cpp) on token ids from `encode_texts`: the same tokens and the
     same per-text NLLs as `perplexity` on the HF model, so the two compare item by item."""
+    start = time.perf_counter()
+    with gguf_scorer(path, encoded) as score:
+        per_item = score(0, len(encoded))
+    n_tok = [len(ids) - 1 for ids in encoded]
+    return perplexity_result([x * n for x, n in zip(per_item, n_tok)], n_tok, start)
+
+
+@contextlib.contextmanager
+def gguf_scorer(path: str | Path, encoded: list[list[int]]) -> Iterator[Callable[[int, int], list[float]]]:
+    """`score(start, end)`: the mean next-token NLL of each of encoded[start:end] under the GGUF file, one model load
+    for every call inside the block (the export gate scores the texts a look at a time: gate.judge_perplexity)."""
     from tuneline.eval.gguf_lm import GGUFLM
 
-    start = time.perf_counter()
     lm = GGUFLM(path, n_ctx=max(2048, max(map(len, encoded)) + 1))
+    bar = progress(desc=f"perplexity {Path(path).name}", unit="text", total=len(encoded))
+
+    def score(start: int, end: int) -> list[float]:
+        out = []
+        for ids in encoded[start:end]:
+            out.append(_gguf_nll(lm.llm, ids) / (len(ids) - 1))
+            bar.update()
+        return out
+
     try:
-        nll = [_gguf_nll(lm.llm, ids) for ids in progress(encoded, f"perplexity {Path(path).name}", "text")]
+        yield score
     finally:
+        bar.close()
         lm.close()
-    return perplexity_result(nll, [len(ids) - 1 for ids in encoded], start)
 
 
 def _gguf_nll(llm, ids: list[int]) -> float:

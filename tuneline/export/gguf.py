@@ -34,8 +34,8 @@ from tuneline.config import ExportConfig
 from tuneline.data.records import messages
 from tuneline.disk_space import MARGIN, dir_bytes, need_free
 from tuneline.eval.scoring import score_items
-from tuneline.export.gate import (ExportChecks, Gate, Probe, checked_rows, gate_for, probe_metric, reference_for,
-                                  verdict)
+from tuneline.export.gate import (ExportChecks, Gate, Probe, checked_rows, gate_for, judge_perplexity, probe_metric,
+                                  reference_for, verdict)
 from tuneline.export.gguf_types import GGUF_FTYPES
 from tuneline.export.records import ExportFile, ExportResult, ExportSample, MergedReference, shipped
 from tuneline.export.serve import serve_shipped
@@ -281,9 +281,10 @@ def _make_and_check(entry: ExportFile, make, probe: Probe, gate: Gate, ask: bool
         path = make()
         entry.size_bytes, entry.sha256 = path.stat().st_size, sha256_file(path)
         if probe.ppl_ids and gate.reference_ppl:
-            from tuneline.eval.perplexity import gguf_perplexity
+            from tuneline.eval.perplexity import gguf_scorer
 
-            entry.score_perplexity(gguf_perplexity(path, probe.ppl_ids), gate.reference_ppl)
+            with gguf_scorer(path, probe.ppl_ids) as score:
+                judge_perplexity(entry, score, [len(ids) - 1 for ids in probe.ppl_ids], gate)
         if probe.task_ids:  # a text task: the held-out documents' perplexity is the task score
             from tuneline.eval.perplexity import gguf_perplexity
 

@@ -36,7 +36,8 @@ from pydantic import BaseModel  # noqa: E402
 
 from tuneline.config import ExportConfig, QuantizeConfig  # noqa: E402
 from tuneline.disk_space import dir_bytes  # noqa: E402
-from tuneline.export.gate import ExportChecks, checked_rows, gate_for, reference_for, verdict  # noqa: E402
+from tuneline.export.gate import (ExportChecks, checked_rows, gate_for, judge_perplexity, reference_for,  # noqa: E402
+                                  verdict)
 from tuneline.export.records import ExportFile, ExportResult, ExportSample, MergedReference  # noqa: E402
 from tuneline.model.base import sha256_file  # noqa: E402
 from tuneline.progress import progress  # noqa: E402
@@ -307,7 +308,8 @@ def export_quantized(model_dir: str, out_dir: Path, method: Method, train_record
     # config, copied into the export; the report shows "-" for it.
     gate = gate_for(cfg, merged, min_eos_share=0.0)
     if texts:  # first, as for GGUF files: the cheaper check, and a rejection needs no task rows
-        entry.score_perplexity(perplexity(model, tok, texts), merged.perplexity.ppl)
+        judge_perplexity(entry, lambda start, end: perplexity(model, tok, texts[start:end]).per_item,
+                         [len(ids) - 1 for ids in merged.ppl_ids], gate)
     if not lower_is_better(checks.metric) and gate.ppl_rejects(entry):
         entry.asked = False  # ~25 s of generation on the default run that cannot change the verdict
     else:

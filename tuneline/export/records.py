@@ -87,8 +87,12 @@ class ExportFile(BaseModel):
     modelfile: str = ""  # Ollama Modelfile beside a passed file
     modelfile_note: str = ""  # why a passed file has no Modelfile ("no Modelfile: ..."); it stays passed
     perplexity: float | None = None  # on the general texts, same token ids as the merged model's
-    perplexity_increase: float | None = None  # relative to the merged model (0.01 = +1 %)
+    perplexity_increase: float | None = None  # relative to the merged model on the same texts (0.01 = +1 %)
+    perplexity_reference: float | None = None  # the merged model's perplexity on the texts this file was scored on
     nll_per_item: list[float] = []  # per text, pairs with the candidates' PerplexityResult.per_item
+    # Set when the gate stopped scoring early (gate.judge_perplexity): the rise's lower bound on the texts scored
+    # (nll_per_item, fewer than all) was already over the limit. None: every text was scored.
+    perplexity_bound: float | None = None
     auto: str = ""  # "tried" / "picked" when `auto` in the types chose among export.auto_types
     versions: dict[str, str | None] = {}  # the tools that made and checked the file
     benchmarks: dict[str, BenchmarkResult] = {}  # MMLU / GSM8K on this file: the file that ships (`shipped`)
@@ -117,11 +121,6 @@ class ExportFile(BaseModel):
     def eos_measured(self) -> bool:
         """GGUF answers report why they stopped; GPTQ/AWQ stop on the merged model's generation config."""
         return self.format == "gguf"
-
-    def score_perplexity(self, ppl: PerplexityResult, reference_ppl: float) -> None:
-        """Record a PerplexityResult on the general texts and its rise over the merged model's."""
-        self.perplexity, self.nll_per_item = ppl.ppl, ppl.per_item
-        self.perplexity_increase = ppl.ppl / reference_ppl - 1
 
 
 def shipped(files: list[ExportFile]) -> ExportFile | None:
