@@ -28,7 +28,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from tuneline.config import EvaluateConfig, ExportConfig, GSM8KConfig, MMLUConfig, PerplexityConfig
-from tuneline.eval.perplexity import GeneralText
+from tuneline.eval.perplexity import GeneralText, perplexity_result
 from tuneline.eval.scoring import lower_is_better
 from tuneline.export.records import ExportFile, MergedReference
 
@@ -146,9 +146,9 @@ def judge_perplexity(entry: ExportFile, score: Callable[[int, int], list[float]]
 
 
 def _weighted_ppl(nll: list[float], tokens: list[int]) -> float:
-    """Token-weighted perplexity of the first len(nll) texts from their mean NLLs."""
+    """Token-weighted perplexity of the first len(nll) texts from their mean NLLs (perplexity_result's)."""
     n = tokens[: len(nll)]
-    return math.exp(sum(x * t for x, t in zip(nll, n)) / sum(n))
+    return perplexity_result([x * t for x, t in zip(nll, n)], n, start=0.0).ppl
 
 
 def _rise_lower_bound(nll: list[float], reference: list[float], tokens: list[int]) -> float:
