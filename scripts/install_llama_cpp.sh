@@ -5,6 +5,7 @@
 #
 #   scripts/install_llama_cpp.sh .venv
 #   scripts/install_llama_cpp.sh --fetch-sdist     # only fetch and verify the sdist; prints its path
+#   CMAKE_ARGS="$(scripts/install_llama_cpp.sh --cmake-args)" pip install ...   # build flags: no AMX (below)
 #
 # Idempotent: does nothing when `import llama_cpp` works in the venv and the converter there
 # ($VENV_DIR/share/tuneline/llama.cpp) was extracted from the pinned sdist.
@@ -22,6 +23,12 @@ VERSION=0.3.36
 # --no-binary :all: llama-cpp-python==0.3.36`, then `sha256sum`). Change it only together with VERSION.
 SDIST_SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
 SDIST_NAME="llama_cpp_python-$VERSION.tar.gz"
+# llama.cpp is built for this CPU (-march=native), but without its AMX matmul backend: on CPUs with AMX
+# (Intel Sapphire Rapids and later, common in clouds) every quantized file of SmolLM2-135M (Q4_0 .. Q8_0, K-quants)
+# segfaults in its first llama_decode there (ggml-org/llama.cpp#20824, open), killing the whole pipeline run.
+# -U drops the compiler's __AMX_INT8__, which alone compiles that backend in; AVX512/VNNI kernels stay.
+# `--cmake-args` prints them for the other builds of the lock's llama-cpp-python (Makefile, docker/Dockerfile.gpu).
+CMAKE_ARGS_NO_AMX="-DCMAKE_C_FLAGS=-U__AMX_INT8__ -DCMAKE_CXX_FLAGS=-U__AMX_INT8__"
 # What convert_hf_to_gguf.py (and convert_lora_to_gguf.py, for export.lora_adapters) needs beside itself: the `conversion` package it imports, the
 # gguf-py it puts first on sys.path, and models/templates, which some model classes read.
 PARTS=(convert_hf_to_gguf.py convert_lora_to_gguf.py conversion gguf-py models/templates LICENSE)
@@ -101,6 +108,10 @@ extract_converter() {
 }
 
 main() {
+    if [ "${1:-}" = "--cmake-args" ]; then
+        echo "$CMAKE_ARGS_NO_AMX"
+        return
+    fi
     if [ "${1:-}" = "--fetch-sdist" ]; then
         fetch_sdist "${PYTHON:-python3}"
         return
@@ -113,10 +124,12 @@ main() {
     [ -x "$py" ] || { say "$py not found: create the venv first"; return 1; }
 
     have_module() { "$py" -c 'import llama_cpp' >/dev/null 2>&1; }
+    # A build with the AMX backend (an earlier install, or a cached wheel) is rebuilt: see CMAKE_ARGS_NO_AMX.
+    amx_free() { "$py" -c 'import sys, llama_cpp; sys.exit(b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info())' >/dev/null 2>&1; }
     # A converter from an unverified sdist (no hash file, or another one) is replaced.
     have_converter() { [ -f "$dest/convert_hf_to_gguf.py" ] && [ -f "$dest/convert_lora_to_gguf.py" ] && [ "$(cat "$dest/SDIST_SHA256" 2>/dev/null)" = "$SDIST_SHA256" ]; }
 
-    if have_module && have_converter; then
+    if have_module && amx_free && have_converter; then
         say "llama_cpp $("$py" -c 'import llama_cpp; print(llama_cpp.__version__)') and converter in $dest already present: nothing to do"
         return
     fi
@@ -124,11 +137,12 @@ main() {
     sdist=$(fetch_sdist "$py")
     say "using sdist $sdist (sha256 verified)"
 
-    if ! have_module; then
-        # A source build (no wheel for CPU-only Linux on PyPI); several minutes on few cores.
+    if ! have_module || ! amx_free; then
+        # A source build (no wheel for CPU-only Linux on PyPI); several minutes on few cores. From the verified
+        # sdist, and not from pip's wheel cache, which may hold a wheel built with other flags.
         say "building and installing llama-cpp-python $VERSION from source (several minutes)"
-        # From the index (not the local sdist), so pip caches the built wheel for the next venv.
-        CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) "$py" -m pip install "llama-cpp-python==$VERSION"
+        CMAKE_ARGS="$CMAKE_ARGS_NO_AMX" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
+            "$py" -m pip install --no-cache-dir --force-reinstall --no-deps "$sdist"
     fi
 
     if ! have_converter; then
@@ -136,6 +150,7 @@ main() {
     fi
 
     "$py" -c 'import llama_cpp' || { say "import llama_cpp still fails"; return 1; }
+    amx_free || { say "llama_cpp still has llama.cpp's AMX backend: CMAKE_ARGS_NO_AMX did not take"; return 1; }
     say "done: llama_cpp $("$py" -c 'import llama_cpp; print(llama_cpp.__version__)'), converter $dest/convert_hf_to_gguf.py"
 }
 

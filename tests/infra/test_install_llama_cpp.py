@@ -153,3 +153,50 @@ def test_install_downloads_verifies_and_replaces_an_unverified_converter(tmp_pat
     assert (tmp_path / "xdg" / "tuneline" / f"llama-cpp-{VERSION}" / NAME).is_file()
     again = bash(tmp_path, f'main "{python.parent.parent}"', pin=pin, **env)
     assert again.returncode == 0 and "nothing to do" in again.stderr
+
+
+# Plays a venv whose llama_cpp was built with llama.cpp's AMX backend until a `pip install` rebuilds it: `-c` code
+# that asks about AMX fails before that; each `-m pip install ...` logs its CMAKE_ARGS and arguments to $PIP_LOG.
+AMX_PYTHON = """#!/usr/bin/env bash
+if [ "$1" = -m ]; then
+    prev=
+    for a in "$@"; do [ "$prev" = -d ] && { cp "$FAKE_SDIST" "$a/"; exit 0; }; prev=$a; done
+    echo "$CMAKE_ARGS | $*" >> "$PIP_LOG"
+    exit 0
+fi
+[ "$1" = -c ] && case "$2" in *AMX*) [ -f "$PIP_LOG" ] || exit 1 ;; *print*) echo 0.0.test ;; esac
+exit 0
+"""
+
+
+def test_cmake_args_build_without_amx_wherever_the_lock_is_built():
+    """The one set of flags (script --cmake-args) reaches each pip install that builds llama-cpp-python's sdist."""
+    args = subprocess.run(["bash", str(SCRIPT), "--cmake-args"], capture_output=True, text=True, check=True).stdout
+    assert args.split() == ["-DCMAKE_C_FLAGS=-U__AMX_INT8__", "-DCMAKE_CXX_FLAGS=-U__AMX_INT8__"]
+    takes = 'CMAKE_ARGS="$$(bash scripts/install_llama_cpp.sh --cmake-args)"'
+    makefile = (PROJECT_ROOT / "Makefile").read_text()
+    assert re.search(re.escape(takes) + r" \\\n\s+\$\(BIN\)/pip install .*-r docker/requirements-ci.lock", makefile)
+    dockerfile = (PROJECT_ROOT / "docker" / "Dockerfile.gpu").read_text()
+    assert re.search(re.escape(takes.replace("$$", "$")) + r".*\\\n\s+pip install .*-r docker/requirements-gpu.lock",
+                     dockerfile)
+
+
+def test_an_amx_build_is_rebuilt_from_the_verified_sdist(tmp_path):
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text(AMX_PYTHON)
+    (venv / "bin" / "python").chmod(0o755)
+    pin = fake_sdist(tmp_path / "served" / NAME)
+    env = {"FAKE_SDIST": str(tmp_path / "served" / NAME), "XDG_CACHE_HOME": str(tmp_path / "xdg"),
+           "PIP_LOG": str(tmp_path / "pip.log")}
+    # The converter is already in place: only the AMX build stands between this venv and "nothing to do".
+    bash(tmp_path, f'extract_converter "{tmp_path / "served" / NAME}" "{venv / "share" / "tuneline" / "llama.cpp"}"',
+         pin=pin)
+    proc = bash(tmp_path, f'main "{venv}"', pin=pin, **env)
+    assert proc.returncode == 0, proc.stderr
+    sdist = tmp_path / "xdg" / "tuneline" / f"llama-cpp-{VERSION}" / NAME
+    assert (tmp_path / "pip.log").read_text().splitlines() == [
+        f"-DCMAKE_C_FLAGS=-U__AMX_INT8__ -DCMAKE_CXX_FLAGS=-U__AMX_INT8__ | -m pip install --no-cache-dir "
+        f"--force-reinstall --no-deps {sdist}"]
+    again = bash(tmp_path, f'main "{venv}"', pin=pin, **env)
+    assert again.returncode == 0 and "nothing to do" in again.stderr

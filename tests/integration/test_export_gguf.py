@@ -123,6 +123,21 @@ def test_convert_failure_names_command(tmp_path):
         export_gguf.convert(tmp_path, tmp_path / "x.gguf", "f16")
 
 
+def test_llama_cpp_is_built_without_amx():
+    """On a CPU with AMX, llama.cpp's AMX backend segfaults in the first decode of every quantized file of
+    SmolLM2-135M (Q4_0 to Q8_0, measured 2026-12-04); `make setup` builds llama.cpp without it."""
+    assert b"AMX_INT8 = 1" not in llama_cpp.llama_print_system_info(), "run: bash scripts/install_llama_cpp.sh .venv"
+
+
+def test_an_amx_build_is_refused_before_any_file_is_made(model_dir, tmp_path, monkeypatch):
+    """A venv built before that fix gets an error naming the rebuild, not a segfault that takes the run down."""
+    monkeypatch.setattr(llama_cpp, "llama_print_system_info", lambda: b"CPU : AVX512 = 1 | AMX_INT8 = 1 | ")
+    with pytest.raises(export_gguf.ExportError, match=r"AMX backend.*bash scripts/install_llama_cpp.sh"):
+        export_gguf.export_files(model_dir, tmp_path, ["f16"], _probe(["a", "b"]),
+                                  Gate(reference_accuracy=1.0, max_accuracy_drop=0.05))
+    assert not list(tmp_path.iterdir())
+
+
 def _probe(answers, **kw) -> Probe:
     return Probe(conversations=CONVERSATIONS, answers=answers, max_tokens=4, **kw)
 

@@ -28,6 +28,7 @@ from pydantic import BaseModel
 from tuneline.data.records import messages
 from tuneline.eval.perplexity import perplexity
 from tuneline.eval.scoring import PERPLEXITY, check_metric, metric_name, score_items
+from tuneline.model.precision import cached_casts
 from tuneline.progress import progress
 
 
@@ -143,19 +144,20 @@ def generate_under(model, tokenizer, conversations: list[list[dict]], max_new_to
     model.eval()  # PEFT refuses adapter_names in training mode
     what = f"generating {len(prompts)} answers" + (f" x {len(groups)} candidates" if adapters else "")
     try:
-        for start in progress(range(0, len(order), batch_size), what, "batch"):
-            idx = order[start : start + batch_size]
-            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
-            enc = {k: v.repeat(len(groups), 1).to(model.device) for k, v in enc.items()}
-            routing = {"adapter_names": [a for a in groups for _ in idx]} if adapters else {}
-            gen = model.generate(
-                **enc, **routing, max_new_tokens=max_new_tokens, do_sample=False,
-                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-            )
-            texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-            for g in range(len(groups)):
-                for row, i in enumerate(idx):
-                    out[g][i] = texts[g * len(idx) + row]
+        with cached_casts(model):  # a PeftModel's frozen weights: cast to bf16 once, not every step
+            for start in progress(range(0, len(order), batch_size), what, "batch"):
+                idx = order[start : start + batch_size]
+                enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+                enc = {k: v.repeat(len(groups), 1).to(model.device) for k, v in enc.items()}
+                routing = {"adapter_names": [a for a in groups for _ in idx]} if adapters else {}
+                gen = model.generate(
+                    **enc, **routing, max_new_tokens=max_new_tokens, do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                )
+                texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                for g in range(len(groups)):
+                    for row, i in enumerate(idx):
+                        out[g][i] = texts[g * len(idx) + row]
     finally:
         tokenizer.padding_side = side
         model.train(was_training)

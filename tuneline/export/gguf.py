@@ -112,6 +112,17 @@ def run_converter(script: Path, args: list[str], out_file: Path) -> Path:
     return out_file
 
 
+def require_llama_cpp_without_amx() -> None:
+    """Refuse, before any file is loaded, a llama.cpp built with its AMX backend: on CPUs with AMX its matmul on
+    quantized files segfaults (ggml-org/llama.cpp#20824), which would kill the whole run, not fail one step."""
+    import llama_cpp
+
+    if b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info():
+        raise ExportError(f"llama-cpp-python in {sys.prefix} was built with llama.cpp's AMX backend, which crashes on "
+                          f"quantized GGUF files on this CPU: rebuild it without, `bash scripts/install_llama_cpp.sh "
+                          f"{sys.prefix}` (it checks the build and rebuilds it, several minutes)")
+
+
 # --- quantizing ---------------------------------------------------------------------------------
 
 
@@ -359,6 +370,7 @@ def export_files(model_dir: str | Path, out_dir: str | Path, types: list[str], p
     every type tried stays in the result, rejected ones with their reason, the pick with auto="picked".
     """
     names = _validate_types(types, auto_types)
+    require_llama_cpp_without_amx()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Each type is at most the model's size on disk (F16 of a float16 merge); auto may try all its types.
