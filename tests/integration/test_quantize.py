@@ -11,6 +11,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import json  # noqa: E402
+import threading  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -226,3 +227,10 @@ def test_perplexity_is_checked_first_and_a_rejected_file_is_not_asked_the_rows(t
     (entry,) = result.files
     assert entry.perplexity is not None and entry.asked is asked and entry.passed is asked
     assert len(entry.samples) == (4 if asked else 0) and ("task rows not asked" in entry.reason) is not asked
+    # GPTQModel's workers are gone (alive, they slowed llama.cpp's decoding in the process 3x); the second
+    # parametrization quantizes again in this process, on the pool GPTQModel rebuilds.
+    import gptqmodel
+
+    assert gptqmodel._DEVICE_THREAD_POOL is None
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("DPWorker-model_loader")], \
+        "the pool's own workers (GPTQModel keeps one more, outside the pool)"
