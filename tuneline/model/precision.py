@@ -74,7 +74,8 @@ def eval_autocast(setting: str, four_bit: bool = False) -> Iterator[bool]:
     all of it, not one per forward: autocast casts each weight once and keeps the copy while the context lasts,
     so a generation's decoding steps reuse it (weights that require grad; frozen ones: `cached_casts`). On the
     2-core CPU: 96 task rows 8.5 -> 5.2 s, MMLU 1.8x, the metric within a row of fp32's (docs/evaluation.md).
-    General-text perplexity opts out (perplexity.perplexities: the export gate's +0.5 % limit needs it exact). `four_bit` (a QLoRA base): bitsandbytes keeps its compute dtype."""
+    General-text perplexity opts out (perplexity.perplexities: the export gate's +0.5 % limit needs it exact).
+    `four_bit` (a QLoRA base): bitsandbytes keeps its compute dtype."""
     import torch
 
     if not use_bf16(setting) or four_bit:
