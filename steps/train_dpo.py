@@ -15,6 +15,7 @@ from steps._cache import code_cache
 from steps._cards import about
 from steps._checkpoints import mirror
 from steps._metadata import log
+from steps._process import run_training
 from steps._tracking import log_training
 from tuneline.artifacts import TrainedDir, step_output
 from tuneline.cards import adapter_card, write_card
@@ -36,10 +37,10 @@ def train_dpo(
     config = config.after_sft(bool(sft_adapter.metrics.get("gradient_checkpointing")))
     mining = task_data[task_data.split == "mining"].to_dict("records")
     with step_output("dpo-adapter") as out:  # deleted once the artifact store holds it
-        res = train(base, sft_adapter.path, sft_adapter.method, mining, preference_data.to_dict("records"), config,
-                    out, carried_length(task_data), config.mining_batch_size,
-                    mirror=mirror(checkpoint_artifacts, keep_checkpoints), metric=metric,
-                    reward_dir=reward_model.path if reward_model else None)
+        res = run_training(train, base, sft_adapter.path, sft_adapter.method, mining, preference_data.to_dict("records"),
+                           config, out, carried_length(task_data), config.mining_batch_size,
+                           mirror=mirror(checkpoint_artifacts, keep_checkpoints), metric=metric,
+                           reward_dir=reward_model.path if reward_model else None)
     log(res.metadata())  # the metrics, seed, data hash, base sha256 and library versions
     log_training("dpo", config.model_dump(mode="json"), res.history, res.metrics, res.reproducibility())
     adapter = TrainedDir(path=str(out), base=base, kind="dpo", method=sft_adapter.method,

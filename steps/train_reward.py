@@ -16,6 +16,7 @@ from steps._cache import code_cache
 from steps._cards import about
 from steps._checkpoints import mirror
 from steps._metadata import log
+from steps._process import run_training
 from steps._tracking import log_training
 from tuneline.artifacts import TrainedDir, step_output
 from tuneline.cards import adapter_card, write_card
@@ -37,8 +38,8 @@ def train_reward(
     mined, user = collect_pairs(base, sft_adapter.path, sft_adapter.method, mining, preference_data.to_dict("records"),
                                 mine_mistakes, carried_length(task_data), mining_batch_size, metric, min_margin)
     with step_output("reward-model") as out:  # deleted once the artifact store holds it
-        res = train(base, mined + user, config, out, mirror=mirror(checkpoint_artifacts, keep_checkpoints),
-                    extra_metrics={"pairs_mined": len(mined), "pairs_user": len(user), "mining_metric": metric})
+        res = run_training(train, base, mined + user, config, out, mirror=mirror(checkpoint_artifacts, keep_checkpoints),
+                           extra_metrics={"pairs_mined": len(mined), "pairs_user": len(user), "mining_metric": metric})
     log(res.metadata())  # held-out accuracy, pairs, seed, data hash, base sha256 and library versions
     log_training("reward_model", config.model_dump(mode="json"), res.history, res.metrics, res.reproducibility())
     model = TrainedDir(path=str(out), base=base, kind="reward", method="lora", parent=sft_adapter.path,

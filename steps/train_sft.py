@@ -13,6 +13,7 @@ from steps._cache import code_cache
 from steps._cards import about
 from steps._checkpoints import mirror
 from steps._metadata import log
+from steps._process import run_training
 from steps._tracking import log_training
 from tuneline.artifacts import TrainedDir, step_output
 from tuneline.cards import adapter_card, write_card
@@ -30,9 +31,9 @@ def train_sft(
 
     base = base.ensure()
     with step_output("sft-adapter") as out:  # deleted once the artifact store holds it
-        res = train(base, task_data[task_data.split == "train"].to_dict("records"), config, out, max_tokens,
-                    mirror=mirror(checkpoint_artifacts, keep_checkpoints),
-                    eval_records=task_data[task_data.split == "eval"].to_dict("records"))
+        res = run_training(train, base, task_data[task_data.split == "train"].to_dict("records"), config, out,
+                           max_tokens, mirror=mirror(checkpoint_artifacts, keep_checkpoints),
+                           eval_records=task_data[task_data.split == "eval"].to_dict("records"))
     log(res.metadata())  # the metrics, seed, data hash, base sha256 and library versions
     log_training("sft", config.model_dump(mode="json"), res.history, res.metrics, res.reproducibility())
     # method: auto is resolved by train() on this machine; the adapter records what actually trained.

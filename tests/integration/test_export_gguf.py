@@ -275,10 +275,14 @@ def test_lm_eval_on_the_gguf_matches_transformers(ggufs, model_dir, tokenizer):
               batch_size=1, device="cpu")
     want = hf.loglikelihood(reqs)
     lm = GGUFLM(ggufs["F32"], n_ctx=256)
+    evals, inner = [], lm.llm.eval
+    lm.llm.eval = lambda tokens: evals.append(lm.llm._logits_all) or inner(tokens)
     try:
         got = lm.loglikelihood(reqs)
     finally:
         lm.close()
+    # Each distinct context once without vocabulary logits, each continuation (with its context's last token) with.
+    assert evals.count(False) == 3 and evals.count(True) == len(reqs)
     for (g, g_greedy), (w, w_greedy) in zip(got, want, strict=True):
         assert abs(g - w) < 1e-2, (g, w)
     cfg = EvaluateConfig(mmlu=MMLUConfig(subjects=["marketing"], limit_per_subject=3),

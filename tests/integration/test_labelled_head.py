@@ -79,3 +79,53 @@ def test_the_held_out_loss_takes_the_labelled_head_and_equals_trls(tiny_cfg, tin
     theirs, _, _ = trainer.prediction_step(trainer.model, dict(batch), prediction_loss_only=True)
     assert torch.allclose(mine, theirs, atol=1e-5, rtol=1e-4), (mine, theirs)
     assert trainer.args.prediction_loss_only or trainer.args.eval_strategy == "no"
+
+
+def _dpo_forward(trainer, batch):
+    """TRL's fused-head forward of a DPO batch, as DPOTrainer._compute_loss calls it: per-token log-probs, grads."""
+    model = trainer.model
+    model.train()
+    model.zero_grad()
+    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels,
+                fused_lm_head=True, use_cache=False)
+    out.log_probs.sum().backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return out.log_probs.detach(), grads
+
+
+def test_dpo_scores_only_the_labelled_positions_on_cpu(tiny_cfg, tiny_ref, tiny_tok, monkeypatch, tmp_path):
+    """labelled_positions_only: TRL's fused head (DPO, KTO, GRPO, RLOO) projects only the completion tokens on a
+    CPU, where TRL 1.16 would project every prompt token too; the log-probabilities and gradients are the same."""
+    from peft import LoraConfig, get_peft_model
+
+    import trl.trainer.utils as fused
+    from tuneline.model.base import load_model
+    from tuneline.train.dpo import Pair, preference_trainer
+
+    monkeypatch.setattr(fused, "_use_triton", fused._use_triton)  # undone after the test, whatever it patched
+    torch.manual_seed(0)
+    model = get_peft_model(load_model(tiny_ref), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
+                                                             init_lora_weights=False))
+    prompt = [{"role": "user", "content": "Classify the banking intent: where is my new card"}]
+    pairs = [Pair(prompt=prompt, chosen="card_arrival", rejected=f"lost_or_stolen_card {i}", origin=str(i))
+             for i in range(4)]
+    cfg = tiny_cfg.dpo.model_copy(update={"batch_size": 4, "bf16": "false"})
+    trainer = preference_trainer(cfg, model, tiny_tok, pairs, tmp_path / "ckpt", [])
+    batch = next(iter(trainer.get_train_dataloader()))
+    labelled = int((batch["completion_mask"][:, 1:] != 0).sum())
+    assert labelled < batch["input_ids"][:, 1:].numel()  # the prompt has positions to leave out
+
+    scored = []
+    apply = fused._ChunkedLogProbFunction.apply
+    monkeypatch.setattr(fused._ChunkedLogProbFunction, "apply",
+                        lambda hidden, *a: scored.append(hidden.shape[0]) or apply(hidden, *a))
+    compact, compact_grads = _dpo_forward(trainer, batch)
+    assert fused._use_triton(torch.device("cpu")) and scored == [labelled]
+    monkeypatch.setattr(fused, "_use_triton", lambda device: False)  # TRL's CPU path: every position
+    full, full_grads = _dpo_forward(trainer, batch)
+    assert scored[-1] == batch["input_ids"][:, 1:].numel()
+    assert torch.allclose(compact, full, atol=1e-5), (compact - full).abs().max()
+    assert compact_grads.keys() == full_grads.keys() and compact_grads
+    for name, g in compact_grads.items():
+        assert torch.allclose(g, full_grads[name], atol=1e-6, rtol=1e-3), name

@@ -15,6 +15,7 @@ from transformers import TrainerCallback
 from zenml import pipeline
 from zenml.client import Client
 
+import steps._process as steps_process
 from pipelines.finetune import RETRY
 from pipelines.finetune import train_sft as retried_train_sft
 from steps.prepare_base import prepare_base
@@ -46,6 +47,9 @@ def sft_with_retries(config):
 
 @pytest.fixture()
 def fault(tmp_path, monkeypatch):
+    # In this process, where the fault is patched in: without a mirror the local orchestrator would train in a
+    # fresh process (steps/_process.py), which imports the unpatched code.
+    monkeypatch.setattr(steps_process, "call_in_fresh_process", lambda fn, *args, **kwargs: fn(*args, **kwargs))
     monkeypatch.setattr(checkpoints, "CHECKPOINT_ROOT", tmp_path / "ckpt")
     monkeypatch.setattr(checkpoints, "SAVE_STEPS", 2)
     die = DieAfterFirstCheckpoint()
@@ -65,3 +69,20 @@ def test_train_sft_dies_after_a_checkpoint_and_the_same_run_resumes_it(fault):
     step = run.steps["train_sft"]
     meta = step.run_metadata
     assert meta["steps"] == 5 and str(meta["resumed_from"]).endswith("checkpoint-2"), dict(meta)
+
+
+def test_train_sft_trains_in_a_fresh_process_and_its_output_reaches_the_steps_logs(tmp_path, monkeypatch, capsys):
+    """Under the local orchestrator, without a checkpoint mirror, SFT runs in a process of its own
+    (tuneline/fresh_process.py): it reads its checkpoint dir from the environment, not from this process's
+    patched module, and what it prints comes through this process's streams, which ZenML's step logs capture."""
+    monkeypatch.setattr(checkpoints, "CHECKPOINT_ROOT", tmp_path / "in-this-process")
+    monkeypatch.setenv("TUNELINE_CHECKPOINTS", str(tmp_path / "in-the-child"))
+    monkeypatch.setenv("TUNELINE_SAVE_STEPS", "1")
+    cfg = load(PROJECT_ROOT / "configs" / "tiny.yaml", ["sft.max_steps=2", "sft.eval_steps=null", "dpo.enabled=false"])
+    run = Client().get_pipeline_run(sft_with_retries(cfg).id)
+    assert str(run.status).endswith("completed"), run.status
+    assert run.steps["train_sft"].run_metadata["steps"] == 2
+    assert sorted(p.name for p in (tmp_path / "in-the-child").glob("sft-*/checkpoint-*")) == ["checkpoint-2"]
+    assert not (tmp_path / "in-this-process").exists()
+    out, err = capsys.readouterr()
+    assert "Tokenizing train dataset" in out + err  # TRL's progress, printed by the child

@@ -175,7 +175,6 @@ def perplexities(model, tokenizer, texts: list[str], adapters: list[str] | None,
     vocabulary floats), so each holds batch_size // len(adapters) texts; a text's NLL does not depend on its
     batch (right padding, causal attention) beyond float rounding."""
     import torch
-    import torch.nn.functional as F
 
     start = time.perf_counter()
     encoded = encode_texts(tokenizer, texts, max_length)
@@ -203,8 +202,7 @@ def perplexities(model, tokenizer, texts: list[str], adapters: list[str] | None,
                     n_tok[i] = len(encoded[i]) - 1
                 ids, mask = ids.repeat(len(names), 1).to(device), mask.repeat(len(names), 1).to(device)
                 routing = {"adapter_names": [n for n in names for _ in idx]} if adapters else {}
-                logits = model(input_ids=ids, attention_mask=mask, **routing).logits[:, :-1].float()
-                nll = (F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none") * mask[:, 1:]).sum(1)
+                nll = summed_nll(model, ids, mask, routing)
                 for c in range(len(names)):
                     for row, i in enumerate(idx):
                         nll_sum[c][i] = nll[c * len(idx) + row].item()
@@ -213,6 +211,41 @@ def perplexities(model, tokenizer, texts: list[str], adapters: list[str] | None,
     # One pass scored them all: each result carries its share of the time.
     share = (time.perf_counter() - start) / len(names)
     return [perplexity_result(s, n_tok, time.perf_counter() - share) for s in nll_sum]
+
+
+# Positions per LM-head matmul in summed_nll: 128 x 49,152 fp32 logits are 25 MB, under glibc's 32 MB ceiling for
+# reusing freed heap memory, so the chunks after the first take no fresh pages.
+HEAD_CHUNK = 128
+
+
+def summed_nll(model, ids, mask, routing: dict):
+    """Each row's summed next-token NLL over its real tokens (right padding), in fp32.
+
+    The model runs with logits_to_keep=1 and the LM head is applied to the final hidden states HEAD_CHUNK real
+    positions at a time, so the rows x tokens x vocabulary logits (690 MB for the default run's longest batch, and
+    as much again for their log-softmax) are never made: on the 2-core CPU those were ~1M fresh pages and 6-10 s
+    of kernel time per 100 texts. The model's own logits at the last position check that its head is the output
+    embedding alone (no softcapping, scaling or adapter on it); where they differ, the full logits are used."""
+    import torch
+    import torch.nn.functional as F
+
+    head, captured = model.get_output_embeddings(), []
+    hook = model.get_decoder().register_forward_hook(lambda _m, _a, out: captured.append(out[0] if isinstance(
+        out, tuple) else out.last_hidden_state))
+    try:
+        last = model(input_ids=ids, attention_mask=mask, logits_to_keep=1, **routing).logits[:, -1].float()
+    finally:
+        hook.remove()
+    hidden = captured[-1] if captured else None
+    if hidden is None or not torch.allclose(head(hidden[:, -1]).float(), last, atol=1e-4, rtol=1e-4):
+        logits = model(input_ids=ids, attention_mask=mask, **routing).logits[:, :-1].float()
+        return (F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none") * mask[:, 1:]).sum(1)
+    keep = mask[:, 1:].bool()
+    states, targets = hidden[:, :-1][keep], ids[:, 1:][keep]
+    per_token = torch.cat([F.cross_entropy(head(states[i : i + HEAD_CHUNK]).float(), targets[i : i + HEAD_CHUNK],
+                                           reduction="none") for i in range(0, len(targets), HEAD_CHUNK)])
+    return torch.zeros(len(ids), dtype=per_token.dtype, device=per_token.device).index_add_(
+        0, keep.nonzero()[:, 0], per_token)
 
 
 def gguf_perplexity(path: str | Path, encoded: list[list[int]]) -> PerplexityResult:

@@ -49,7 +49,7 @@ from tuneline.eval.task import generate_rows, row_metrics
 from tuneline.model.adapters import is_adapter_dir, load_adapter, load_full
 from tuneline.model.base import BaseModelRef, load_model, load_tokenizer
 from tuneline.model.precision import eval_autocast, training_dtype, use_bf16
-from tuneline.train.args import TrainResult, loss_span, trainable_parameters, trainer_args
+from tuneline.train.args import TrainResult, labelled_positions_only, loss_span, trainable_parameters, trainer_args
 from tuneline.train.checkpoints import (
     CheckpointMirror,
     checkpoint_dir,
@@ -211,6 +211,7 @@ def preference_trainer(cfg: DPOConfig, model, tok, pairs: list[Pair], ckpt: Path
     """DPOTrainer for sigmoid/ipo/hinge; ORPO and SimPO (CPOTrainer) need no reference model; KTO
     learns from unpaired answers. DPO and KTO copy the SFT adapter to a frozen "ref" adapter."""
     args = trl_args(cfg, ckpt)
+    labelled_positions_only()
     kwargs = dict(model=model, args=args, processing_class=tok, callbacks=callbacks)
     if cfg.loss_type == "orpo":
         from trl.experimental.orpo import ORPOTrainer

@@ -33,7 +33,7 @@ from tuneline.data.records import messages
 from tuneline.eval.scoring import score_items
 from tuneline.model.base import BaseModelRef, load_tokenizer
 from tuneline.model.precision import use_bf16
-from tuneline.train.args import TrainResult, loss_span, trainer_args
+from tuneline.train.args import TrainResult, labelled_positions_only, loss_span, trainer_args
 from tuneline.train.checkpoints import (
     CheckpointMirror,
     checkpoint_dir,
@@ -90,6 +90,7 @@ def trl_args(cfg: DPOConfig, out: Path, max_new_tokens: int):
 
 
 def rl_trainer(cfg: DPOConfig, model, tok, data: Dataset, reward, ckpt: Path, max_new_tokens: int, callbacks: list):
+    labelled_positions_only()
     kwargs = {"model": model, "reward_funcs": reward, "args": trl_args(cfg, ckpt, max_new_tokens),
               "train_dataset": data, "processing_class": tok, "callbacks": callbacks}
     if isinstance(reward, torch.nn.Module):  # the reward model reads the answers in the run's chat template
