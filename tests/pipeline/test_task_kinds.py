@@ -96,7 +96,10 @@ def run(request, tmp_path_factory):
     kind = request.param
     tmp = tmp_path_factory.mktemp(kind)
     # Fresh checkpoints: one left by an earlier session would be resumed from instead of training.
-    request.getfixturevalue("monkeypatch_module").setattr(checkpoints, "CHECKPOINT_ROOT", tmp / "ckpt")
+    # Patched for what trains in this process; in the environment for the fresh process (steps/_process.py).
+    patch = request.getfixturevalue("monkeypatch_module")
+    patch.setattr(checkpoints, "CHECKPOINT_ROOT", tmp / "ckpt")
+    patch.setenv("TUNELINE_CHECKPOINTS", str(tmp / "ckpt"))
     pipeline_run = finetune.with_options(config_path=str(_tiny(kind, tmp)))()
     return kind, load(tmp / f"{kind}.yaml"), Client().get_pipeline_run(pipeline_run.id)
 

@@ -225,7 +225,8 @@ def summed_nll(model, ids, mask, routing: dict):
     positions at a time, so the rows x tokens x vocabulary logits (690 MB for the default run's longest batch, and
     as much again for their log-softmax) are never made: on the 2-core CPU those were ~1M fresh pages and 6-10 s
     of kernel time per 100 texts. The model's own logits at the last position check that its head is the output
-    embedding alone (no softcapping, scaling or adapter on it); where they differ, the full logits are used."""
+    embedding alone (no softcapping, scaling or adapter on it) and that the hidden states line up with the ids (no
+    virtual tokens); where not, the full logits are used."""
     import torch
     import torch.nn.functional as F
 
@@ -233,11 +234,13 @@ def summed_nll(model, ids, mask, routing: dict):
     hook = model.get_decoder().register_forward_hook(lambda _m, _a, out: captured.append(out[0] if isinstance(
         out, tuple) else out.last_hidden_state))
     try:
-        last = model(input_ids=ids, attention_mask=mask, logits_to_keep=1, **routing).logits[:, -1].float()
+        last = model(input_ids=ids, attention_mask=mask, logits_to_keep=1, **routing).logits
     finally:
         hook.remove()
     hidden = captured[-1] if captured else None
-    if hidden is None or not torch.allclose(head(hidden[:, -1]).float(), last, atol=1e-4, rtol=1e-4):
+    # Prompt tuning's virtual tokens lengthen the hidden states (and PEFT slices them off the logits): no match.
+    aligned = hidden is not None and hidden.shape[:2] == ids.shape and last.shape[1] == 1
+    if not aligned or not torch.allclose(head(hidden[:, -1]).float(), last[:, -1].float(), atol=1e-4, rtol=1e-4):
         logits = model(input_ids=ids, attention_mask=mask, **routing).logits[:, :-1].float()
         return (F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none") * mask[:, 1:]).sum(1)
     keep = mask[:, 1:].bool()
