@@ -3,9 +3,10 @@
     res = run_training(train, base, records, config, out, mirror=mirror(...))
 
 The local orchestrator runs the whole pipeline in one Python process, and training leaves it ~25 % slower for every
-step after it (tuneline/fresh_process.py says why and what was measured), so SFT and DPO run in a process of their
-own there. Kubernetes and Kubeflow already give each step a pod, and a checkpoint mirror saves ZenML artifacts from
-inside the training loop, which needs this process's step context: both run the call here.
+step after it (tuneline/fresh_process.py says why and what was measured), so the training steps (SFT, DPO, the
+reward model) run in a process of their own there. Kubernetes and Kubeflow already give each step a pod, and a
+checkpoint mirror saves ZenML artifacts from inside the training loop, which needs this process's step context:
+both run the call here.
 """
 
 from typing import Any, Callable, TypeVar

@@ -95,7 +95,8 @@ def _child(call: Path, answer: Path) -> None:
     try:
         data = pickle.dumps(result)
     except Exception as exc:  # noqa: BLE001 - an unpicklable result or exception still says what happened
-        data = pickle.dumps((False, RuntimeError(f"{module}.{qualname}: {result[1]!r} (could not be sent back: {exc})")))
+        lost = RuntimeError(f"{module}.{qualname}: {result[1]!r} (could not be sent back: {exc})")
+        data = pickle.dumps((False, lost))
     answer.write_bytes(data)
 
 

@@ -241,6 +241,7 @@ def summed_nll(model, ids, mask, routing: dict):
     # Prompt tuning's virtual tokens lengthen the hidden states (and PEFT slices them off the logits): no match.
     aligned = hidden is not None and hidden.shape[:2] == ids.shape and last.shape[1] == 1
     if not aligned or not torch.allclose(head(hidden[:, -1]).float(), last[:, -1].float(), atol=1e-4, rtol=1e-4):
+        # A second forward, for such models only: the check's forward kept one position.
         logits = model(input_ids=ids, attention_mask=mask, **routing).logits[:, :-1].float()
         return (F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none") * mask[:, 1:]).sum(1)
     keep = mask[:, 1:].bool()
