@@ -18,7 +18,7 @@ LOCKED_EXTRAS := test,k8s,kubeflow,server,mlflow,quant
 .PHONY: setup run test test-fast clean
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml docker/requirements-ci.lock docker/requirements-nodeps.lock scripts/install_llama_cpp.sh
+$(VENV)/.installed: pyproject.toml docker/requirements-ci.lock docker/requirements-nodeps.lock scripts/install_llama_cpp.sh scripts/install_jemalloc.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# Every package at the version and sha256 the lock names, no resolver (docs/kubernetes.md, "Lock files"):
@@ -30,6 +30,8 @@ $(VENV)/.installed: pyproject.toml docker/requirements-ci.lock docker/requiremen
 	$(BIN)/pip install -q --require-hashes --no-deps -r docker/requirements-nodeps.lock
 	$(BIN)/pip install -q --no-deps -e .
 	bash scripts/install_llama_cpp.sh $(VENV)
+	# jemalloc, which training runs under (tuneline/allocator.py): glibc's malloc slows CPU training step by step.
+	bash scripts/install_jemalloc.sh
 	touch $@
 
 .zen:
