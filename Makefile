@@ -18,7 +18,8 @@ LOCKED_EXTRAS := test,k8s,kubeflow,server,mlflow,quant
 .PHONY: setup run test test-fast clean
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml docker/requirements-ci.lock docker/requirements-nodeps.lock scripts/install_llama_cpp.sh scripts/install_jemalloc.sh
+$(VENV)/.installed: pyproject.toml docker/requirements-ci.lock docker/requirements-nodeps.lock \
+		scripts/install_llama_cpp.sh scripts/install_jemalloc.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# Every package at the version and sha256 the lock names, no resolver (docs/kubernetes.md, "Lock files"):

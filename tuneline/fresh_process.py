@@ -12,8 +12,9 @@ Starting the process costs ~8 s (Python, torch and transformers imports, the mod
 The child gets the parent's environment and import path, and allocates through jemalloc where the system has it
 (tuneline/allocator.py: under glibc's malloc training also slows down step by step, 1.5x over the default SFT). Its
 stdout and stderr are relayed to the parent's sys.stdout/sys.stderr as they come (progress bars included), so
-whatever captures the parent's output (ZenML's step logs) has the child's too. Arguments, result and exception travel pickled, so `fn` must be importable by name. The
-child is sent SIGTERM if the parent dies (Linux), so a killed run leaves no orphan training.
+whatever captures the parent's output (ZenML's step logs) has the child's too. Arguments, result and exception
+travel pickled, so `fn` must be importable by name. The child is sent SIGTERM if the parent dies (Linux), so a killed
+run leaves no orphan training.
 """
 
 from __future__ import annotations
