@@ -8,8 +8,8 @@ malloc the default SFT (SmolLM2-135M, 2 threads) went from 0.98 to 1.24 s a step
 rising with it, and 1.40-1.50 s a step after 100 steps in the pipeline. Under jemalloc the same batches ran 0.80-0.84
 s a step from first to last (`bench/allocator.py`). Evaluation is the other way round: jemalloc gives the pages of
 its large freed blocks back to the system and faults them in again, so a perplexity pass took 14.0-14.6 s under it
-and 11.3-12.3 s under glibc (3 M page faults against none), and GPTQ/AWQ were ~12 % slower; without that decay its
-heap grew step by step in training instead. So only training, which runs in a process of its own
+and 11.3-12.3 s under glibc (3 M page faults against none); without that decay its heap grew step by step in
+training instead. So only training, which runs in a process of its own
 (`tuneline.fresh_process`), allocates through jemalloc; the pipeline's own process keeps glibc's malloc.
 
 jemalloc is a system library (Debian/Ubuntu `libjemalloc2`, Fedora `jemalloc`), which `make setup` installs where
