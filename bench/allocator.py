@@ -58,14 +58,13 @@ def steps(model: str, n: int) -> list[dict]:
 
 def in_process(allocator: str, model: str, n: int) -> list[dict]:
     """`steps` in a fresh process under `allocator` (glibc | jemalloc)."""
-    from tuneline.allocator import jemalloc_path
+    from tuneline.allocator import with_jemalloc
 
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     if allocator == "jemalloc":
-        lib = jemalloc_path()
-        if lib is None:
+        env = with_jemalloc(env)  # as tuneline.fresh_process starts training
+        if "LD_PRELOAD" not in env:
             raise SystemExit("jemalloc is not installed: scripts/install_jemalloc.sh (or apt-get install libjemalloc2)")
-        env["LD_PRELOAD"] = lib
     out = subprocess.run([sys.executable, __file__, "--child", model, str(n)], env=env, capture_output=True,
                          text=True)
     if out.returncode:
