@@ -212,7 +212,7 @@ def with_exports(report: EvalReport, reference: TaskResult, exports: list[Export
             n = len(e.per_item)
             candidates[e.candidate] = TaskResult(
                 score=e.score, n=n, per_item=e.per_item, item_ids=reference.item_ids[:n],
-                predictions=e.predictions, seconds=e.seconds, metric=reference.metric)
+                predictions=e.predictions, seconds=e.ask_seconds, metric=reference.metric)
     for name, res in candidates.items():
         ids = [i for i in res.item_ids if i in base]
         if len(ids) != len(res.item_ids):

@@ -205,6 +205,8 @@ def test_auto_rejects_over_the_perplexity_limit_and_picks_the_next(ggufs, model_
     assert not q4.asked and q4.samples == [] and q4.per_item == [] and "task rows not asked" in q4.reason
     assert q4.score_text("exact_match").startswith("not asked") and "score 0.000" not in q4.reason
     assert files[2].asked and len(files[2].samples) == 2
+    # The asking is timed apart from making and perplexity (the report's rows/s); a file not asked took none.
+    assert 0 < files[2].ask_seconds < files[2].seconds and q4.ask_seconds == 0
     # The converted F16 file passed its (lossless) perplexity check; a smaller file made from it passed the rows
     # and ships, so F16's rows were not asked, and its reason and score say why.
     f16 = files[0]

@@ -90,8 +90,11 @@ def _export(qtype, scores, **fields) -> ExportFile:
 def test_merged_and_exports_join_the_candidates_paired_with_base():
     rep = _report(np.zeros(N), np.ones(N), BASE, BASE)
     half = np.r_[np.ones(N // 2), np.zeros(N // 2)]
-    full = with_exports(rep, _task(np.ones(N)), [_export("F16", np.ones(N)), _export("Q4_K_M", half)])
+    q4 = _export("Q4_K_M", half, seconds=60.0, ask_seconds=20.0)
+    full = with_exports(rep, _task(np.ones(N)), [_export("F16", np.ones(N)), q4])
     assert list(full.task) == ["base", "sft", "merged", "gguf-F16", "gguf-Q4_K_M"]
+    # Its rows/s is the asking alone: making the file and its perplexity are not task scoring.
+    assert full.task["gguf-Q4_K_M"].seconds == 20.0
     assert full.task_vs_base["gguf-Q4_K_M"].diff == 0.5 and full.task_vs_base["gguf-Q4_K_M"].n == N
     assert full.task_vs_base["merged"].ci_low > 0.9
     assert "gguf-Q4_K_M" not in rep.task  # the evaluation artifact itself is not changed

@@ -227,6 +227,7 @@ def test_perplexity_is_checked_first_and_a_rejected_file_is_not_asked_the_rows(t
     (entry,) = result.files
     assert entry.perplexity is not None and entry.asked is asked and entry.passed is asked
     assert len(entry.samples) == (4 if asked else 0) and ("task rows not asked" in entry.reason) is not asked
+    assert (0 < entry.ask_seconds < entry.seconds) if asked else entry.ask_seconds == 0
     # GPTQModel's workers are gone (alive, they slowed llama.cpp's decoding in the process 3x); the second
     # parametrization quantizes again in this process, on the pool GPTQModel rebuilds.
     import gptqmodel

@@ -300,7 +300,7 @@ def _make_and_check(entry: ExportFile, make, probe: Probe, gate: Gate, ask: bool
             from tuneline.eval.perplexity import gguf_perplexity
 
             task = gguf_perplexity(path, probe.task_ids)
-            entry.score, entry.per_item = task.ppl, task.per_item
+            entry.score, entry.per_item, entry.ask_seconds = task.ppl, task.per_item, task.seconds
         elif gate.ppl_rejects(entry) or not ask:  # ~45 s of generation that cannot change the verdict (yet)
             entry.asked = False
         else:
@@ -316,9 +316,11 @@ def _make_and_check(entry: ExportFile, make, probe: Probe, gate: Gate, ask: bool
 
 
 def _ask_rows(entry: ExportFile, probe: Probe) -> None:
+    start = time.monotonic()
     result = check(entry.path, probe.conversations, probe.answers, probe.max_tokens, metric=probe.metric)
     entry.score, entry.eos_share, entry.samples = result.score, result.eos_share, result.samples
     entry.per_item, entry.asked = result.per_item, True
+    entry.ask_seconds = round(time.monotonic() - start, 3)
 
 
 def ask_deferred(entry: ExportFile, probe: Probe, gate: Gate) -> None:

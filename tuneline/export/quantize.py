@@ -343,7 +343,7 @@ def _quantize_and_check(model_dir: str, out_dir: Path, method: Method, rows: lis
         entry.asked = False  # ~25 s of generation on the default run that cannot change the verdict
     else:
         task = score_task(model, tok, rows, checks.max_new_tokens, batch_size=32, metric=checks.metric)
-        entry.score, entry.per_item = task.score, task.per_item
+        entry.score, entry.per_item, entry.ask_seconds = task.score, task.per_item, task.seconds
         entry.samples = [ExportSample(prompt=messages(r, with_answer=False)[-1]["content"], expected=r["assistant"],
                                       predicted=p, finish_reason="") for r, p in zip(rows, task.predictions)]
     entry.passed, entry.reason = verdict(entry, gate)

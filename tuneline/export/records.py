@@ -82,6 +82,7 @@ class ExportFile(BaseModel):
     passed: bool = False
     reason: str = ""
     seconds: float = 0.0  # making this file plus checking it
+    ask_seconds: float = 0.0  # asking its task rows alone (the report's rows/s); 0.0 when they were not asked
     samples: list[ExportSample] = []
     per_item: list[float] = []  # task metric per checked row, in row order (paired with other candidates)
     modelfile: str = ""  # Ollama Modelfile beside a passed file
