@@ -58,7 +58,7 @@ def collect(run_id: str | None) -> dict:
     return {
         "run": str(run.id), "status": str(run.status), "steps": steps, "steps_total_s": total,
         "wall_s": (run.end_time - run.start_time).total_seconds() if run.end_time and run.start_time else None,
-        "sft_tokens_per_s": sft.run_metadata.get("train_tokens_per_second") if sft else None,
+        "sft_tokens_per_s": sft.run_metadata.get("tokens_per_second") if sft else None,  # TrainResult.metrics
         "evaluation": summary, "throughput": speed, "exports": _exports(run), "final_items": items,
     }
 
@@ -112,7 +112,9 @@ def show(now: dict, before: dict | None) -> None:
             line += f"{old:9.1f} {sec / old:6.2f}x"
         print(line)
     if now["sft_tokens_per_s"]:
-        print(f"train_sft: {now['sft_tokens_per_s']} tokens/s")
+        old = (before or {}).get("sft_tokens_per_s")
+        print(f"train_sft: {now['sft_tokens_per_s']} tokens/s"
+              + (f"   (before {old}, {now['sft_tokens_per_s'] / old:.2f}x)" if old else ""))
     for key, value in now["evaluation"].items():
         old = (before or {}).get("evaluation", {}).get(key)
         print(f"  {key:<28} {value}" + (f"   (before {old}{'' if old == value else ' CHANGED'})" if before else ""))

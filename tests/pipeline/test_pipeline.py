@@ -47,6 +47,13 @@ out["benchmarks_notes"] = {f.candidate: f.benchmarks_note for f in files}
 out["decision"] = run.steps["promote"].outputs["promotion"][0].load().model_dump()
 out["checkpoints"] = {s: sorted(n for n in run.steps[s].outputs if n.startswith("checkpoint-")) for s in ("train_sft", "train_dpo")}
 out["visualizations"] = sorted(n for s in run.steps.values() for n, a in s.outputs.items() if a[0].visualizations)
+import importlib.util
+spec = importlib.util.spec_from_file_location("default_run", "bench/default_run.py")
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+b = bench.collect(str(run.id))
+out["bench"] = {"sft_tokens_per_s": b["sft_tokens_per_s"], "steps": {n: s["seconds"] for n, s in b["steps"].items()},
+                "throughput": b["throughput"]}
 print("JSON" + json.dumps(out))
 """
 
@@ -124,6 +131,10 @@ def test_every_step_runs_and_the_gate_explains_itself(first_run):
     assert all(f"| {c} |" in card for c in ("base", "sft", "dpo")), card
     assert "after this merge (the `score_merged` step)" in card, "the final benchmarks come after the card"
     assert {"data_report", "sft_loss_curve", "dpo_loss_curve", "evaluation_report", "final_report"} <= set(run["visualizations"])
+    # bench/default_run.py reads the same run: every step's time, SFT's tokens/s, each candidate's rows/s.
+    bench = run["bench"]
+    assert set(bench["steps"]) == set(STEPS) and all(t > 0 for t in bench["steps"].values()), bench
+    assert bench["sft_tokens_per_s"] > 0 and bench["throughput"]["task base rows/s"] > 0, bench
 
 
 def test_rerun_is_cached(first_run):
