@@ -53,6 +53,7 @@ class GGUFCheck(BaseModel):
     eos_share: float
     samples: list[ExportSample]
     per_item: list[float] = []
+    seconds: float = 0.0  # loading the file and asking every row, as TaskResult.seconds for an HF model
 
 
 class ExportError(RuntimeError):
@@ -222,6 +223,7 @@ def check(path: str | Path, conversations: list[list[dict]], answers: list[str],
 
     if len(conversations) != len(answers) or not conversations:
         raise ValueError(f"need as many answers as conversations, at least one: got {len(conversations)} and {len(answers)}")
+    start = time.monotonic()
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, verbose=False, n_threads=os.cpu_count())
     try:
         # Without an embedded template llama-cpp-python guesses a format; that would test the guess.
@@ -237,6 +239,7 @@ def check(path: str | Path, conversations: list[list[dict]], answers: list[str],
         eos_share=sum(s.finish_reason == "stop" for s in samples) / n,
         samples=samples,
         per_item=scores,
+        seconds=round(time.monotonic() - start, 3),
     )
 
 
@@ -316,11 +319,9 @@ def _make_and_check(entry: ExportFile, make, probe: Probe, gate: Gate, ask: bool
 
 
 def _ask_rows(entry: ExportFile, probe: Probe) -> None:
-    start = time.monotonic()
     result = check(entry.path, probe.conversations, probe.answers, probe.max_tokens, metric=probe.metric)
     entry.score, entry.eos_share, entry.samples = result.score, result.eos_share, result.samples
-    entry.per_item, entry.asked = result.per_item, True
-    entry.ask_seconds = round(time.monotonic() - start, 3)
+    entry.per_item, entry.asked, entry.ask_seconds = result.per_item, True, result.seconds
 
 
 def ask_deferred(entry: ExportFile, probe: Probe, gate: Gate) -> None:
